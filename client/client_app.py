@@ -1,0 +1,85 @@
+"""Flower ClientApp: thin handlers that call shared/ (model, mask, local training, codec)."""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from shared.config import RunConfig, parse_run_config
+from shared.masks import MaskMismatchError
+from server.wire import message_parts, to_recorddict
+from shared.protocol import CONFIG, DOWN_KEYS, UP_KEYS, decode_pair, encode_pair, flatten_head, unflatten_head
+from shared.runtime import client_partition, get_runtime
+from shared.training import evaluate as evaluate_model
+from shared.training import train_local
+
+app = ClientApp()
+
+
+def _node_partition(context: Context) -> tuple[int, int]:
+    node = context.node_config
+    if "partition-id" not in node or "num-partitions" not in node:
+        raise ValueError("node config lacks partition-id/num-partitions; start the SuperNode with "
+                         "--node-config \"partition-id=0 num-partitions=N\"")
+    return int(node["partition-id"]), int(node["num-partitions"])
+
+
+def _receive(msg: Message, cfg: RunConfig):
+    """Check the fingerprint, decode the global values and head, load them into the tuner."""
+    rt = get_runtime(cfg)
+    conf = msg.content[CONFIG]
+    if conf.get("fingerprint") != rt.tuner.fingerprint:
+        raise MaskMismatchError(
+            f"server mask fingerprint {str(conf.get('fingerprint'))[:12]} != this node's "
+            f"{rt.tuner.fingerprint[:12]}: the nodes hold different base models or mask settings"
+        )
+    dtype = str(conf["value-dtype"])
+    head_like = rt.tuner.head_state()
+    h = sum(t.numel() for t in head_like.values())
+    values, head_vec = decode_pair(message_parts(msg)[0], DOWN_KEYS, dtype, rt.tuner.k, h,
+                                   cfg.int8_block_size)
+    rt.tuner.load(values, unflatten_head(head_vec, head_like, rt.base.head_names))
+    return rt, values, head_vec, dtype
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the masked entries and the head locally; reply with the deltas only."""
+    cfg = parse_run_config(context.run_config)
+    rt, values, head_vec, dtype = _receive(msg, cfg)
+    pid, nparts = _node_partition(context)
+    data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
+    server_round = int(msg.content[CONFIG].get("server-round", 0))
+    params = rt.tuner.trainable()
+    groups = [{"params": params[:1], "lr": cfg.lr}, {"params": params[1:], "lr": cfg.effective_head_lr}]
+    result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
+                         seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay)
+    delta = rt.tuner.values.detach() - values
+    head_delta = flatten_head(rt.tuner.head_state(), rt.base.head_names) - head_vec
+    arrays = encode_pair(delta, head_delta, UP_KEYS, dtype, cfg.int8_block_size)
+    metrics = {"num-examples": len(data), "train-loss": result.loss, "train-seconds": result.seconds,
+               "examples-seen": result.num_examples}
+    content = to_recorddict(arrays, {"fingerprint": rt.tuner.fingerprint, "partition-id": pid}, metrics)
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Client-side evaluation of the global model on this node's partition (metrics only)."""
+    cfg = parse_run_config(context.run_config)
+    rt, _, _, _ = _receive(msg, cfg)
+    pid, nparts = _node_partition(context)
+    data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
+    loss, acc = evaluate_model(rt.base.model, data, cfg.eval_batch_size)
+    metrics = {"num-examples": len(data), "eval-loss": loss, "eval-acc": acc}
+    return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Handshake: report this node's partition and mask fingerprint (derived locally, never sent)."""
+    cfg = parse_run_config(context.run_config)
+    rt = get_runtime(cfg)
+    pid, nparts = _node_partition(context)
+    metrics = {"partition-id": pid, "num-partitions": nparts, "k": rt.tuner.k}
+    return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)

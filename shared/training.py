@@ -1,0 +1,72 @@
+"""Local masked training and evaluation loops (plain torch, no Flower)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from shared.data import Encoded, batch_indices
+
+
+@dataclass
+class TrainResult:
+    """Outcome of one client's local training: mean loss, examples seen, seconds spent."""
+
+    loss: float
+    num_examples: int
+    seconds: float
+
+
+def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps: int, batch_size: int,
+                seed: int, weight_decay: float = 0.0) -> TrainResult:
+    """Run ``steps`` Adam steps on seeded batches of ``data``; only ``param_groups`` change.
+
+    ``param_groups``: torch optimizer groups, each ``{"params": [...], "lr": float}``. Dropout is on
+    (train mode) for the duration and restored afterwards.
+    """
+    if len(data) == 0:
+        raise ValueError("this client's partition is empty; use fewer clients or a larger dataset")
+    opt = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
+    torch.manual_seed(int(seed))  # dropout masks
+    was_training = model.training
+    model.train()
+    total, seen, t0 = 0.0, 0, time.perf_counter()
+    try:
+        for idx in batch_indices(len(data), batch_size, steps, seed):
+            batch = data.batch(idx)
+            out = model(**batch)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            total += float(out.loss.detach()) * len(idx)
+            seen += len(idx)
+    finally:
+        model.train(was_training)
+        for group in param_groups:
+            for p in group["params"]:
+                p.grad = None
+    loss = total / max(seen, 1)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"local training diverged (loss {loss}); lower lr")
+    return TrainResult(loss=loss, num_examples=seen, seconds=time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Encoded, batch_size: int = 64) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, len(data)
+    try:
+        for s in range(0, n, batch_size):
+            batch = data.batch(torch.arange(s, min(s + batch_size, n)))
+            out = model(**batch)
+            loss_sum += float(out.loss) * len(batch["labels"])
+            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+    finally:
+        model.train(was_training)
+    return loss_sum / max(n, 1), correct / max(n, 1)

@@ -1,0 +1,166 @@
+"""Train only the masked entries: one (k,) value vector wired into the frozen base model's forward.
+
+The base weights are never written during training; a masked ``nn.Linear`` computes with
+``W_base + scatter(values)``, and its backward forms the weight gradient only at the k masked
+positions (dW[i, j] = sum_t g[t, i] * x[t, j]), never the dense d_out x d_in gradient. Other
+masked tensors (biases, LayerNorm) add their scattered slice in a parametrization. The optimizer
+sees one (k,) parameter plus the small dense head, so its state is O(k), not O(N), and one base
+model can serve every client a worker runs: a client's own state is the value vector and the head.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from shared.masks import Mask
+from shared.sparse import check_values, gather_values, merge_into
+
+import warnings
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+class _MaskedLinearFn(torch.autograd.Function):
+    """y = x @ (W + scatter(vals))^T + b, with a sparse gradient for ``vals``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, flat_idx, crow, cols, vals):  # noqa: D401 - autograd signature
+        w = weight.detach().clone()
+        w.view(-1).index_add_(0, flat_idx, vals.detach().to(w.dtype))
+        ctx.save_for_backward(x, w, crow, cols)
+        return F.linear(x, w, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, crow, cols = ctx.saved_tensors
+        gx = g @ w if ctx.needs_input_grad[0] else None
+        gvals = None
+        if ctx.needs_input_grad[6]:
+            # Sampled dense-dense matmul: (g^T @ x) evaluated only at the mask's (row, col) pairs.
+            # The CSR pattern is row-major, i.e. exactly mask order, so .values() is the (k_i,) grad.
+            g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel(), dtype=g.dtype),
+                                              (w.shape[0], w.shape[1]))
+            gvals = torch.sparse.sampled_addmm(pattern, g2.t(), x2, beta=0.0).values()
+        return gx, None, None, None, None, None, gvals
+
+
+def _dense_masked_linear(x, weight, bias, flat_idx, vals):
+    """Reference path: builds the dense effective weight and lets autograd form the dense gradient."""
+    w = weight.detach().reshape(-1).index_add(0, flat_idx, vals).view_as(weight)
+    return F.linear(x, w, bias)
+
+
+class _AddScattered(nn.Module):
+    """Parametrization: tensor + scatter(slice of the shared value vector)."""
+
+    def __init__(self, tuner: "SparseTuner", flat_idx: torch.Tensor, start: int, stop: int):
+        super().__init__()
+        self._tuner = [tuner]  # list: keep the tuner out of the module tree
+        self.register_buffer("flat_idx", flat_idx, persistent=False)
+        self.start, self.stop = start, stop
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        vals = self._tuner[0].values[self.start:self.stop]
+        return t.reshape(-1).index_add(0, self.flat_idx, vals.to(t.dtype)).view_as(t)
+
+
+class SparseTuner:
+    """Installs a mask's trainable value vector into ``model`` (in place, once per process).
+
+    ``values`` (k,) float32 is the change from the base at the masked positions (mask order).
+    ``sparse_grad=False`` switches masked linears to the dense-gradient reference path.
+
+    The tuner contract every method implements (see ``shared/runtime.py``'s ``TUNERS``):
+    ``fingerprint`` and ``k`` (what travels), ``values`` (the (k,) trainable parameter wired into
+    the forward), ``initial_values()``, ``load(values, head)``, ``head_state()``,
+    ``trainable()``, ``num_trainable``, and ``merge(fresh, values, head)`` which writes the
+    result into a fresh, unwrapped copy of the base model (a plain ``transformers`` model), and
+    ``save_artifact(out, values, head, cfg, source)`` for the small task-specific file.
+    """
+
+    def __init__(self, model: nn.Module, mask: Mask, head_names: tuple[str, ...], sparse_grad: bool = True):
+        self.model, self.mask, self.head_names = model, mask, tuple(head_names)
+        self.sparse_grad = sparse_grad
+        params = dict(model.named_parameters())
+        self.base_values = gather_values(params, mask)  # (k,) base weights at the mask
+        self.values = nn.Parameter(torch.zeros(mask.k))
+        self._head = {n: params[n] for n in self.head_names}
+        modules = dict(model.named_modules())
+        for name, idx, start, stop in mask.items():
+            mod_name, _, attr = name.rpartition(".")
+            module = modules[mod_name]
+            if isinstance(module, nn.Linear) and attr == "weight":
+                self._wrap_linear(module, idx, start, stop)
+            else:
+                parametrize.register_parametrization(module, attr, _AddScattered(self, idx, start, stop),
+                                                     unsafe=True)
+
+    def _wrap_linear(self, module: nn.Linear, idx: torch.Tensor, start: int, stop: int) -> None:
+        d_in = module.in_features
+        rows, cols = idx // d_in, idx % d_in
+        crow = torch.zeros(module.out_features + 1, dtype=torch.long)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=module.out_features), 0)
+        tuner = self
+
+        def forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+            vals = tuner.values[start:stop]
+            if tuner.sparse_grad:
+                return _MaskedLinearFn.apply(x, mod.weight, mod.bias, idx, crow, cols, vals)
+            return _dense_masked_linear(x, mod.weight, mod.bias, idx, vals)
+
+        module.forward = types.MethodType(forward, module)
+
+    # ---- state exchange -------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self.mask.fingerprint
+
+    @property
+    def k(self) -> int:
+        return self.mask.k
+
+    def initial_values(self) -> torch.Tensor:
+        """Global values before round 1: no change from the base."""
+        return torch.zeros(self.mask.k)
+
+    def merge(self, fresh: nn.Module, values: torch.Tensor, head: dict[str, torch.Tensor]) -> nn.Module:
+        """Write base ⊕ scatter(values) and the head into ``fresh`` (an unwrapped base copy)."""
+        params = dict(fresh.named_parameters())
+        return merge_into(fresh, self.mask, gather_values(params, self.mask), values, head)
+
+    def save_artifact(self, out, values: torch.Tensor, head: dict[str, torch.Tensor], cfg, source: str):
+        """``delta.safetensors``: the k values, the head and the recipe that rebuilds the mask."""
+        from shared.artifacts import save_delta
+
+        return save_delta(out / "delta.safetensors", self.mask, values, head, cfg, source)
+
+    def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
+        """Set the value vector (k,) and, if given, the dense head tensors."""
+        check_values(values, self.mask)
+        with torch.no_grad():
+            self.values.copy_(values)
+            for name, t in (head or {}).items():
+                if name not in self._head or self._head[name].shape != t.shape:
+                    raise ValueError(f"head tensor {name} with shape {tuple(t.shape)} does not fit the model")
+                self._head[name].copy_(t)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """Copies of the head tensors."""
+        return {n: p.detach().clone() for n, p in self._head.items()}
+
+    def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
+        """Parameters to optimize; the head's require_grad follows ``train_head``."""
+        for p in self._head.values():
+            p.requires_grad_(train_head)
+        return [self.values] + (list(self._head.values()) if train_head else [])
+
+    @property
+    def num_trainable(self) -> int:
+        return self.mask.k + sum(p.numel() for p in self._head.values())

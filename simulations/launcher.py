@@ -1,0 +1,154 @@
+"""Run the app in Flower's Simulation Engine through the real ``flwr run`` CLI, and clean up.
+
+It starts its own ``flower-superlink --simulation`` on free loopback ports (so runs never share
+or leak a SuperLink), submits the app with ``flwr run <app> <connection> --stream``, waits for
+the run to end and stops the SuperLink and everything it spawned by process id.
+
+    python -m simulations.launcher --num-supernodes 10 -c "num-server-rounds=3 data-dir='../shared/data/sst2'"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def format_run_config(overrides: Mapping[str, Any]) -> str:
+    """``{"lr": 0.01, "model": "x"}`` -> ``lr=0.01 model='x'`` (TOML values, as flwr expects)."""
+    parts = []
+    for key, value in overrides.items():
+        if isinstance(value, bool):
+            parts.append(f"{key}={str(value).lower()}")
+        elif isinstance(value, (int, float)):
+            parts.append(f"{key}={value!r}")
+        else:
+            parts.append(f"{key}='{value}'")
+    return " ".join(parts)
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    env = os.environ.copy()
+    env.update(FLWR_HOME=str(flwr_home), FLWR_DISABLE_UPDATE_CHECK="1",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),
+               TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def stop_tree(pid: int, timeout: float = 10.0) -> None:
+    """Terminate a process and all its descendants (SIGTERM, then SIGKILL)."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = root.children(recursive=True) + [root]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@contextmanager
+def simulation_superlink(flwr_home: Path) -> Iterator[str]:
+    """A private simulation SuperLink; yields its Control API address, stops it on exit."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    ports = [free_port() for _ in range(2)]
+    control = f"127.0.0.1:{ports[0]}"  # flwr 1.41 serves Control, Runtime and Fleet APIs on one port
+    log_file = flwr_home / "superlink.log"
+    cmd = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+           "--host", "127.0.0.1", "--port", str(ports[0]), "--health-server-address", f"127.0.0.1:{ports[1]}"]
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(cmd, env=flower_env(flwr_home), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        _wait_port(ports[0], proc, log_file)
+        yield control
+    finally:
+        stop_tree(proc.pid)
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log_file: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {log_file}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"flower-superlink did not open port {port} within {timeout:.0f}s; see {log_file}")
+
+
+def write_connection(flwr_home: Path, name: str, address: str) -> None:
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\ninsecure = true\n'
+    )
+
+
+def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus_per_client: int = 2,
+                   app_dir: Path = REPO, flwr_home: Path | None = None, timeout: float = 3600.0,
+                   quiet: bool = False) -> int:
+    """Run the app once in the Simulation Engine; returns ``flwr run``'s exit code."""
+    flwr_home = (flwr_home or REPO / ".flwr").resolve()
+    with simulation_superlink(flwr_home) as control:
+        write_connection(flwr_home, "fedsparse-sim", control)
+        fed = f"num_supernodes={num_supernodes} client_resources_num_cpus={cpus_per_client}"
+        cmd = ["flwr", "run", str(app_dir), "fedsparse-sim", "--stream", "--federation-config", fed]
+        if run_config:
+            cmd += ["--run-config", format_run_config(run_config)]
+        out = subprocess.DEVNULL if quiet else None
+        proc = subprocess.Popen(cmd, env=flower_env(flwr_home), stdout=out, stderr=out, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return 124
+        finally:
+            stop_tree(proc.pid)
+
+
+def _parse_overrides(text: str) -> dict[str, Any]:
+    from flwr.common.config import parse_config_args
+
+    return dict(parse_config_args([text])) if text else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-c", "--run-config", default="", help="run-config overrides, e.g. \"lr=0.01 method='pafi'\"")
+    ap.add_argument("--num-supernodes", type=int, default=10)
+    ap.add_argument("--cpus-per-client", type=int, default=2)
+    ap.add_argument("--flwr-home", type=Path, default=None)
+    args = ap.parse_args(argv)
+    overrides = _parse_overrides(args.run_config)
+    print("flwr run with --run-config", shlex.quote(format_run_config(overrides)), flush=True)
+    return run_simulation(overrides, args.num_supernodes, args.cpus_per_client, flwr_home=args.flwr_home)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
