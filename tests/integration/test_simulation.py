@@ -1,0 +1,59 @@
+"""End to end through Flower's Simulation Engine (`flwr run`), on a tiny BERT and on the bundled MiniLM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from shared.artifacts import apply_delta, read_delta
+from shared.data import encode, load_splits
+from shared.model import load_base_model
+from simulations.launcher import run_simulation
+
+pytestmark = pytest.mark.integration
+
+
+def _run(tmp_path, **conf):
+    out = tmp_path / "out"
+    rc = run_simulation({**conf, "output-dir": str(out)}, num_supernodes=conf.pop("_nodes", 2),
+                        flwr_home=tmp_path / "flwr", timeout=900)
+    assert rc == 0, f"flwr run exited with {rc}"
+    return out, json.loads((out / "history.json").read_text()), json.loads((out / "summary.json").read_text())
+
+
+def test_tiny_two_clients_two_rounds(tmp_path, tiny_model_dir, sst2_dir):
+    out, history, summary = _run(
+        tmp_path, model=str(tiny_model_dir), **{"data-dir": str(sst2_dir), "num-server-rounds": 2,
+                                                "fraction-train": 1.0, "local-steps": 3, "mask-density": 0.05,
+                                                "max-eval-examples": 64, "value-dtype": "float16"})
+    assert [r["round"] for r in history] == [0, 1, 2]
+    for rec in history[1:]:
+        assert rec["replied"] == 2 and rec["rejected"] == 0 and rec["bytes_up"] > 0 and rec["bytes_down"] > 0
+    k, h = summary["k"], summary["head_size"]
+    assert summary["num_trainable"] == k + h and summary["rounds"] == 2
+    # measured bytes: values (2 bytes each) plus a small framing overhead, never less than the values
+    assert 2 * (k + h) < summary["bytes_up_per_client_round"] < 2 * (k + h) + 4096
+    assert summary["dense_bytes_per_client_round"] == 4 * summary["num_params"]
+
+    # The saved model is a plain transformers checkpoint with the same logits as base ⊕ delta.
+    tensors, meta = read_delta(out / "delta.safetensors")
+    assert tensors["values"].shape == (k,) and meta["fingerprint"] == summary["mask_fingerprint"]
+    assert torch.any(tensors["values"] != 0)
+    plain = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    base = load_base_model(str(tiny_model_dir), 2, seed=42)
+    merged = apply_delta(out / "delta.safetensors", base).eval()
+    batch = encode(load_splits("sst2", str(sst2_dir))["test"], base.tokenizer, 32, limit=16).batch(torch.arange(16))
+    with torch.no_grad():
+        assert torch.allclose(plain(**batch).logits, merged(**batch).logits, atol=1e-6)
+
+
+def test_bundled_minilm_short_run(tmp_path, sst2_dir):
+    out, history, summary = _run(
+        tmp_path, **{"data-dir": str(sst2_dir), "num-server-rounds": 1, "fraction-train": 1.0, "local-steps": 2,
+                     "batch-size": 8, "max-eval-examples": 64})
+    assert summary["k"] == 53_084 and summary["num_params"] == 22_713_986
+    assert history[-1]["replied"] == 2 and 0.0 <= summary["final_accuracy"] <= 1.0
+    assert (out / "model" / "config.json").is_file()
