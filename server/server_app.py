@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +14,10 @@ from flwr.serverapp import Grid, ServerApp
 from server.outputs import save_final_model, write_json
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.validation import Expected
-from shared.config import RunConfig, parse_run_config
+from shared.config import ConfigError, RunConfig, parse_run_config
+from shared.data import DataLoadError
+from shared.masks import MaskError
+from shared.model import ModelLoadError
 from shared.protocol import flatten_head, unflatten_head
 from shared.runtime import Runtime, get_runtime, test_split
 from shared.training import evaluate
@@ -73,10 +77,22 @@ class RunRecorder:
         }
 
 
+# Errors caused by the user's input: reported as one line that says how to fix it, not a traceback.
+USER_ERRORS = (ConfigError, DataLoadError, ModelLoadError, MaskError)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """Run the federation; a bad knob, model or dataset ends it with one clear line."""
+    try:
+        run(grid, parse_run_config(context.run_config))
+    except USER_ERRORS as exc:
+        print(f"fedsparse: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def run(grid: Grid, cfg: RunConfig) -> None:
     """Handshake, ``num-server-rounds`` rounds of values-only FedAvg, then save the merged model."""
-    cfg = parse_run_config(context.run_config)
     out = Path(cfg.output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     rt = get_runtime(cfg)

@@ -114,8 +114,25 @@ def write_connection(flwr_home: Path, name: str, address: str) -> None:
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus_per_client: int = 2,
                    app_dir: Path = REPO, flwr_home: Path | None = None, timeout: float = 3600.0,
                    quiet: bool = False) -> int:
-    """Run the app once in the Simulation Engine; returns ``flwr run``'s exit code."""
+    """Run the app once in the Simulation Engine; 0 only if the run ended and wrote its summary.
+
+    ``flwr run --stream`` exits 0 even when the ServerApp fails, so success is judged by the run's
+    ``output-dir/summary.json`` being written after the start.
+    """
     flwr_home = (flwr_home or REPO / ".flwr").resolve()
+    # Resolve output-dir here: the ServerApp runs in another process with another working directory.
+    run_config = {**run_config, "output-dir": str(Path(str(run_config.get("output-dir", "outputs/run"))).resolve())}
+    started = time.time()
+    rc = _flwr_run(run_config, num_supernodes, cpus_per_client, app_dir, flwr_home, timeout, quiet)
+    summary = Path(run_config["output-dir"]) / "summary.json"
+    if rc == 0 and (not summary.is_file() or summary.stat().st_mtime < started):
+        print(f"fedsparse: the run ended without writing {summary}; see the log above", file=sys.stderr)
+        return 1
+    return rc
+
+
+def _flwr_run(run_config: Mapping[str, Any], num_supernodes: int, cpus_per_client: int, app_dir: Path,
+              flwr_home: Path, timeout: float, quiet: bool) -> int:
     with simulation_superlink(flwr_home) as control:
         write_connection(flwr_home, "fedsparse-sim", control)
         fed = f"num_supernodes={num_supernodes} client_resources_num_cpus={cpus_per_client}"

@@ -57,3 +57,12 @@ def test_bundled_minilm_short_run(tmp_path, sst2_dir):
     assert summary["k"] == 53_084 and summary["num_params"] == 22_713_986
     assert history[-1]["replied"] == 2 and 0.0 <= summary["final_accuracy"] <= 1.0
     assert (out / "model" / "config.json").is_file()
+
+
+def test_offline_without_data_dir_fails_with_one_clear_line(tmp_path, tiny_model_dir, capfd):
+    rc = run_simulation({"model": str(tiny_model_dir), "output-dir": str(tmp_path / "out")}, num_supernodes=2,
+                        flwr_home=tmp_path / "flwr", timeout=600)
+    err = capfd.readouterr()
+    assert rc != 0
+    lines = [ln for ln in (err.out + err.err).splitlines() if ln.startswith("fedsparse: error:")]
+    assert len(lines) == 1 and "data-dir=" in lines[0]
