@@ -48,8 +48,7 @@ def format_run_config(overrides: Mapping[str, Any]) -> str:
 def flower_env(flwr_home: Path) -> dict[str, str]:
     env = os.environ.copy()
     env.update(FLWR_HOME=str(flwr_home), FLWR_DISABLE_UPDATE_CHECK="1",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),
-               TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
 
