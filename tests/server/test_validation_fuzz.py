@@ -12,57 +12,25 @@ Three properties:
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.app.error import Error
-from flwr.app.metadata import Metadata
+from flwr.app import Array, Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from server.server_opt import server_step
 from server.strategy import GlobalState, SparseStrategy
-from server.validation import MAX_NUM_EXAMPLES, Expected, validate_reply
+from server.validation import MAX_NUM_EXAMPLES, validate_reply
 from shared.codec import MalformedUpdateError
 from shared.config import RunConfig
 from shared.masks import MaskMismatchError
-from shared.protocol import UP_KEYS, Update, encode_pair
+from shared.protocol import UP_KEYS, Update
+from tests.server.replies import FP, H, K, expected, good_parts, message
 
-FP = "ab" * 32
-K, H = 16, 4
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
 COUNT = {"pure": 0, "bad-msgs": 0, "mixed": 0, "replies": 0}
-
-
-def expected(dtype: str) -> Expected:
-    return Expected(fingerprint=FP, value_dtype=dtype, k=K, head_size=H, block=8, max_bytes=4096)
-
-
-def good_parts(dtype: str, seed: int, n: int = 7) -> tuple[dict, dict, dict]:
-    g = torch.Generator().manual_seed(seed)
-    arrays = encode_pair(torch.randn(K, generator=g) * 0.01, torch.randn(H, generator=g) * 0.01, UP_KEYS, dtype, 8)
-    return arrays, {"num-examples": n, "train-loss": 0.5}, {"fingerprint": FP}
-
-
-def message(node: int, arrays: dict | None, metrics: dict | None, config: dict | None,
-            swap_records: bool = False, error: str | None = None) -> Message:
-    """A reply as the ServerApp receives it (explicit Metadata: no running app needed)."""
-    md = Metadata(run_id=1, message_id=f"m{node}-{time.monotonic_ns()}", src_node_id=node, dst_node_id=1,
-                  reply_to_message_id="q", group_id="1", created_at=time.time(), ttl=3600.0, message_type="train")
-    if error is not None:
-        return Message(error=Error(code=1, reason=error), metadata=md)
-    records: dict = {}
-    if arrays is not None:
-        records["arrays"] = ArrayRecord({k: v if isinstance(v, Array) else Array(v) for k, v in arrays.items()})
-    if metrics is not None:  # swap_records: metrics under a ConfigRecord, config under a MetricRecord
-        records["metrics"] = ConfigRecord(metrics) if swap_records else MetricRecord(metrics)
-    if config is not None:
-        records["config"] = ConfigRecord(config)
-    return Message(content=RecordDict(records), metadata=md)
 
 
 def _corrupt_values(arrays: dict, key: str, dtype: str, pos: int, kind: str) -> dict:
