@@ -6,6 +6,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from shared.config import RunConfig, parse_run_config
+from shared.faults import act_before_training, planned_fault, poison
 from shared.masks import MaskMismatchError
 from server.wire import message_parts, to_recorddict
 from shared.protocol import CONFIG, DOWN_KEYS, UP_KEYS, decode_pair, encode_pair, flatten_head, unflatten_head
@@ -50,6 +51,8 @@ def train(msg: Message, context: Context) -> Message:
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
     server_round = int(msg.content[CONFIG].get("server-round", 0))
+    fault = planned_fault(cfg.seed, pid, server_round, cfg.option("fail-rate", 0.0), cfg.option("fail-mode", "raise"))
+    act_before_training(fault, cfg.round_timeout, pid, server_round)
     params = rt.tuner.trainable()
     groups = [{"params": params[:1], "lr": cfg.lr}, {"params": params[1:], "lr": cfg.effective_head_lr}]
     result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
@@ -57,6 +60,8 @@ def train(msg: Message, context: Context) -> Message:
     delta = rt.tuner.values.detach() - values
     head_delta = flatten_head(rt.tuner.head_state(), rt.base.head_names) - head_vec
     arrays = encode_pair(delta, head_delta, UP_KEYS, dtype, cfg.int8_block_size)
+    if fault == "nan":
+        arrays = poison(arrays, UP_KEYS[0])
     metrics = {"num-examples": len(data), "train-loss": result.loss, "train-seconds": result.seconds,
                "examples-seen": result.num_examples}
     content = to_recorddict(arrays, {"fingerprint": rt.tuner.fingerprint, "partition-id": pid}, metrics)

@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.outputs import save_final_model, write_json
+from server.recovery import checkpoint_round, resume_from_checkpoint, run_identity
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.validation import Expected
 from shared.config import ConfigError, RunConfig, parse_run_config
@@ -105,11 +106,19 @@ def run(grid: Grid, cfg: RunConfig) -> None:
           f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}", flush=True)
     recorder = RunRecorder(cfg, rt, out)
     strategy = SparseStrategy(cfg, state, expected)
+    identity, run_config = run_identity(strategy, rt.base.source, cfg.method), dict(context.run_config)
+    first_round, recorder.history = resume_from_checkpoint(cfg, out, strategy, identity, run_config)
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
-    recorder.record(handshake, strategy.state, time.perf_counter() - t0)
+    if first_round == 1:
+        recorder.record(handshake, strategy.state, time.perf_counter() - t0)
+
+    def after_round(rl: RoundLog, seconds: float) -> None:
+        recorder.record(rl, strategy.state, seconds)
+        checkpoint_round(cfg, out, strategy, rl.round, recorder.history, identity, run_config)
+
     final = strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
-                           on_round=lambda rl, sec: recorder.record(rl, strategy.state, sec))
+                           on_round=after_round, first_round=first_round)
     save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
     write_json(out / "summary.json", summary)

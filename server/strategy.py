@@ -20,13 +20,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from server.aggregation import aggregate
+from server.server_opt import OptState, ServerSettings, server_step
 from server.validation import Expected, validate_reply
 from server.wire import message_bytes, message_parts, to_recorddict
 from shared.codec import MalformedUpdateError
 from shared.config import RunConfig
-from shared.masks import MaskMismatchError
-from shared.protocol import DOWN_KEYS, encode_pair
+from shared.protocol import DOWN_KEYS, Update, encode_pair
 
 log = logging.getLogger("fedsparse.server")
 
@@ -62,6 +61,8 @@ class SparseStrategy(Strategy):
         self.cfg, self.state, self.expected = cfg, state, expected
         self.partitions: dict[int, int] = {}  # node id -> partition id (from the handshake)
         self.current = RoundLog(0)
+        self.server = ServerSettings.from_config(cfg)
+        self.opt_state: OptState = {}  # server-optimizer state (checkpointed)
 
     # ---- Strategy contract -----------------------------------------------------------------
     def summary(self) -> None:
@@ -89,27 +90,31 @@ class SparseStrategy(Strategy):
                 for node in self.sample(server_round)]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates = []
+        updates, seen = [], set()
         for msg in sorted(replies, key=lambda m: self.partitions.get(m.metadata.src_node_id, -1)):
             node = msg.metadata.src_node_id
             if msg.has_error():
-                self._reject(node, f"client error: {msg.error.reason[:200]}", failed=True)
-                continue
-            self.current.bytes_up += message_bytes(msg)
-            try:
-                updates.append(validate_reply(*message_parts(msg), self.expected))
-            except (MalformedUpdateError, MaskMismatchError, KeyError, TypeError, ValueError) as exc:
-                self._reject(node, f"{exc.__class__.__name__}: {exc}")
+                self._reject(node, f"client error: {str(msg.error.reason)[:200]}", failed=True)
+            elif node in seen or node not in self.partitions:
+                self._reject(node, "duplicate reply" if node in seen else "reply from a node outside the handshake")
+            else:
+                seen.add(node)
+                update = self._validated(node, msg)
+                if update is not None:
+                    updates.append(update)
         self.current.replied = len(updates)
         if len(updates) < self.cfg.min_train_replies:
-            log.warning("round %d: %d valid replies < min-train-replies %d; global state unchanged",
-                        server_round, len(updates), self.cfg.min_train_replies)
+            self._skip(server_round, f"{len(updates)} valid replies < min-train-replies {self.cfg.min_train_replies}")
             return None, None
         weights = torch.tensor([u.num_examples for u in updates], dtype=torch.float64)
-        delta = aggregate(self.cfg.aggregator, torch.stack([u.delta for u in updates]), weights)
-        head = aggregate("fedavg", torch.stack([u.head_delta for u in updates]), weights)
-        self.state = GlobalState(self.state.values + self.cfg.server_lr * delta,
-                                 self.state.head + self.cfg.server_lr * head)
+        stack = torch.stack([torch.cat([u.delta, u.head_delta]) for u in updates])
+        step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round)
+        k = self.expected.k
+        new = GlobalState(self.state.values + step[:k], self.state.head + step[k:])
+        if not (torch.isfinite(new.values).all() and torch.isfinite(new.head).all()):
+            self._skip(server_round, "the aggregated update overflows to non-finite values")
+            return None, None
+        self.state, self.opt_state = new, opt_state
         loss = float(sum(u.train_loss * u.num_examples for u in updates) / weights.sum())
         self.current.train_loss, self.current.aggregated = loss, True
         return ArrayRecord(), MetricRecord({"train-loss": loss, "replies": len(updates)})
@@ -122,6 +127,22 @@ class SparseStrategy(Strategy):
         return None
 
     # ---- the loop ------------------------------------------------------------------------------
+    def _validated(self, node: int, msg: Message) -> Update | None:
+        """The decoded update, or None after logging why the reply is rejected (never raises)."""
+        try:
+            size = message_bytes(msg)
+            self.current.bytes_up += size
+            if size > self.expected.max_bytes + 2**20:  # refuse before decoding anything big
+                raise MalformedUpdateError(f"reply is {size} bytes, over max-reply-mb ({self.expected.max_bytes} B)")
+            return validate_reply(*message_parts(msg), self.expected)
+        except Exception as exc:  # the wall: any malformed reply is a rejection, never a crash
+            self._reject(node, f"{exc.__class__.__name__}: {str(exc)[:200]}")
+            return None
+
+    def _skip(self, server_round: int, why: str) -> None:
+        log.warning("round %d: %s; global state unchanged", server_round, why)
+        self.current.reasons.append(f"round skipped: {why}; global state unchanged")
+
     def _reject(self, node: int, reason: str, failed: bool = False) -> None:
         log.warning("round %d: %s reply from node %s (partition %s): %s", self.current.round,
                     "failed" if failed else "rejected", node, self.partitions.get(node, "?"), reason)
@@ -144,7 +165,7 @@ class SparseStrategy(Strategy):
         msgs = [Message(to_recorddict({}, conf), node, "query") for node in sorted(grid.get_node_ids())]
         self.current.sampled = len(msgs)
         self.current.bytes_down = sum(message_bytes(m) for m in msgs)
-        for reply in grid.send_and_receive(msgs, timeout=self.cfg.round_timeout):
+        for reply in grid.send_and_receive(msgs, timeout=max(self.cfg.round_timeout, wait_s)):  # cold starts
             node = reply.metadata.src_node_id
             if reply.has_error():
                 self._reject(node, f"handshake failed: {reply.error.reason[:200]}", failed=True)

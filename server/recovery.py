@@ -1,0 +1,63 @@
+"""Crash and resume at the server: checkpoint after every round, continue from the last one.
+
+Bit-identical resume holds because everything a round computes is either a function of
+(seed, round, partition id) — node sampling, client batches and seeds, DP noise — or is in the
+checkpoint: global values and head, server-optimizer state, history, global RNG states.
+``crash-after-round=r`` (tests only) makes the ServerApp exit hard right after checkpoint r.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from server.checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError, check_compatible, load_checkpoint,
+                               restore_rng, save_checkpoint)
+from server.strategy import GlobalState, SparseStrategy
+from shared.config import RunConfig
+
+log = logging.getLogger("fedsparse.server")
+CRASH_EXIT_CODE = 17
+
+
+def run_identity(strategy: SparseStrategy, model_source: str, method: str) -> dict[str, Any]:
+    """What a checkpoint must share with this run: mask fingerprint, sizes, model, method."""
+    return {"fingerprint": strategy.expected.fingerprint, "k": strategy.expected.k,
+            "head_size": strategy.expected.head_size, "model": model_source, "method": method}
+
+
+def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, identity: Mapping[str, Any],
+                           run_config: Mapping[str, Any]) -> tuple[int, list[dict]]:
+    """Load ``out/checkpoint.safetensors`` into ``strategy`` if ``resume``; (first round, history so far).
+
+    Without ``resume`` (or without a checkpoint yet) the run starts at round 1 with no history.
+    """
+    path = out / CHECKPOINT_NAME
+    if not cfg.resume:
+        return 1, []
+    if not path.exists():
+        print(f"fedsparse: resume=true but no checkpoint at {path}; starting at round 1", flush=True)
+        return 1, []
+    ck = load_checkpoint(path)
+    check_compatible(ck, identity, run_config)
+    if ck.values.shape != (strategy.expected.k,) or ck.head.shape != (strategy.expected.head_size,):
+        raise CheckpointError(f"checkpoint {path} holds vectors of shape {tuple(ck.values.shape)}/"
+                              f"{tuple(ck.head.shape)}; this run needs ({strategy.expected.k},)/"
+                              f"({strategy.expected.head_size},)")
+    strategy.state = GlobalState(ck.values.clone(), ck.head.clone())
+    strategy.opt_state = {k: v.clone() for k, v in ck.opt_state.items()}
+    restore_rng(ck.rng, ck.rng.get("torch"))
+    print(f"fedsparse: resumed from {path} after round {ck.round}", flush=True)
+    return ck.round + 1, list(ck.history)
+
+
+def checkpoint_round(cfg: RunConfig, out: Path, strategy: SparseStrategy, server_round: int, history: list[dict],
+                     identity: Mapping[str, Any], run_config: Mapping[str, Any]) -> None:
+    """Write the checkpoint of a completed round; exit hard here if ``crash-after-round`` says so."""
+    save_checkpoint(out, Checkpoint(server_round, strategy.state.values, strategy.state.head, strategy.opt_state,
+                                    history, dict(identity), dict(run_config)))
+    if server_round == cfg.option("crash-after-round", 0):
+        print(f"fedsparse: crash-after-round={server_round}: exiting hard after the checkpoint", flush=True)
+        os._exit(CRASH_EXIT_CODE)  # no cleanup, no final save: what a killed process leaves behind

@@ -1,0 +1,56 @@
+"""Resume from a checkpoint into a strategy; refuse corrupted or mismatched ones with one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from server.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from server.recovery import checkpoint_round, resume_from_checkpoint, run_identity
+from server.strategy import GlobalState, SparseStrategy
+from server.validation import Expected
+from shared.config import RunConfig
+
+RUN_CONFIG = {"seed": 1, "aggregator": "fedadam", "resume": False, "num-server-rounds": 3}
+
+
+def _strategy(fp: str = "c" * 64, k: int = 6) -> SparseStrategy:
+    cfg = RunConfig(aggregator="fedadam", resume=True)
+    return SparseStrategy(cfg, GlobalState(torch.zeros(k), torch.zeros(2)), Expected(fp, "float32", k, 2))
+
+
+def test_checkpoint_then_resume_restores_state_optimizer_and_history(tmp_path):
+    src = _strategy()
+    src.state = GlobalState(torch.randn(6), torch.randn(2))
+    src.opt_state = {"m": torch.randn(8, dtype=torch.float64), "v": torch.rand(8, dtype=torch.float64)}
+    ident = run_identity(src, "/model", "pafi")
+    history = [{"round": 0}, {"round": 1}, {"round": 2}]
+    checkpoint_round(src.cfg, tmp_path, src, 2, history, ident, RUN_CONFIG)
+    dst = _strategy()
+    first, hist = resume_from_checkpoint(dst.cfg, tmp_path, dst, ident, {**RUN_CONFIG, "resume": True})
+    assert first == 3 and hist == history
+    assert torch.equal(dst.state.values, src.state.values) and torch.equal(dst.state.head, src.state.head)
+    assert all(torch.equal(dst.opt_state[n], src.opt_state[n]) for n in src.opt_state)
+
+
+def test_resume_without_checkpoint_starts_at_round_one(tmp_path):
+    s = _strategy()
+    assert resume_from_checkpoint(s.cfg, tmp_path, s, run_identity(s, "/m", "pafi"), RUN_CONFIG) == (1, [])
+
+
+def test_resume_refuses_other_mask_and_corruption(tmp_path):
+    src = _strategy()
+    checkpoint_round(src.cfg, tmp_path, src, 1, [], run_identity(src, "/m", "pafi"), RUN_CONFIG)
+    other = _strategy(fp="d" * 64)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        resume_from_checkpoint(other.cfg, tmp_path, other, run_identity(other, "/m", "pafi"), RUN_CONFIG)
+    path = tmp_path / CHECKPOINT_NAME
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(path)
+    before = src.state.values.clone()
+    with pytest.raises(CheckpointError):
+        resume_from_checkpoint(src.cfg, tmp_path, src, run_identity(src, "/m", "pafi"), RUN_CONFIG)
+    assert torch.equal(src.state.values, before)  # a refused checkpoint touches nothing

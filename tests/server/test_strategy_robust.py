@@ -1,0 +1,54 @@
+"""The strategy on real Messages: minimum replies, overflow guard, attackers under each aggregator."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from server.strategy import GlobalState, SparseStrategy
+from server.validation import Expected
+from shared.config import RunConfig
+from shared.protocol import UP_KEYS, encode_pair
+from tests.server.replies import FP, H, K, good_parts, message
+
+
+def _strategy(nodes: int, **cfg) -> SparseStrategy:
+    s = SparseStrategy(RunConfig(**cfg), GlobalState(torch.zeros(K), torch.zeros(H)),
+                       Expected(FP, "float32", K, H, block=8, max_bytes=4096))
+    s.partitions = {100 + i: i for i in range(nodes)}
+    return s
+
+
+def test_fewer_valid_replies_than_minimum_leaves_state_unchanged_and_says_so():
+    s = _strategy(3, min_train_replies=3)
+    replies = [message(100 + i, *good_parts("float32", i)) for i in range(2)]
+    assert s.aggregate_train(1, replies) == (None, None)
+    assert torch.equal(s.state.values, torch.zeros(K)) and not s.current.aggregated and s.current.replied == 2
+    assert any("min-train-replies 3" in r and "unchanged" in r for r in s.current.reasons)
+
+
+def test_update_that_would_overflow_float32_is_refused():
+    s = _strategy(2)
+    s.state = GlobalState(torch.full((K,), 3e38), torch.zeros(H))
+    arrays = encode_pair(torch.full((K,), 3e38), torch.zeros(H), UP_KEYS, "float32", 8)
+    assert s.aggregate_train(1, [message(100, arrays, {"num-examples": 5}, {"fingerprint": FP})]) == (None, None)
+    assert torch.equal(s.state.values, torch.full((K,), 3e38)) and "overflows" in s.current.reasons[-1]
+
+
+def test_attackers_through_the_strategy_median_resists_mean_does_not():
+    g = torch.Generator().manual_seed(5)
+    true = torch.randn(K, generator=g) * 0.01
+    errors = {}
+    for name in ("fedavg", "median", "trimmed-mean"):
+        s = _strategy(10, aggregator=name, extra={"trim-fraction": 0.3})
+        replies = []
+        for i in range(10):
+            d = true + 0.001 * torch.randn(K, generator=g)
+            d = d * -20 if i < 3 else d  # 3 of 10 send boosted, sign-flipped updates
+            arrays = encode_pair(d, torch.zeros(H), UP_KEYS, "float32", 8)
+            replies.append(message(100 + i, arrays, {"num-examples": 50, "train-loss": 0.1}, {"fingerprint": FP}))
+        s.aggregate_train(1, replies)
+        errors[name] = float((s.state.values - true).norm() / true.norm())
+    print("\nthrough SparseStrategy, 3/10 attackers (x-20):", {k: round(v, 3) for k, v in errors.items()})
+    assert errors["fedavg"] > 3 and errors["median"] < 0.3 and errors["trimmed-mean"] < 0.3
+    assert np.isfinite(list(errors.values())).all()
