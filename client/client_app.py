@@ -5,6 +5,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client.topk import register as register_topk
 from shared.config import RunConfig, parse_run_config
 from shared.masks import MaskMismatchError
 from server.wire import message_parts, to_recorddict
@@ -14,6 +15,7 @@ from shared.training import evaluate as evaluate_model
 from shared.training import train_local
 
 app = ClientApp()
+register_topk(app)  # "train.topk": the index-carrying baseline (client/topk.py)
 
 
 def _node_partition(context: Context) -> tuple[int, int]:

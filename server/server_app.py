@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.outputs import save_final_model, write_json
 from server.strategy import GlobalState, RoundLog, SparseStrategy
+from server.topk import TopkStrategy
 from server.validation import Expected
 from shared.config import RunConfig, parse_run_config
 from shared.protocol import flatten_head, unflatten_head
@@ -20,6 +21,9 @@ from shared.training import evaluate
 
 app = ServerApp()
 log = logging.getLogger("fedsparse.server")
+
+# method -> strategy class; methods not listed use the values-only SparseStrategy.
+STRATEGIES: dict[str, type[SparseStrategy]] = {"topk": TopkStrategy}
 
 BYTES_PER_VALUE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 
@@ -88,7 +92,7 @@ def main(grid: Grid, context: Context) -> None:
     print(f"fedsparse: method={cfg.method} k={rt.tuner.k} of {sum(p.numel() for p in rt.base.model.parameters())} "
           f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}", flush=True)
     recorder = RunRecorder(cfg, rt, out)
-    strategy = SparseStrategy(cfg, state, expected)
+    strategy = STRATEGIES.get(cfg.method, SparseStrategy)(cfg, state, expected)
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
     recorder.record(handshake, strategy.state, time.perf_counter() - t0)
@@ -96,6 +100,7 @@ def main(grid: Grid, context: Context) -> None:
                            on_round=lambda rl, sec: recorder.record(rl, strategy.state, sec))
     save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
+    summary.update(getattr(rt.tuner, "describe", dict)())  # method-specific figures (topk k, LoRA rank, ...)
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "
           f"up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)
