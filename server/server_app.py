@@ -11,6 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.outputs import save_final_model, write_json
+from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.topk import TopkStrategy
 from server.validation import Expected
@@ -95,6 +96,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = STRATEGIES.get(cfg.method, SparseStrategy)(cfg, state, expected)
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
+    run_selection(grid, cfg, rt, strategy, handshake)  # e.g. sam's mask; its bytes count in round 0
     recorder.record(handshake, strategy.state, time.perf_counter() - t0)
     final = strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
                            on_round=lambda rl, sec: recorder.record(rl, strategy.state, sec))

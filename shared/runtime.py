@@ -17,6 +17,7 @@ from shared.model import BaseModel, base_weights_digest, load_base_model
 from shared.tuner import SparseTuner
 from shared.tuners.dense import full_tuner, topk_tuner
 from shared.tuners.lora import lora_tuner
+from shared.tuners.sam import sam_tuner
 
 
 @dataclass
@@ -39,6 +40,7 @@ TUNERS: dict[str, TunerFactory] = {
     "full": full_tuner,
     "topk": topk_tuner,
     "lora": lora_tuner,
+    "sam": sam_tuner,
 }
 
 
