@@ -10,7 +10,6 @@ under the new fingerprint. A new phase is one function and one line in :data:`SE
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -27,7 +26,6 @@ from shared.runtime import Runtime
 from shared.sam import global_statistic, to_flat_index, top_by_square
 from shared.topk import decode_sparse
 
-log = logging.getLogger("fedsparse.server")
 
 
 class SelectionError(RuntimeError):
@@ -62,16 +60,13 @@ def _exchange(grid: Grid, strategy: SparseStrategy, rl: RoundLog, msgs: list[Mes
     return sorted(good, key=lambda m: strategy.partitions.get(m.metadata.src_node_id, -1))
 
 
-def sam_selection(grid: Grid, cfg: RunConfig, rt: Runtime, strategy: SparseStrategy, rl: RoundLog) -> None:
-    """Federated SAM: statistics up, global top-k on the server, positions down once, then values only."""
-    tuner, nodes = rt.tuner, sorted(strategy.partitions, key=lambda n: strategy.partitions[n])
+def _collect_statistics(grid: Grid, cfg: RunConfig, tuner, strategy: SparseStrategy, rl: RoundLog,
+                        nodes: list[int]) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
+    """``query.sam_stats`` to every node; the valid contributions, in partition order."""
     _, scheme, _ = tuner.settings
-    up0, down0 = rl.bytes_up, rl.bytes_down
-    conf = {"fingerprint": tuner.recipe}
-    replies = _exchange(grid, strategy, rl, [Message(to_recorddict({}, conf), n, "query.sam_stats") for n in nodes],
-                        cfg.round_timeout)
+    msgs = [Message(to_recorddict({}, {"fingerprint": tuner.recipe}), n, "query.sam_stats") for n in nodes]
     contributions = []
-    for reply in replies:
+    for reply in _exchange(grid, strategy, rl, msgs, cfg.round_timeout):
         arrays, _, config = message_parts(reply)
         try:
             contributions.append(validate_stats(arrays, config, tuner.recipe, tuner.num_candidates, scheme,
@@ -80,26 +75,39 @@ def sam_selection(grid: Grid, cfg: RunConfig, rt: Runtime, strategy: SparseStrat
             strategy._reject(reply.metadata.src_node_id, f"sam_stats {exc.__class__.__name__}: {exc}")
     if not contributions:
         raise SelectionError("no node sent valid sam statistics: " + "; ".join(rl.reasons[:3]))
-    stat = global_statistic(contributions, tuner.num_candidates)
-    mask = tuner.mask_from_selection(top_by_square(stat, tuner.shapes, cfg.mask_density, cfg.mask_scope))
+    return contributions
+
+
+def _broadcast_mask(grid: Grid, cfg: RunConfig, tuner, strategy: SparseStrategy, rl: RoundLog, nodes: list[int],
+                    mask) -> set[int]:
+    """``query.sam_mask`` (int32 flat candidate positions) to every node; drop nodes that do not confirm."""
     flat = to_flat_index(dict(zip(mask.names, mask.indices)), tuner.shapes).to(torch.int32).numpy()
     conf = {"fingerprint": tuner.recipe, "mask-fingerprint": mask.fingerprint}
     msgs = [Message(to_recorddict({"mask-index": flat}, conf), n, "query.sam_mask") for n in nodes]
-    confirmed = set()
-    for reply in _exchange(grid, strategy, rl, msgs, cfg.round_timeout):
-        if message_parts(reply)[2].get("fingerprint") == mask.fingerprint:
-            confirmed.add(reply.metadata.src_node_id)
+    confirmed = {r.metadata.src_node_id for r in _exchange(grid, strategy, rl, msgs, cfg.round_timeout)
+                 if message_parts(r)[2].get("fingerprint") == mask.fingerprint}
     for node in set(nodes) - confirmed:
         strategy._reject(node, "did not confirm the sam mask; node excluded from training")
         strategy.partitions.pop(node, None)
     if not strategy.partitions:
         raise SelectionError("no node confirmed the sam mask")
+    return confirmed
+
+
+def sam_selection(grid: Grid, cfg: RunConfig, rt: Runtime, strategy: SparseStrategy, rl: RoundLog) -> None:
+    """Federated SAM: statistics up, global top-k on the server, positions down once, then values only."""
+    tuner, nodes = rt.tuner, sorted(strategy.partitions, key=lambda n: strategy.partitions[n])
+    up0, down0 = rl.bytes_up, rl.bytes_down
+    contributions = _collect_statistics(grid, cfg, tuner, strategy, rl, nodes)
+    stat = global_statistic(contributions, tuner.num_candidates)  # sum of raw sums, then squared below
+    mask = tuner.mask_from_selection(top_by_square(stat, tuner.shapes, cfg.mask_density, cfg.mask_scope))
+    confirmed = _broadcast_mask(grid, cfg, tuner, strategy, rl, nodes, mask)
     tuner.install(mask)
     strategy.state = GlobalState(tuner.initial_values(), strategy.state.head)
     strategy.expected = dataclasses.replace(strategy.expected, fingerprint=mask.fingerprint, k=mask.k)
     tuner.selection_report = {"selection_bytes_up": rl.bytes_up - up0, "selection_bytes_down": rl.bytes_down - down0,
                               "selection_clients": len(contributions), "selection_confirmed": len(confirmed)}
-    print(f"fedsparse: sam selected k={mask.k} from {len(contributions)} clients ({scheme}); mask "
+    print(f"fedsparse: sam selected k={mask.k} from {len(contributions)} clients ({tuner.settings[1]}); mask "
           f"{mask.fingerprint[:12]}; selection up {rl.bytes_up - up0:,} B, down {rl.bytes_down - down0:,} B",
           flush=True)
 

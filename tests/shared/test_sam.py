@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from shared.config import RunConfig
 from shared.data import Encoded
 from shared.masks import encoder_matrix_names
 from shared.model import base_weights_digest, load_base_model
