@@ -164,7 +164,9 @@ class LoraTuner:
         return folder
 
     def describe(self) -> dict:
-        return {"lora_rank": self.config.r, "lora_alpha": self.config.lora_alpha,
+        """summary.json figures; ``num_params`` counts the base model without PEFT's adapter tensors."""
+        n_base = sum(p.numel() for n, p in self.peft.named_parameters() if ".lora_" not in n)
+        return {"num_params": n_base, "dense_bytes_per_client_round": 4 * n_base, "lora_rank": self.config.r, "lora_alpha": self.config.lora_alpha,
                 "lora_target_modules": sorted(self.config.target_modules), "adapter_params": self.k}
 
 
