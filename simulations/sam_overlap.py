@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import torch
+
 from shared.config import parse_run_config
 from shared.model import base_weights_digest, load_base_model
 from shared.runtime import client_partition, num_labels_for
@@ -50,6 +52,15 @@ def main(argv: list[str] | None = None) -> None:
                                             cfg.mask_scope), tuner.shapes)
         up = sum(8 * int(idx.numel()) for idx, _ in reports) / len(reports)
         print(f"local-top x{factor:<4g} upload/client {up:>12,.0f} B  overlap {overlap(dense, cheap):.4f}")
+        # What a second pass would reach: exact sums, but only on the union of the reported positions.
+        union = torch.unique(torch.cat([idx for idx, _ in reports]))
+        exact = global_statistic([(None, g) for g in grads], n)
+        restricted = torch.zeros(n, dtype=torch.float64)
+        restricted[union] = exact[union]
+        refined = to_flat_index(top_by_square(restricted.float(), tuner.shapes, cfg.mask_density, cfg.mask_scope),
+                                tuner.shapes)
+        print(f"  + refine on the union ({union.numel():,} positions): upload/client "
+              f"{up + 4 * union.numel():>12,.0f} B  overlap {overlap(dense, refined):.4f}")
 
 
 if __name__ == "__main__":
