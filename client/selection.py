@@ -3,7 +3,8 @@
 ``query.sam_stats``: sum the raw loss gradients over ``sam-batches`` local batches at the pre-trained
 weights (a freshly loaded base, so nothing trained or wired can leak in) and send them: the dense
 (n_cand,) float32 sum as ``grad``, or with ``sam-scheme="local-top"`` only this client's top entries
-as ``grad-index`` int32 + ``grad`` float32.
+as ``grad-index`` int32 + ``grad`` float32; with ``sam-scheme="refine"`` the same, followed by
+``query.sam_refine``: the exact sum at the union of everyone's reported positions (float32 values only).
 ``query.sam_mask``: rebuild the broadcast mask, check its fingerprint, keep its positions in the
 node's ``context.state`` (a simulation may run a node's next message in another worker process) and
 install it. :func:`sync_selected_mask` re-installs it from ``context.state`` before every message.
@@ -52,8 +53,12 @@ def _check_recipe(msg: Message, rt: Runtime) -> None:
                                 f"different base model or sam-* settings")
 
 
-def sam_stats(msg: Message, context: Context) -> Message:
-    """Accumulated gradients of this node's data at the pre-trained weights (no update)."""
+def _local_gradient(msg: Message, context: Context) -> tuple[RunConfig, Runtime, torch.Tensor, int, int]:
+    """(cfg, runtime, this node's accumulated gradient (n_cand,), partition id, examples used).
+
+    Deterministic (seeded by partition), so the ``refine`` pass recomputes it instead of keeping 4*n_cand
+    bytes per node between messages.
+    """
     from client.client_app import _node_partition  # lazy: client_app imports this module to register it
 
     cfg = parse_run_config(context.run_config)
@@ -61,16 +66,32 @@ def sam_stats(msg: Message, context: Context) -> Message:
     _check_recipe(msg, rt)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
-    batches, scheme, factor = rt.tuner.settings
+    batches = rt.tuner.settings[0]
     pristine = load_base_model(cfg.model, rt.num_labels, cfg.seed).model  # θ0, same head init as everyone
     grad = accumulate_gradients(pristine, list(rt.tuner.shapes), data, batches, cfg.batch_size,
                                 seed=cfg.seed * 100_003 + pid * 1_009)
+    return cfg, rt, grad, pid, min(len(data), batches * cfg.batch_size)
+
+
+def sam_stats(msg: Message, context: Context) -> Message:
+    """Accumulated gradients of this node's data at the pre-trained weights (no update)."""
+    cfg, rt, grad, pid, used = _local_gradient(msg, context)
+    _, scheme, factor = rt.tuner.settings
     if scheme == "dense":
         arrays = encode_values(grad, "float32", "grad")
     else:
         idx, vals = local_top(grad, rt.tuner.shapes, cfg.mask_density, factor, cfg.mask_scope)
         arrays = encode_sparse(idx, vals, "float32", "grad", cfg.int8_block_size)
-    metrics = {"num-examples": min(len(data), batches * cfg.batch_size), "partition-id": pid}
+    metrics = {"num-examples": used, "partition-id": pid}
+    return Message(to_recorddict(arrays, {"fingerprint": rt.tuner.recipe}, metrics), reply_to=msg)
+
+
+def sam_refine(msg: Message, context: Context) -> Message:
+    """``refine`` scheme, second pass: this node's exact accumulated gradient at the server's positions."""
+    cfg, rt, grad, pid, used = _local_gradient(msg, context)
+    idx = decode_index(message_parts(msg)[0], "union", rt.tuner.num_candidates)
+    arrays = encode_values(grad[idx], "float32", "grad")
+    metrics = {"num-examples": used, "partition-id": pid}
     return Message(to_recorddict(arrays, {"fingerprint": rt.tuner.recipe}, metrics), reply_to=msg)
 
 
@@ -93,6 +114,7 @@ def sam_mask(msg: Message, context: Context) -> Message:
 
 
 def register(app: ClientApp) -> None:
-    """Route ``query.sam_stats`` and ``query.sam_mask``."""
+    """Route ``query.sam_stats``, ``query.sam_refine`` and ``query.sam_mask``."""
     app.query("sam_stats")(sam_stats)
+    app.query("sam_refine")(sam_refine)
     app.query("sam_mask")(sam_mask)

@@ -3,7 +3,7 @@
 ``sam``: ask every handshaken node for its accumulated gradients (``query.sam_stats``), validate
 each reply, sum them, square, keep the global top-k (:func:`shared.sam.top_by_square`), fingerprint
 the mask and broadcast its positions once (``query.sam_mask``, int32 positions in the flat candidate
-space). Nodes that cannot confirm the mask are dropped from training. From then on only values travel,
+space); ``refine`` adds a second exchange (``query.sam_refine``) before the top-k. Nodes that cannot confirm the mask are dropped from training. From then on only values travel,
 under the new fingerprint. A new phase is one function and one line in :data:`SELECTION_PHASES`.
 """
 
@@ -78,6 +78,27 @@ def _collect_statistics(grid: Grid, cfg: RunConfig, tuner, strategy: SparseStrat
     return contributions
 
 
+def _refine(grid: Grid, cfg: RunConfig, tuner, strategy: SparseStrategy, rl: RoundLog, nodes: list[int],
+            first: list[tuple[torch.Tensor | None, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Second pass of ``refine``: every node's exact sum at the union U of the first pass's positions."""
+    union = torch.unique(torch.cat([idx for idx, _ in first]))
+    conf = {"fingerprint": tuner.recipe}
+    msgs = [Message(to_recorddict({"union-index": union.to(torch.int32).numpy()}, conf), n, "query.sam_refine")
+            for n in nodes]
+    contributions = []
+    for reply in _exchange(grid, strategy, rl, msgs, cfg.round_timeout):
+        arrays, _, config = message_parts(reply)
+        try:
+            _, vals = validate_stats(arrays, config, tuner.recipe, union.numel(), "dense",
+                                     int(cfg.max_reply_mb * 2**20))
+            contributions.append((union, vals))
+        except (MalformedUpdateError, MaskMismatchError, KeyError, TypeError, ValueError) as exc:
+            strategy._reject(reply.metadata.src_node_id, f"sam_refine {exc.__class__.__name__}: {exc}")
+    if not contributions:
+        raise SelectionError("no node sent valid sam refine values: " + "; ".join(rl.reasons[:3]))
+    return contributions
+
+
 def _broadcast_mask(grid: Grid, cfg: RunConfig, tuner, strategy: SparseStrategy, rl: RoundLog, nodes: list[int],
                     mask) -> set[int]:
     """``query.sam_mask`` (int32 flat candidate positions) to every node; drop nodes that do not confirm."""
@@ -99,6 +120,8 @@ def sam_selection(grid: Grid, cfg: RunConfig, rt: Runtime, strategy: SparseStrat
     tuner, nodes = rt.tuner, sorted(strategy.partitions, key=lambda n: strategy.partitions[n])
     up0, down0 = rl.bytes_up, rl.bytes_down
     contributions = _collect_statistics(grid, cfg, tuner, strategy, rl, nodes)
+    if tuner.settings[1] == "refine":
+        contributions = _refine(grid, cfg, tuner, strategy, rl, nodes, contributions)
     stat = global_statistic(contributions, tuner.num_candidates)  # sum of raw sums, then squared below
     mask = tuner.mask_from_selection(top_by_square(stat, tuner.shapes, cfg.mask_density, cfg.mask_scope))
     confirmed = _broadcast_mask(grid, cfg, tuner, strategy, rl, nodes, mask)

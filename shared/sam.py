@@ -13,7 +13,9 @@ Candidates are PaFi's (the encoder's attention/FFN matrices), so only the rankin
 
 Schemes: ``dense`` (each client sends its (n_cand,) float32 sum; exact) and ``local-top`` (each
 client sends only its own top ``sam-local-factor * k`` entries by |g|, as int32 positions + float32
-values; the server treats what a client did not send as 0).
+values; the server treats what a client did not send as 0) and ``refine`` (``local-top``, then a
+second pass: the server sends the union U of the reported positions and every client returns its exact
+sum at U, float32 values only; the top-k is then exact within U).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from shared.config import ConfigError, RunConfig
 from shared.data import Encoded, batch_indices
 from shared.masks import encoder_matrix_names, select_by_score
 
-SCHEMES = ("dense", "local-top")
+SCHEMES = ("dense", "local-top", "refine")
 
 
 def sam_settings(cfg: RunConfig) -> tuple[int, str, float]:

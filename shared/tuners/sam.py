@@ -47,8 +47,9 @@ class SamTuner:
         return int(sum(torch.Size(s).numel() for s in self.shapes.values()))
 
     def mask_from_selection(self, selected: dict[str, torch.Tensor]) -> Mask:
-        """Freeze per-name positions into the sam Mask (fingerprint covers every position)."""
-        mask = build_mask(self.base.model, selected, "sam", self.cfg.mask_density, self.digest, self.recipe)
+        """Freeze per-name positions into the sam Mask. Its fingerprint covers the base, density and every
+        position (not the scheme), so two schemes that select the same set agree on it."""
+        mask = build_mask(self.base.model, selected, "sam", self.cfg.mask_density, self.digest)
         if mask.k == 0:
             raise MaskError(f"mask-density {self.cfg.mask_density} selects no entries; raise mask-density")
         return mask

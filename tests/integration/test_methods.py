@@ -78,3 +78,22 @@ def test_sam_and_lora_and_topk_in_the_simulation_engine(repo_root, tiny_model_di
         res = _check_outputs(out, method)
         if method == "sam":  # the mask reached the clients through their node state, in Ray workers
             assert res["summary"]["selection_confirmed"] == 2 and res["history"][2]["replied"] == 2
+
+
+def test_cheap_sam_schemes_reporting_everything_select_exactly_the_dense_mask(repo_root, tiny_model_dir, sst2_dir,
+                                                                               tmp_path):
+    """With sam-local-factor * mask-density >= 1 a client's "top" is every entry, so local-top and refine
+    must rebuild the dense statistic exactly: the same mask fingerprint, through the whole protocol."""
+    from client.client_app import app as client_app
+    from server.server_app import main
+    from tests.support.local_grid import LocalGrid
+
+    fingerprints = {}
+    for scheme in ("dense", "local-top", "refine"):
+        out = tmp_path / scheme
+        rc = _run_config(repo_root, tiny_model_dir, sst2_dir, out, "sam", **{
+            "sam-scheme": scheme, "sam-local-factor": 20.0, "num-server-rounds": 1})
+        main(LocalGrid(client_app, rc, 2), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                                   run_config=rc))
+        fingerprints[scheme] = json.loads((out / "summary.json").read_text())["mask_fingerprint"]
+    assert fingerprints["local-top"] == fingerprints["dense"] == fingerprints["refine"]
