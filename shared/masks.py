@@ -138,7 +138,7 @@ def select_random(model: nn.Module, density: float, cfg: RunConfig) -> dict[str,
     deterministic for a given torch version, which every node of a run shares.
     """
     cands = _candidates(model, encoder_matrix_names(model))
-    gen = torch.Generator().manual_seed(int(cfg.option("mask-seed", 0)))
+    gen = torch.Generator().manual_seed(selector_option(cfg, "mask-seed", 0))
     if cfg.mask_scope == "per-matrix":
         return {n: torch.randperm(t.numel(), generator=gen)[: int(density * t.numel())] for n, t in cands.items()}
     total = sum(t.numel() for t in cands.values())
@@ -211,10 +211,19 @@ def build_mask(model: nn.Module, selected: dict[str, torch.Tensor], method: str,
     return Mask(tuple(names), tuple(shapes), tuple(indices), method, float(density), base_digest, fp)
 
 
+def selector_option(cfg: RunConfig, key: str, default):
+    """A selector's run-config option, coerced to the default's type (artifacts store options as text)."""
+    value = cfg.extra.get(key, default)
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise MaskError(f"run-config key '{key}' must be {type(default).__name__}, got {value!r}") from None
+
+
 def selector_recipe(cfg: RunConfig) -> str:
     """``key=value,...`` of the options the selector of ``cfg.method`` reads ("" if none)."""
     opts = SELECTOR_OPTIONS.get(cfg.method, {})
-    return ",".join(f"{key}={cfg.option(key, default)!r}" for key, default in sorted(opts.items()))
+    return ",".join(f"{key}={selector_option(cfg, key, default)!r}" for key, default in sorted(opts.items()))
 
 
 def select_mask(model: nn.Module, cfg: RunConfig, base_digest: str) -> Mask:

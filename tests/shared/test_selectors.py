@@ -87,3 +87,20 @@ def test_bitfit_selects_exactly_the_bias_terms(tiny):
     for name, idx in zip(mask.names, mask.indices):
         assert torch.equal(idx, torch.arange(params[name].numel()))
     assert not set(mask.names) & set(base.head_names)
+
+
+def test_random_delta_artifact_rebuilds_its_mask_from_the_recorded_seed(tiny_model_dir, tmp_path):
+    from shared.artifacts import apply_delta, save_delta
+    from shared.sparse import gather_values
+
+    base = load_base_model(str(tiny_model_dir), 2, 0)
+    digest = base_weights_digest(base.model, base.head_names)
+    cfg = RunConfig(method="random", mask_density=0.05, seed=0, extra={"mask-seed": 3})
+    mask = select_mask(base.model, cfg, digest)
+    values = torch.randn(mask.k) * 0.1
+    path = save_delta(tmp_path / "delta.safetensors", mask, values, {}, cfg, str(tiny_model_dir))
+    target = load_base_model(str(tiny_model_dir), 2, 0)
+    merged = apply_delta(path, target)  # options come back as text; the seed must still rebuild the mask
+    got = gather_values(dict(merged.named_parameters()), mask)
+    want = gather_values(dict(load_base_model(str(tiny_model_dir), 2, 0).model.named_parameters()), mask) + values
+    assert torch.allclose(got, want)
