@@ -5,6 +5,9 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client.selection import register as register_selection
+from client.selection import sync_selected_mask
+from client.topk import register as register_topk
 from shared.config import RunConfig, parse_run_config
 from shared.faults import act_before_training, planned_fault, poison
 from shared.masks import MaskMismatchError
@@ -15,6 +18,8 @@ from shared.training import evaluate as evaluate_model
 from shared.training import train_local
 
 app = ClientApp()
+register_topk(app)  # "train.topk": the index-carrying baseline (client/topk.py)
+register_selection(app)  # "query.sam_stats" / "query.sam_mask": sam's selection phase (client/selection.py)
 
 
 def _node_partition(context: Context) -> tuple[int, int]:
@@ -47,6 +52,7 @@ def _receive(msg: Message, cfg: RunConfig):
 def train(msg: Message, context: Context) -> Message:
     """Train the masked entries and the head locally; reply with the deltas only."""
     cfg = parse_run_config(context.run_config)
+    sync_selected_mask(context, cfg)  # a selected (sam) mask lives in the node state; no-op otherwise
     rt, values, head_vec, dtype = _receive(msg, cfg)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
@@ -72,6 +78,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Client-side evaluation of the global model on this node's partition (metrics only)."""
     cfg = parse_run_config(context.run_config)
+    sync_selected_mask(context, cfg)  # a selected (sam) mask lives in the node state; no-op otherwise
     rt, _, _, _ = _receive(msg, cfg)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
@@ -84,6 +91,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 def query(msg: Message, context: Context) -> Message:
     """Handshake: report this node's partition and mask fingerprint (derived locally, never sent)."""
     cfg = parse_run_config(context.run_config)
+    sync_selected_mask(context, cfg)  # a selected (sam) mask lives in the node state; no-op otherwise
     rt = get_runtime(cfg)
     pid, nparts = _node_partition(context)
     metrics = {"partition-id": pid, "num-partitions": nparts, "k": rt.tuner.k}

@@ -13,7 +13,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.outputs import save_final_model, write_json
 from server.recovery import checkpoint_round, resume_from_checkpoint, run_identity
+from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
+from server.topk import TopkStrategy
 from server.validation import Expected
 from shared.config import ConfigError, RunConfig, parse_run_config
 from shared.data import DataLoadError
@@ -25,6 +27,9 @@ from shared.training import evaluate
 
 app = ServerApp()
 log = logging.getLogger("fedsparse.server")
+
+# method -> strategy class; methods not listed use the values-only SparseStrategy.
+STRATEGIES: dict[str, type[SparseStrategy]] = {"topk": TopkStrategy}
 
 BYTES_PER_VALUE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 
@@ -86,13 +91,13 @@ USER_ERRORS = (ConfigError, DataLoadError, ModelLoadError, MaskError)
 def main(grid: Grid, context: Context) -> None:
     """Run the federation; a bad knob, model or dataset ends it with one clear line."""
     try:
-        run(grid, parse_run_config(context.run_config))
+        run(grid, parse_run_config(context.run_config), dict(context.run_config))
     except USER_ERRORS as exc:
         print(f"fedsparse: error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
 
-def run(grid: Grid, cfg: RunConfig) -> None:
+def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     """Handshake, ``num-server-rounds`` rounds of values-only FedAvg, then save the merged model."""
     out = Path(cfg.output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -105,11 +110,13 @@ def run(grid: Grid, cfg: RunConfig) -> None:
     print(f"fedsparse: method={cfg.method} k={rt.tuner.k} of {sum(p.numel() for p in rt.base.model.parameters())} "
           f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}", flush=True)
     recorder = RunRecorder(cfg, rt, out)
-    strategy = SparseStrategy(cfg, state, expected)
-    identity, run_config = run_identity(strategy, rt.base.source, cfg.method), dict(context.run_config)
-    first_round, recorder.history = resume_from_checkpoint(cfg, out, strategy, identity, run_config)
+    strategy = STRATEGIES.get(cfg.method, SparseStrategy)(cfg, state, expected)
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
+    run_selection(grid, cfg, rt, strategy, handshake)  # e.g. sam's mask; its bytes count in round 0
+    # After selection: the identity (and so a resumable checkpoint) includes sam's selected mask.
+    identity = run_identity(strategy, rt.base.source, cfg.method)
+    first_round, recorder.history = resume_from_checkpoint(cfg, out, strategy, identity, run_config)
     if first_round == 1:
         recorder.record(handshake, strategy.state, time.perf_counter() - t0)
 
@@ -121,6 +128,7 @@ def run(grid: Grid, cfg: RunConfig) -> None:
                            on_round=after_round, first_round=first_round)
     save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
+    summary.update(getattr(rt.tuner, "describe", dict)())  # method-specific figures (topk k, LoRA rank, ...)
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "
           f"up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)

@@ -131,9 +131,45 @@ def select_magnitude(model: nn.Module, density: float, cfg: RunConfig) -> dict[s
     return select_by_score(cands, lambda t: -t.abs(), density, cfg.mask_scope)
 
 
+def select_random(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """Uniformly random candidate entries, drawn from ``mask-seed`` (a run-config key, so every node agrees).
+
+    Same candidates and count as PaFi. ``torch.randperm`` with a seeded CPU generator is
+    deterministic for a given torch version, which every node of a run shares.
+    """
+    cands = _candidates(model, encoder_matrix_names(model))
+    gen = torch.Generator().manual_seed(selector_option(cfg, "mask-seed", 0))
+    if cfg.mask_scope == "per-matrix":
+        return {n: torch.randperm(t.numel(), generator=gen)[: int(density * t.numel())] for n, t in cands.items()}
+    total = sum(t.numel() for t in cands.values())
+    return _split_flat(torch.randperm(total, generator=gen)[: int(density * total)], cands)
+
+
+def select_bitfit(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """BitFit: every bias term of the pre-trained body (embeddings LayerNorm, encoder, pooler); own budget.
+
+    The body is the ``base_model_prefix`` sub-model (``bert.*``), so the task head's bias, which
+    trains densely anyway, is never in the mask. ``density`` is ignored.
+    """
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    sel = {n: torch.arange(p.numel()) for n, p in model.named_parameters()
+           if n.startswith(prefix) and n.endswith("bias")}
+    if not sel:
+        raise MaskError(f"the model has no bias terms under '{prefix}*'; bitfit needs a model with biases")
+    return sel
+
+
 SELECTORS: dict[str, Selector] = {
     "pafi": select_pafi,
     "magnitude": select_magnitude,
+    "random": select_random,
+    "bitfit": select_bitfit,
+}
+
+# Run-config keys (with defaults) a selector reads besides the density: folded into the fingerprint,
+# so e.g. two ``mask-seed`` values can never be mistaken for the same mask.
+SELECTOR_OPTIONS: dict[str, dict[str, object]] = {
+    "random": {"mask-seed": 0},
 }
 
 
@@ -142,10 +178,12 @@ def register_selector(name: str, fn: Selector) -> None:
     SELECTORS[name] = fn
 
 
-def mask_fingerprint(base_digest: str, method: str, density: float, names, indices) -> str:
-    """SHA-256 over the base weights' digest, method, density and every selected position."""
+def mask_fingerprint(base_digest: str, method: str, density: float, names, indices, recipe: str = "") -> str:
+    """SHA-256 over the base weights' digest, method, density, the selector's options and every position."""
     h = hashlib.sha256()
     h.update(f"{base_digest}|{method}|{density!r}|".encode())
+    if recipe:  # empty for option-less selectors, so their fingerprints are unchanged
+        h.update(f"{recipe}|".encode())
     for name, idx in zip(names, indices):
         h.update(f"{name}:{idx.numel()}|".encode())
         h.update(idx.to(torch.int64).contiguous().numpy().tobytes())
@@ -153,7 +191,7 @@ def mask_fingerprint(base_digest: str, method: str, density: float, names, indic
 
 
 def build_mask(model: nn.Module, selected: dict[str, torch.Tensor], method: str, density: float,
-               base_digest: str) -> Mask:
+               base_digest: str, recipe: str = "") -> Mask:
     """Freeze a selection into a :class:`Mask` (model order, sorted unique indices, fingerprint)."""
     params = dict(model.named_parameters())
     names, shapes, indices = [], [], []
@@ -169,8 +207,23 @@ def build_mask(model: nn.Module, selected: dict[str, torch.Tensor], method: str,
     unknown = set(selected) - set(params)
     if unknown:
         raise MaskError(f"selector named parameters the model does not have: {sorted(unknown)[:3]}")
-    fp = mask_fingerprint(base_digest, method, density, names, indices)
+    fp = mask_fingerprint(base_digest, method, density, names, indices, recipe)
     return Mask(tuple(names), tuple(shapes), tuple(indices), method, float(density), base_digest, fp)
+
+
+def selector_option(cfg: RunConfig, key: str, default):
+    """A selector's run-config option, coerced to the default's type (artifacts store options as text)."""
+    value = cfg.extra.get(key, default)
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise MaskError(f"run-config key '{key}' must be {type(default).__name__}, got {value!r}") from None
+
+
+def selector_recipe(cfg: RunConfig) -> str:
+    """``key=value,...`` of the options the selector of ``cfg.method`` reads ("" if none)."""
+    opts = SELECTOR_OPTIONS.get(cfg.method, {})
+    return ",".join(f"{key}={selector_option(cfg, key, default)!r}" for key, default in sorted(opts.items()))
 
 
 def select_mask(model: nn.Module, cfg: RunConfig, base_digest: str) -> Mask:
@@ -180,7 +233,7 @@ def select_mask(model: nn.Module, cfg: RunConfig, base_digest: str) -> Mask:
             f"unknown mask method {cfg.method!r}; choose one of {sorted(SELECTORS)} (run-config key 'method')"
         )
     selected = SELECTORS[cfg.method](model, cfg.mask_density, cfg)
-    mask = build_mask(model, selected, cfg.method, cfg.mask_density, base_digest)
+    mask = build_mask(model, selected, cfg.method, cfg.mask_density, base_digest, selector_recipe(cfg))
     if mask.k == 0:
         raise MaskError(f"mask-density {cfg.mask_density} selects no entries; raise mask-density")
     return mask

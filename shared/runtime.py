@@ -15,6 +15,9 @@ from shared.data import dataset_spec, encode, load_splits, partition, Encoded
 from shared.masks import select_mask
 from shared.model import BaseModel, base_weights_digest, load_base_model
 from shared.tuner import SparseTuner
+from shared.tuners.dense import full_tuner, topk_tuner
+from shared.tuners.lora import lora_tuner
+from shared.tuners.sam import sam_tuner
 
 
 @dataclass
@@ -33,7 +36,12 @@ def mask_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> SparseTuner:
 
 TunerFactory = Callable[[BaseModel, RunConfig, str], SparseTuner]
 # method -> tuner factory; a method not listed here is a mask selector (masks.SELECTORS).
-TUNERS: dict[str, TunerFactory] = {}
+TUNERS: dict[str, TunerFactory] = {
+    "full": full_tuner,
+    "topk": topk_tuner,
+    "lora": lora_tuner,
+    "sam": sam_tuner,
+}
 
 
 _LOCK = threading.Lock()

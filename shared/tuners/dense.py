@@ -1,0 +1,148 @@
+"""Dense tuners: ``full`` (FedAvg of every pre-trained parameter) and ``topk`` (dense local training,
+index-carrying uploads; the wire side lives in ``shared/topk.py``).
+
+The global state stays one flat float32 vector: ``values`` (N,) is the change from the base of every
+parameter except the task head, in ``named_parameters()`` order, wired into the forward with a
+parametrization ``W = W_base + values[slice].view_as(W_base)``; the head trains densely as usual.
+N is the upper bound on what a client can send (N * 4 bytes in float32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from shared.config import RunConfig
+from shared.masks import encoder_matrix_names
+from shared.model import BaseModel
+from shared.sparse import MergeError
+
+
+class _AddDense(nn.Module):
+    """Parametrization: tensor + a slice of the tuner's value vector, viewed in the tensor's shape."""
+
+    def __init__(self, tuner: "DenseTuner", start: int, stop: int):
+        super().__init__()
+        self._tuner = [tuner]  # list: keep the tuner out of the module tree
+        self.start, self.stop = start, stop
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return t + self._tuner[0].values[self.start:self.stop].view_as(t).to(t.dtype)
+
+
+class DenseTuner:
+    """All non-head parameters train; ``values`` (N,) float32 holds their change from the base.
+
+    Implements the tuner contract of ``shared.tuner.SparseTuner``. ``topk_k`` (0 for ``full``) is the
+    number of entries a ``topk`` client uploads per round.
+    """
+
+    def __init__(self, base: BaseModel, method: str, digest: str, topk_k: int = 0):
+        model, self.head_names = base.model, tuple(base.head_names)
+        params = dict(model.named_parameters())
+        self._head = {n: params[n] for n in self.head_names}
+        self.names = tuple(n for n in params if n not in self._head)
+        self.shapes = tuple(tuple(params[n].shape) for n in self.names)
+        sizes = [math.prod(s) for s in self.shapes]
+        self.offsets = tuple([0] + list(torch.tensor(sizes).cumsum(0).tolist()))
+        self.method, self.topk_k = method, int(topk_k)
+        self.values = nn.Parameter(torch.zeros(self.offsets[-1]))
+        h = hashlib.sha256(f"{digest}|{method}|dense|{self.offsets[-1]}|topk={self.topk_k}|".encode())
+        h.update("|".join(self.names).encode())
+        self._fingerprint = h.hexdigest()
+        modules = dict(model.named_modules())
+        for i, name in enumerate(self.names):
+            mod_name, _, attr = name.rpartition(".")
+            parametrize.register_parametrization(modules[mod_name], attr,
+                                                 _AddDense(self, self.offsets[i], self.offsets[i + 1]), unsafe=True)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def k(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def num_trainable(self) -> int:
+        return self.k + sum(p.numel() for p in self._head.values())
+
+    def initial_values(self) -> torch.Tensor:
+        """No change from the base: zeros (N,)."""
+        return torch.zeros(self.k)
+
+    def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
+        """Set the dense change (N,) and, if given, the head tensors."""
+        _check_vector(values, self.k)
+        with torch.no_grad():
+            self.values.copy_(values)
+            for name, t in (head or {}).items():
+                if name not in self._head or self._head[name].shape != t.shape:
+                    raise MergeError(f"head tensor {name} with shape {tuple(t.shape)} does not fit the model")
+                self._head[name].copy_(t)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self._head.items()}
+
+    def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
+        for p in self._head.values():
+            p.requires_grad_(train_head)
+        return [self.values] + (list(self._head.values()) if train_head else [])
+
+    def merge(self, fresh: nn.Module, values: torch.Tensor, head: dict[str, torch.Tensor]) -> nn.Module:
+        """Write base + values and the head into ``fresh`` (an unwrapped base copy); checks before writing."""
+        _check_vector(values, self.k)
+        params = dict(fresh.named_parameters())
+        for name, t in head.items():
+            if name not in params or params[name].shape != t.shape or not torch.isfinite(t).all():
+                raise MergeError(f"head tensor {name} is missing, misshapen or non-finite; nothing merged")
+        with torch.no_grad():
+            for i, name in enumerate(self.names):
+                params[name].add_(values[self.offsets[i]:self.offsets[i + 1]].view_as(params[name]))
+            for name, t in head.items():
+                params[name].copy_(t)
+        return fresh
+
+    def save_artifact(self, out, values: torch.Tensor, head: dict[str, torch.Tensor], cfg: RunConfig,
+                      source: str) -> Path:
+        """``delta.safetensors``: the dense change per parameter and the head (as large as the model)."""
+        tensors = {f"delta.{n}": values[self.offsets[i]:self.offsets[i + 1]].view(self.shapes[i]).contiguous()
+                   for i, n in enumerate(self.names)}
+        tensors.update({f"head.{n}": t.detach().float().contiguous() for n, t in head.items()})
+        meta = {"format": "fedsparse-dense-delta-v1", "method": self.method, "fingerprint": self.fingerprint,
+                "model": source, "k": str(self.k), "topk_k": str(self.topk_k)}
+        path = Path(out) / "delta.safetensors"
+        save_file(tensors, str(path), metadata=meta)
+        return path
+
+    def describe(self) -> dict:
+        """Method-specific figures for summary.json."""
+        if self.method == "topk":
+            return {"topk_k": self.topk_k, "index_dtype": "int32"}
+        return {}
+
+
+def _check_vector(values: torch.Tensor, n: int) -> None:
+    if values.dim() != 1 or values.numel() != n:
+        raise MergeError(f"value vector has shape {tuple(values.shape)}, the dense tuner needs ({n},)")
+    if not values.is_floating_point() or not torch.isfinite(values).all():
+        raise MergeError("value vector must be finite floating point; nothing merged")
+
+
+def full_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> DenseTuner:
+    """``full``: dense FedAvg of every pre-trained parameter (the upper bound on bytes)."""
+    return DenseTuner(base, "full", digest)
+
+
+def topk_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> DenseTuner:
+    """``topk``: dense local training; uploads carry PaFi's budget k = density * (candidate entries)."""
+    params = dict(base.model.named_parameters())
+    n_cand = sum(params[n].numel() for n in encoder_matrix_names(base.model))
+    return DenseTuner(base, "topk", digest, topk_k=max(1, int(cfg.mask_density * n_cand)))

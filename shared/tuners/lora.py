@@ -1,0 +1,181 @@
+"""``lora``: LoRA through PEFT; only the adapter weights travel, merged at the end with PEFT's own merge.
+
+PEFT injects its LoRA layers into the base model (``get_peft_model``, seeded so every node builds the
+same initial A matrices). To keep the global state one flat vector, every adapter weight is then
+parametrized as a view of the tuner's ``values`` (k,) float32 (adapter parameters in PEFT's
+``named_parameters()`` order, each flattened), so the strategy, codec and byte accounting are unchanged.
+The final model is built by PEFT on a fresh base and merged with ``merge_and_unload(safe_merge=True)``.
+Knobs: ``lora-rank`` (8), ``lora-alpha`` (16), ``lora-target-modules`` ("query,value").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from shared.config import ConfigError, RunConfig
+from shared.model import BaseModel
+from shared.sparse import MergeError
+
+
+def lora_config(cfg: RunConfig) -> LoraConfig:
+    """PEFT's LoraConfig from the run config (no task type: the head is ours, trained densely)."""
+    rank, alpha = int(cfg.option("lora-rank", 8)), float(cfg.option("lora-alpha", 16))
+    targets = [t.strip() for t in str(cfg.option("lora-target-modules", "query,value")).split(",") if t.strip()]
+    if rank < 1 or alpha <= 0 or not targets:
+        raise ConfigError("lora-rank must be >= 1, lora-alpha > 0 and lora-target-modules a comma-separated "
+                          f"list of module names; got {rank}, {alpha}, {targets}")
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none")
+
+
+def wrap_with_lora(model: nn.Module, config: LoraConfig, seed: int) -> PeftModel:
+    """``get_peft_model`` with the global RNG seeded (and restored), so all nodes draw the same A."""
+    with torch.random.fork_rng():
+        torch.manual_seed(int(seed))
+        return get_peft_model(model, config)
+
+
+def adapter_parameters(peft_model: PeftModel) -> list[tuple[str, nn.Parameter]]:
+    """The LoRA weights of the default adapter, in ``named_parameters()`` order."""
+    return [(n, p) for n, p in peft_model.named_parameters() if ".lora_" in n and ".default." in n]
+
+
+class _AdapterSlice(nn.Module):
+    """Parametrization: the adapter weight *is* a slice of the tuner's value vector."""
+
+    def __init__(self, tuner: "LoraTuner", start: int, stop: int):
+        super().__init__()
+        self._tuner = [tuner]
+        self.start, self.stop = start, stop
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self._tuner[0].values[self.start:self.stop].view_as(t)
+
+
+class LoraTuner:
+    """PEFT LoRA installed into the runtime's base model; implements the tuner contract."""
+
+    def __init__(self, base: BaseModel, cfg: RunConfig, digest: str):
+        self.config, self.seed, self.head_names = lora_config(cfg), cfg.seed, tuple(base.head_names)
+        params = dict(base.model.named_parameters())
+        self._head = {n: params[n] for n in self.head_names}
+        self.peft = wrap_with_lora(base.model, self.config, cfg.seed)
+        adapters = adapter_parameters(self.peft)
+        if not adapters:
+            raise ConfigError(f"lora-target-modules {self.config.target_modules} matched no module of the model")
+        self.names = tuple(n for n, _ in adapters)
+        self.shapes = tuple(tuple(p.shape) for _, p in adapters)
+        self._init = torch.cat([p.detach().reshape(-1).float() for _, p in adapters])
+        self.values = nn.Parameter(self._init.clone())
+        modules, start = dict(self.peft.named_modules()), 0
+        for name, p in adapters:
+            mod_name, _, attr = name.rpartition(".")
+            p.requires_grad_(False)  # the original is unused once parametrized; values carry the gradient
+            parametrize.register_parametrization(modules[mod_name], attr,
+                                                 _AdapterSlice(self, start, start + p.numel()), unsafe=True)
+            start += p.numel()
+        recipe = f"{digest}|lora|r={self.config.r}|alpha={self.config.lora_alpha}|" \
+                 f"targets={sorted(self.config.target_modules)}|seed={cfg.seed}|k={self.k}"
+        self._fingerprint = hashlib.sha256(recipe.encode()).hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def k(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def num_trainable(self) -> int:
+        return self.k + sum(p.numel() for p in self._head.values())
+
+    def initial_values(self) -> torch.Tensor:
+        """PEFT's own initialisation (A random from the seed, B zero), flattened (k,)."""
+        return self._init.clone()
+
+    def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
+        _check_vector(values, self.k)
+        with torch.no_grad():
+            self.values.copy_(values)
+            for name, t in (head or {}).items():
+                if name not in self._head or self._head[name].shape != t.shape:
+                    raise MergeError(f"head tensor {name} with shape {tuple(t.shape)} does not fit the model")
+                self._head[name].copy_(t)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self._head.items()}
+
+    def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
+        for p in self._head.values():
+            p.requires_grad_(train_head)
+        return [self.values] + (list(self._head.values()) if train_head else [])
+
+    def adapter_state(self, peft_model: PeftModel, values: torch.Tensor) -> None:
+        """Copy ``values`` (k,) into the adapter weights of an unparametrized PEFT model of the same config."""
+        _check_vector(values, self.k)
+        adapters, start = adapter_parameters(peft_model), 0
+        if tuple(n for n, _ in adapters) != self.names:
+            raise MergeError("the PEFT model's adapters differ from the tuner's; same lora-* settings needed")
+        with torch.no_grad():
+            for _, p in adapters:
+                p.copy_(values[start:start + p.numel()].view_as(p))
+                start += p.numel()
+
+    def merge(self, fresh: nn.Module, values: torch.Tensor, head: dict[str, torch.Tensor]) -> nn.Module:
+        """PEFT on ``fresh``, adapter weights from ``values``, ``merge_and_unload``; then the head."""
+        params = dict(fresh.named_parameters())
+        for name, t in head.items():
+            if name not in params or params[name].shape != t.shape or not torch.isfinite(t).all():
+                raise MergeError(f"head tensor {name} is missing, misshapen or non-finite; nothing merged")
+        peft_model = wrap_with_lora(fresh, self.config, self.seed)
+        self.adapter_state(peft_model, values)
+        merged = peft_model.merge_and_unload(safe_merge=True)
+        with torch.no_grad():
+            merged_params = dict(merged.named_parameters())
+            for name, t in head.items():
+                merged_params[name].copy_(t)
+        return merged
+
+    def save_artifact(self, out, values: torch.Tensor, head: dict[str, torch.Tensor], cfg: RunConfig,
+                      source: str) -> Path:
+        """``adapter/``: a PEFT adapter folder (loadable with ``PeftModel.from_pretrained``) plus the head."""
+        folder = Path(out) / "adapter"
+        folder.mkdir(parents=True, exist_ok=True)
+        flat = {}
+        start = 0
+        for name, shape in zip(self.names, self.shapes):
+            size = int(torch.tensor(shape).prod())
+            flat[name] = values[start:start + size].view(shape).contiguous()
+            start += size
+        state = get_peft_model_state_dict(self.peft, state_dict=flat)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
+        config = LoraConfig(**{**self.config.to_dict(), "base_model_name_or_path": source})
+        config.save_pretrained(str(folder))
+        save_file({n: t.detach().float().contiguous() for n, t in head.items()}, str(folder / "head.safetensors"),
+                  metadata={"fingerprint": self.fingerprint})
+        return folder
+
+    def describe(self) -> dict:
+        """summary.json figures; ``num_params`` counts the base model without PEFT's adapter tensors."""
+        n_base = sum(p.numel() for n, p in self.peft.named_parameters() if ".lora_" not in n)
+        return {"num_params": n_base, "dense_bytes_per_client_round": 4 * n_base, "lora_rank": self.config.r, "lora_alpha": self.config.lora_alpha,
+                "lora_target_modules": sorted(self.config.target_modules), "adapter_params": self.k}
+
+
+def _check_vector(values: torch.Tensor, n: int) -> None:
+    if values.dim() != 1 or values.numel() != n:
+        raise MergeError(f"value vector has shape {tuple(values.shape)}, the LoRA adapter needs ({n},)")
+    if not values.is_floating_point() or not torch.isfinite(values).all():
+        raise MergeError("value vector must be finite floating point; nothing merged")
+
+
+def lora_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> LoraTuner:
+    return LoraTuner(base, cfg, digest)
