@@ -94,8 +94,11 @@ def main(grid: Grid, context: Context) -> None:
     recorder.record(handshake, strategy.state, time.perf_counter() - t0)
     final = strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
                            on_round=lambda rl, sec: recorder.record(rl, strategy.state, sec))
-    save_final_model(out, cfg, rt, final.values, final.head)
+    merged = save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
+    finalize = getattr(rt.tuner, "finalize", None)  # optional method-specific final step (DSEE pruning, ...)
+    if finalize is not None:
+        summary.update(finalize(merged, final.values, lambda m: evaluate(m, recorder.test, cfg.eval_batch_size)[1], out))
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "
           f"up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)

@@ -15,6 +15,8 @@ from shared.data import dataset_spec, encode, load_splits, partition, Encoded
 from shared.masks import select_mask
 from shared.model import BaseModel, base_weights_digest, load_base_model
 from shared.tuner import SparseTuner
+from shared.tuners.dsee import make_dsee_tuner
+from shared.tuners.hiwi import make_hiwi_tuner
 
 
 @dataclass
@@ -33,7 +35,10 @@ def mask_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> SparseTuner:
 
 TunerFactory = Callable[[BaseModel, RunConfig, str], SparseTuner]
 # method -> tuner factory; a method not listed here is a mask selector (masks.SELECTORS).
-TUNERS: dict[str, TunerFactory] = {}
+TUNERS: dict[str, TunerFactory] = {
+    "dsee": make_dsee_tuner,
+    "hiwi": make_hiwi_tuner,
+}
 
 
 _LOCK = threading.Lock()
