@@ -98,7 +98,8 @@ def main(grid: Grid, context: Context) -> None:
     summary = recorder.summary(strategy)
     finalize = getattr(rt.tuner, "finalize", None)  # optional method-specific final step (DSEE pruning, ...)
     if finalize is not None:
-        summary.update(finalize(merged, final.values, lambda m: evaluate(m, recorder.test, cfg.eval_batch_size)[1], out))
+        accuracy = lambda m: evaluate(m, recorder.test, cfg.eval_batch_size)[1]  # noqa: E731
+        summary.update(finalize(merged, final.values, accuracy, out))
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "
           f"up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)

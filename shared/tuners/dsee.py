@@ -137,8 +137,9 @@ class DseeTuner:
 
         def forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             a, b, s = t.factors(tuner.values)
-            # S enters through the weight (autograd gathers its gradient at the N positions only);
-            # the low-rank path never forms the (out, in) product.
+            # S enters through the weight: autograd forms the (out, in) weight gradient and gathers
+            # S's N entries from it (affordable for the few query/value matrices); the low-rank
+            # path never forms the (out, in) product.
             w = mod.weight.reshape(-1).index_add(0, t.positions, s * scale).view_as(mod.weight)
             return F.linear(x, w, mod.bias) + F.linear(F.linear(x, a), b) * scale
 
