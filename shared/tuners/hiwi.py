@@ -9,6 +9,7 @@ With ``hiwi-target = "weight"`` the rows of the FFN weight matrices are the inpu
 Only f's parameters train and travel. After training b' is computed once and f thrown away: the
 merged model is the base architecture with new biases, the stored artifact the new biases only.
 Value layout per kind, in order: W_down (m, d), c_down (m), W_up (d, m), c_up (d).
+Bottleneck 16 by default: 63k values on MiniLM, about PaFi's 53k at 0.5 %.
 """
 
 from __future__ import annotations
