@@ -126,9 +126,13 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
 
     final = strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
                            on_round=after_round, first_round=first_round)
-    save_final_model(out, cfg, rt, final.values, final.head)
+    merged = save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
     summary.update(getattr(rt.tuner, "describe", dict)())  # method-specific figures (topk k, LoRA rank, ...)
+    finalize = getattr(rt.tuner, "finalize", None)  # optional method-specific final step (DSEE pruning, ...)
+    if finalize is not None:
+        accuracy = lambda m: evaluate(m, recorder.test, cfg.eval_batch_size)[1]  # noqa: E731
+        summary.update(finalize(merged, final.values, accuracy, out))
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "
           f"up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)

@@ -18,6 +18,8 @@ from shared.tuner import SparseTuner
 from shared.tuners.dense import full_tuner, topk_tuner
 from shared.tuners.lora import lora_tuner
 from shared.tuners.sam import sam_tuner
+from shared.tuners.dsee import make_dsee_tuner
+from shared.tuners.hiwi import make_hiwi_tuner
 
 
 @dataclass
@@ -41,6 +43,8 @@ TUNERS: dict[str, TunerFactory] = {
     "topk": topk_tuner,
     "lora": lora_tuner,
     "sam": sam_tuner,
+    "dsee": make_dsee_tuner,
+    "hiwi": make_hiwi_tuner,
 }
 
 

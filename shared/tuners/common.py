@@ -1,0 +1,89 @@
+"""Pieces every reparametrizing tuner (DSEE, HiWi) shares: the value vector, the dense head, checks.
+
+A tuner of this kind owns one flat float32 ``nn.Parameter`` of length k (what travels) and the
+task head's live parameters (trained densely, sent beside the values). These helpers keep the
+head and vector handling identical to :class:`shared.tuner.SparseTuner`'s.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shared.config import ConfigError, RunConfig
+from shared.sparse import MergeError
+
+
+class ValueHead:
+    """The (k,) value parameter plus the head parameters of ``model`` named by ``head_names``."""
+
+    def __init__(self, model: nn.Module, head_names: tuple[str, ...], k: int):
+        params = dict(model.named_parameters())
+        self.head_names = tuple(head_names)
+        self.values = nn.Parameter(torch.zeros(k))
+        self._head = {n: params[n] for n in self.head_names}
+
+    def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
+        """Set the value vector (k,) and, if given, the dense head tensors (checked before writing)."""
+        check_vector(values, self.values.numel())
+        for name, t in (head or {}).items():
+            if name not in self._head or self._head[name].shape != t.shape:
+                raise ValueError(f"head tensor {name} with shape {tuple(t.shape)} does not fit the model")
+        with torch.no_grad():
+            self.values.copy_(values)
+            for name, t in (head or {}).items():
+                self._head[name].copy_(t)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """Copies of the head tensors."""
+        return {n: p.detach().clone() for n, p in self._head.items()}
+
+    def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
+        """The value vector first (the client gives it ``lr``), then the head if ``train_head``."""
+        for p in self._head.values():
+            p.requires_grad_(train_head)
+        return [self.values] + (list(self._head.values()) if train_head else [])
+
+    @property
+    def head_size(self) -> int:
+        return sum(p.numel() for p in self._head.values())
+
+
+def check_vector(values: torch.Tensor, k: int) -> None:
+    """Raise :class:`MergeError` unless ``values`` is a finite floating vector of shape (k,)."""
+    if values.dim() != 1 or values.numel() != k:
+        raise MergeError(f"value vector has shape {tuple(values.shape)}, this tuner needs ({k},)")
+    if not values.is_floating_point():
+        raise MergeError(f"value vector has dtype {values.dtype}; decode it to float first")
+    if not torch.isfinite(values).all():
+        raise MergeError("value vector has non-finite entries; nothing merged")
+
+
+def write_head(params: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> None:
+    """Copy finite, shape-matching head tensors into ``params`` (all checked before any write)."""
+    for name, t in head.items():
+        if name not in params or tuple(params[name].shape) != tuple(t.shape):
+            raise MergeError(f"head tensor {name} does not match the model (shape {tuple(t.shape)})")
+        if not torch.isfinite(t).all():
+            raise MergeError(f"head tensor {name} has non-finite entries; nothing merged")
+    with torch.no_grad():
+        for name, t in head.items():
+            params[name].copy_(t)
+
+
+def int_option(cfg: RunConfig, key: str, default: int, minimum: int) -> int:
+    """An integer knob from ``cfg.extra`` that must be >= ``minimum``."""
+    value = cfg.option(key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"run-config key '{key}' must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def float_option(cfg: RunConfig, key: str, default: float, low: float, high: float) -> float:
+    """A float knob from ``cfg.extra`` in [low, high]."""
+    value = float(cfg.option(key, default))
+    if not low <= value <= high:
+        raise ConfigError(f"run-config key '{key}' must be in [{low}, {high}], got {value}")
+    return value
