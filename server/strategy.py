@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from server.aggregation import aggregate
 from server.validation import Expected, validate_reply
 from server.wire import message_bytes, message_parts, to_recorddict
-from shared.codec import MalformedUpdateError
+from shared.codec import MalformedUpdateError, relative_error
 from shared.config import RunConfig
 from shared.masks import MaskMismatchError
 from shared.protocol import DOWN_KEYS, encode_pair
@@ -53,6 +53,7 @@ class RoundLog:
     bytes_down: int = 0
     train_loss: float | None = None
     aggregated: bool = False
+    codec_rel_error: float | None = None  # |dec(enc(agg)) - agg| / |agg| of the aggregated values update
 
 
 class SparseStrategy(Strategy):
@@ -108,6 +109,8 @@ class SparseStrategy(Strategy):
         weights = torch.tensor([u.num_examples for u in updates], dtype=torch.float64)
         delta = aggregate(self.cfg.aggregator, torch.stack([u.delta for u in updates]), weights)
         head = aggregate("fedavg", torch.stack([u.head_delta for u in updates]), weights)
+        # What the run's codec would lose on the aggregated update (reported, e.g. for int8).
+        self.current.codec_rel_error = relative_error(delta, self.cfg.value_dtype, self.cfg.int8_block_size)
         self.state = GlobalState(self.state.values + self.cfg.server_lr * delta,
                                  self.state.head + self.cfg.server_lr * head)
         loss = float(sum(u.train_loss * u.num_examples for u in updates) / weights.sum())
