@@ -87,7 +87,7 @@ def plot_bytes_per_client_round(runs: list[RunResult], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xticks(list(xs), [f"{r.summary.get('method')}\n{r.summary.get('value_dtype')}" for r in runs], fontsize=8)
     ax.set_ylabel("bytes per client per round (measured, log scale)")
-    ax.set_ylim(top=max(up + down + [1]) * 20)
+    ax.set_ylim(top=max(up + down + [1]) * 5)  # room for the value labels
     ax.set_title("Bytes per client-round")
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)
