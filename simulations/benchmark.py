@@ -44,7 +44,9 @@ def is_done(spec: RunSpec, run_dir: Path) -> bool:
     if not (run_dir / "summary.json").is_file():
         return False
     stored = _stored_config(run_dir)
-    want = dict(spec.run_config, **{"output-dir": str(run_dir)})
+    want = dict(spec.run_config)
+    if stored is not None:
+        stored.pop("output-dir", None)  # the folder may have moved; only the settings matter
     if stored is not None and stored != want:
         changed = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
         raise StaleResultError(f"{run_dir} holds results for a different config (keys {changed[:6]}); "
