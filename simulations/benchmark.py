@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from simulations.launcher import REPO, _parse_overrides, run_simulation
+from simulations.launcher import REPO, _parse_overrides, flower_env, format_run_config, stop_tree
 from simulations.matrix import Preset, PresetError, RunSpec, load_preset
 from simulations.plots import write_plots
 from simulations.report import load_run, write_report
@@ -65,29 +65,30 @@ def _history_rounds(run_dir: Path) -> tuple[int, float | None]:
 
 
 def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, task) -> int:
-    """Launch one run in a thread and follow its history.json on the round bar; returns flwr's exit code."""
+    """Launch one run (``simulations.launcher`` in a child process, output to run.log) and follow its
+    history.json on the round bar; returns the launcher's exit code (124 on timeout)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dict(spec.run_config, **{"output-dir": str(run_dir)})
     (run_dir / "run_config.json").write_text(json.dumps(config, indent=2))
     (run_dir / "history.json").unlink(missing_ok=True)
-    rounds = int(config.get("num-server-rounds", 10))
-    progress.reset(task, total=rounds, description=f"{spec.name}: starting")
-    result: dict[str, int] = {}
+    progress.reset(task, total=int(config.get("num-server-rounds", 10)), description=f"{spec.name}: starting")
     sim = preset.simulation
-
-    def target() -> None:
-        result["rc"] = run_simulation(config, sim.num_supernodes, sim.cpus_per_client,
-                                      flwr_home=run_dir / ".flwr", timeout=sim.timeout,
-                                      log_file=run_dir / "run.log")
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(timeout=1.0)
-        done, acc = _history_rounds(run_dir)
-        desc = f"{spec.name}: acc {100 * acc:.1f}%" if acc is not None else f"{spec.name}: starting"
-        progress.update(task, completed=done, description=desc)
-    return result.get("rc", 1)
+    cmd = [sys.executable, "-m", "simulations.launcher", "--num-supernodes", str(sim.num_supernodes),
+           "--cpus-per-client", str(sim.cpus_per_client), "--flwr-home", str(run_dir / ".flwr"),
+           "-c", format_run_config(config)]
+    with open(run_dir / "run.log", "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=flower_env(run_dir / ".flwr"), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + sim.timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1.0)
+            done, acc = _history_rounds(run_dir)
+            desc = f"{spec.name}: acc {100 * acc:.1f}%" if acc is not None else f"{spec.name}: starting"
+            progress.update(task, completed=done, description=desc)
+    finally:
+        stop_tree(proc.pid)  # on timeout or Ctrl-C: the launcher stops its SuperLink tree, then we stop it
+    return proc.returncode if proc.returncode is not None else 124
 
 
 def run_matrix(preset: Preset, out: Path, only: str | None = None, rerun: bool = False) -> list[str]:

@@ -113,11 +113,8 @@ def write_connection(flwr_home: Path, name: str, address: str) -> None:
 
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus_per_client: int = 2,
                    app_dir: Path = REPO, flwr_home: Path | None = None, timeout: float = 3600.0,
-                   quiet: bool = False, log_file: Path | None = None) -> int:
-    """Run the app once in the Simulation Engine; returns ``flwr run``'s exit code.
-
-    ``log_file``: append ``flwr run``'s streamed output there (instead of the terminal).
-    """
+                   quiet: bool = False) -> int:
+    """Run the app once in the Simulation Engine; returns ``flwr run``'s exit code."""
     flwr_home = (flwr_home or REPO / ".flwr").resolve()
     with simulation_superlink(flwr_home) as control:
         write_connection(flwr_home, "fedsparse-sim", control)
@@ -125,10 +122,8 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus
         cmd = ["flwr", "run", str(app_dir), "fedsparse-sim", "--stream", "--federation-config", fed]
         if run_config:
             cmd += ["--run-config", format_run_config(run_config)]
-        out = open(log_file, "ab") if log_file else (subprocess.DEVNULL if quiet else None)
+        out = subprocess.DEVNULL if quiet else None
         proc = subprocess.Popen(cmd, env=flower_env(flwr_home), stdout=out, stderr=out, start_new_session=True)
-        if log_file:
-            out.close()  # the child holds its own descriptor
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
