@@ -109,8 +109,6 @@ class SparseStrategy(Strategy):
         weights = torch.tensor([u.num_examples for u in updates], dtype=torch.float64)
         delta = aggregate(self.cfg.aggregator, torch.stack([u.delta for u in updates]), weights)
         head = aggregate("fedavg", torch.stack([u.head_delta for u in updates]), weights)
-        # What the run's codec would lose on the aggregated update (reported, e.g. for int8).
-        self.current.codec_rel_error = relative_error(delta, self.cfg.value_dtype, self.cfg.int8_block_size)
         self.state = GlobalState(self.state.values + self.cfg.server_lr * delta,
                                  self.state.head + self.cfg.server_lr * head)
         loss = float(sum(u.train_loss * u.num_examples for u in updates) / weights.sum())
@@ -183,7 +181,11 @@ class SparseStrategy(Strategy):
                                                  or replied_nodes.add(r.metadata.src_node_id))]
             for node in {m.metadata.dst_node_id for m in msgs} - replied_nodes:
                 self._reject(node, f"no reply within {timeout:.0f}s", failed=True)
+            before = self.state.values
             self.aggregate_train(rnd, replies)
+            if self.current.aggregated:  # what the run's codec loses on this round's applied update (reported)
+                self.current.codec_rel_error = relative_error(self.state.values - before, self.cfg.value_dtype,
+                                                              self.cfg.int8_block_size)
             if on_round is not None:
                 on_round(self.current, time.perf_counter() - t0)
         return self.state
