@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from server.server_opt import OptState, ServerSettings, server_step
 from server.validation import Expected, validate_reply
 from server.wire import message_bytes, message_parts, to_recorddict
-from shared.codec import MalformedUpdateError
+from shared.codec import MalformedUpdateError, relative_error
 from shared.config import RunConfig
 from shared.protocol import DOWN_KEYS, Update, encode_pair
 
@@ -52,6 +52,7 @@ class RoundLog:
     bytes_down: int = 0
     train_loss: float | None = None
     aggregated: bool = False
+    codec_rel_error: float | None = None  # |dec(enc(agg)) - agg| / |agg| of the aggregated values update
 
 
 class SparseStrategy(Strategy):
@@ -201,7 +202,11 @@ class SparseStrategy(Strategy):
                                                  or replied_nodes.add(r.metadata.src_node_id))]
             for node in {m.metadata.dst_node_id for m in msgs} - replied_nodes:
                 self._reject(node, f"no reply within {timeout:.0f}s", failed=True)
+            before = self.state.values
             self.aggregate_train(rnd, replies)
+            if self.current.aggregated:  # what the run's codec loses on this round's applied update (reported)
+                self.current.codec_rel_error = relative_error(self.state.values - before, self.cfg.value_dtype,
+                                                              self.cfg.int8_block_size)
             if on_round is not None:
                 on_round(self.current, time.perf_counter() - t0)
         return self.state

@@ -1,0 +1,174 @@
+"""Communication-cost benchmark: every run of a preset through Flower's Simulation Engine, one results folder.
+
+    python -m simulations.benchmark --preset quick [--out DIR] [-c "num-server-rounds=5 lr=0.01"]
+
+Each run goes to ``<out>/runs/<name>/`` (history.json, summary.json, run.log, run_config.json);
+a rerun skips runs whose summary.json exists (resumable). At the end ``<out>`` holds runs.csv,
+rounds.csv, results.json, results.md and three PNG plots. ``-c`` overrides any run-config key for
+every run (and ``target-accuracy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from simulations.launcher import REPO, _parse_overrides, flower_env, format_run_config, stop_tree
+from simulations.matrix import Preset, PresetError, RunSpec, load_preset
+from simulations.plots import write_plots
+from simulations.report import load_run, write_report
+
+console = Console(stderr=True)
+
+
+class StaleResultError(RuntimeError):
+    """A run folder holds results made with a different run-config."""
+
+
+def _stored_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "run_config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_done(spec: RunSpec, run_dir: Path) -> bool:
+    """True if ``run_dir`` already has this run's results; raises if they were made differently."""
+    if not (run_dir / "summary.json").is_file():
+        return False
+    stored = _stored_config(run_dir)
+    want = dict(spec.run_config)
+    if stored is not None:
+        stored.pop("output-dir", None)  # the folder may have moved; only the settings matter
+    if stored is not None and stored != want:
+        changed = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
+        raise StaleResultError(f"{run_dir} holds results for a different config (keys {changed[:6]}); "
+                               f"use another --out, or --rerun to replace them")
+    return True
+
+
+def _history_rounds(run_dir: Path) -> tuple[int, float | None]:
+    """(training rounds recorded so far, latest accuracy) from a run's history.json, read while it runs."""
+    try:
+        history = json.loads((run_dir / "history.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return 0, None
+    trained = [r for r in history if r.get("round", 0) >= 1]
+    return len(trained), (history[-1].get("accuracy") if history else None)
+
+
+def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, task) -> int:
+    """Launch one run (``simulations.launcher`` in a child process, output to run.log) and follow its
+    history.json on the round bar; returns the launcher's exit code (124 on timeout)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = dict(spec.run_config, **{"output-dir": str(run_dir)})
+    (run_dir / "run_config.json").write_text(json.dumps(config, indent=2))
+    (run_dir / "history.json").unlink(missing_ok=True)
+    progress.reset(task, total=int(config.get("num-server-rounds", 10)), description=f"{spec.name}: starting")
+    sim = preset.simulation
+    cmd = [sys.executable, "-m", "simulations.launcher", "--num-supernodes", str(sim.num_supernodes),
+           "--cpus-per-client", str(sim.cpus_per_client), "--flwr-home", str(run_dir / ".flwr"),
+           "-c", format_run_config(config)]
+    with open(run_dir / "run.log", "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=flower_env(run_dir / ".flwr"), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + sim.timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1.0)
+            done, acc = _history_rounds(run_dir)
+            desc = f"{spec.name}: acc {100 * acc:.1f}%" if acc is not None else f"{spec.name}: starting"
+            progress.update(task, completed=done, description=desc)
+    finally:
+        stop_tree(proc.pid)  # on timeout or Ctrl-C: the launcher stops its SuperLink tree, then we stop it
+    return proc.returncode if proc.returncode is not None else 124
+
+
+def run_matrix(preset: Preset, out: Path, only: str | None = None, rerun: bool = False) -> list[str]:
+    """Run (or skip, if done) every run of ``preset``; returns the names of runs that failed."""
+    globs = [g.strip() for g in (only or "*").split(",") if g.strip()]
+    specs = [s for s in preset.runs if any(fnmatch.fnmatch(s.name, g) for g in globs)]
+    failed = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        runs_task = progress.add_task("runs", total=len(specs))
+        round_task = progress.add_task("rounds", total=1)
+        for spec in specs:
+            run_dir = out / "runs" / spec.name
+            if not rerun and is_done(spec, run_dir):
+                progress.console.print(f"[dim]skip {spec.name}: results exist[/dim]")
+            else:
+                (run_dir / "summary.json").unlink(missing_ok=True)
+                t0 = time.monotonic()
+                rc = run_one(spec, run_dir, preset, progress, round_task)
+                ok = rc == 0 and (run_dir / "summary.json").is_file()
+                progress.console.print(f"{'done' if ok else '[red]FAILED[/red]'} {spec.name} in "
+                                       f"{time.monotonic() - t0:.0f}s" + ("" if ok else f" (see {run_dir / 'run.log'})"))
+                if not ok:
+                    failed.append(spec.name)
+            progress.advance(runs_task)
+    return failed
+
+
+def write_results(preset: Preset, out: Path) -> Path | None:
+    """Report and plots over every finished run of the preset; returns results.md (None if no run finished)."""
+    done = [load_run(out / "runs" / s.name) for s in preset.runs if (out / "runs" / s.name / "summary.json").is_file()]
+    if not done:
+        return None
+    meta = {"preset": preset.name, "description": preset.description,
+            "simulation": vars(preset.simulation)}
+    write_report(out, done, preset.target_accuracy, f"Communication-cost benchmark: preset `{preset.name}`", meta)
+    write_plots(out, done, preset.target_accuracy)
+    return out / "results.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="quick", help="preset name in simulations/presets/ or a .toml path")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default outputs/benchmark/<preset>)")
+    ap.add_argument("-c", "--run-config", default="", help="overrides for every run, e.g. \"num-server-rounds=3\"")
+    ap.add_argument("--num-supernodes", type=int, default=None)
+    ap.add_argument("--cpus-per-client", type=int, default=None)
+    ap.add_argument("--only", default=None, help="comma-separated name globs of the runs to make, e.g. \"pafi-*,magnitude-*\"")
+    ap.add_argument("--rerun", action="store_true", help="run again even where results exist")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild the report and plots")
+    ap.add_argument("--list", action="store_true", help="print the runs of the preset and exit")
+    args = ap.parse_args(argv)
+    overrides = _parse_overrides(args.run_config)
+    target = overrides.pop("target-accuracy", None)
+    try:
+        preset = load_preset(args.preset, overrides, {"num_supernodes": args.num_supernodes,
+                                                      "cpus_per_client": args.cpus_per_client})
+    except PresetError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    if target is not None:
+        preset = Preset(preset.name, preset.description, float(target), preset.simulation, preset.runs)
+    out = (args.out or REPO / "outputs" / "benchmark" / preset.name).resolve()
+    if args.list:
+        for spec in preset.runs:
+            print(spec.name, json.dumps(spec.run_config))
+        return 0
+    failed = [] if args.report_only else run_matrix(preset, out, args.only, args.rerun)
+    report = write_results(preset, out)
+    if report is not None:
+        print(report.read_text())
+        console.print(f"results in {out}")
+    if failed:
+        console.print(f"[red]{len(failed)} run(s) failed: {', '.join(failed)}[/red]")
+    return 1 if failed or report is None else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except StaleResultError as exc:
+        console.print(f"[red]{exc}[/red]")
+        sys.exit(2)

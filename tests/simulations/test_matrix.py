@@ -1,0 +1,66 @@
+"""Preset expansion: matrix x runs, precedence of overrides, names, and the shipped presets."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import parse_run_config
+from simulations.matrix import REPO, PresetError, build_runs, load_preset
+
+ALL_METHODS = {"pafi", "magnitude", "random", "bitfit", "sam", "topk", "full", "lora", "dsee", "hiwi"}
+
+
+def test_matrix_product_runs_and_precedence():
+    doc = {"run-config": {"lr": 0.005, "num-server-rounds": 10, "data-dir": "../shared/data/sst2"},
+           "matrix": {"method": ["pafi", "full"], "value-dtype": ["float32", "int8"]},
+           "runs": [{"method": "lora", "value-dtype": "float16", "lr": 0.002}],
+           "methods": {"full": {"lr": 3e-5}, "lora": {"lr": 1e-3, "lora-rank": 8}}}
+    runs = {r.name: r.run_config for r in build_runs(doc, {"num-server-rounds": 3})}
+    assert list(runs) == ["pafi-float32", "pafi-int8", "full-float32", "full-int8", "lora-float16-lr=0.002"]
+    assert runs["pafi-int8"]["lr"] == 0.005 and runs["full-int8"]["lr"] == 3e-5
+    assert runs["lora-float16-lr=0.002"]["lr"] == 0.002 and runs["lora-float16-lr=0.002"]["lora-rank"] == 8  # run > methods
+    assert all(c["num-server-rounds"] == 3 for c in runs.values())  # -c beats everything
+    assert runs["pafi-float32"]["data-dir"] == str((REPO / "../shared/data/sst2").resolve())
+
+
+def test_names_carry_extra_keys_and_duplicates_are_refused():
+    doc = {"runs": [{"method": "pafi", "value-dtype": "int8", "int8-block-size": 64}]}
+    assert build_runs(doc, {})[0].name == "pafi-int8-int8-block-size=64"
+    with pytest.raises(PresetError, match="both named"):
+        build_runs({"runs": [{"method": "pafi"}, {"method": "pafi"}]}, {})
+    with pytest.raises(PresetError, match="matrix"):
+        build_runs({"run-config": {}}, {})
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(PresetError, match="ci"):
+        load_preset("nope")
+
+
+@pytest.mark.parametrize("name", ["ci", "quick", "full"])
+def test_shipped_presets_parse_into_valid_run_configs(name):
+    preset = load_preset(name)
+    assert preset.runs and preset.target_accuracy is not None
+    for spec in preset.runs:
+        cfg = parse_run_config(spec.run_config)  # every run-config is valid for the app
+        assert cfg.seed == 42
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_quick_and_full_list_every_method_on_the_same_data(name):
+    preset = load_preset(name)
+    assert {s.run_config["method"] for s in preset.runs} == ALL_METHODS
+    same = {"seed", "num-server-rounds", "partitioner", "dirichlet-alpha", "data-dir", "local-steps"}
+    for key in same:
+        assert len({str(s.run_config.get(key)) for s in preset.runs}) == 1, key
+    dtypes = {s.run_config["value-dtype"] for s in preset.runs if s.run_config["method"] == "pafi"}
+    assert {"float32", "float16", "int8"} <= dtypes
+
+
+def test_full_preset_matches_the_issue_setting():
+    preset = load_preset("full")
+    cfg = preset.runs[0].run_config
+    assert preset.simulation.num_supernodes == 10
+    assert (cfg["partitioner"], cfg["dirichlet-alpha"], cfg["dataset"], cfg["mask-density"]) == \
+        ("dirichlet", 0.5, "sst2", 0.005)
+    assert cfg.get("model", "") == ""  # the bundled MiniLM
