@@ -125,8 +125,10 @@ class SparseTuner:
         crow[1:] = torch.cumsum(torch.bincount(rows, minlength=module.out_features), 0)
         # The CSR pattern is row-major, i.e. exactly mask order, so sampled_addmm's .values() is
         # the (k_i,) gradient slice; built once per layer, its values are ignored (beta=0).
-        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel()),
-                                          (module.out_features, d_in))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel()),
+                                              (module.out_features, d_in), check_invariants=True)
         tuner = self
 
         def forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
