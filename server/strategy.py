@@ -53,6 +53,7 @@ class RoundLog:
     bytes_down: int = 0
     train_loss: float | None = None
     aggregated: bool = False
+    train_seconds: float = 0.0  # sum of the replies' local-training seconds (client compute)
 
 
 class SparseStrategy(Strategy):
@@ -96,8 +97,11 @@ class SparseStrategy(Strategy):
                 self._reject(node, f"client error: {msg.error.reason[:200]}", failed=True)
                 continue
             self.current.bytes_up += message_bytes(msg)
+            parts = message_parts(msg)
+            seconds = parts[1].get("train-seconds", 0.0)
+            self.current.train_seconds += float(seconds) if isinstance(seconds, (int, float)) else 0.0
             try:
-                updates.append(validate_reply(*message_parts(msg), self.expected))
+                updates.append(validate_reply(*parts, self.expected))
             except (MalformedUpdateError, MaskMismatchError, KeyError, TypeError, ValueError) as exc:
                 self._reject(node, f"{exc.__class__.__name__}: {exc}")
         self.current.replied = len(updates)

@@ -7,6 +7,7 @@ deriving the mask once per (model, method, density, ...) key keeps a client's ow
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,7 +39,10 @@ TUNERS: dict[str, TunerFactory] = {}
 
 _LOCK = threading.Lock()
 _RUNTIMES: dict[tuple, Runtime] = {}
-_PARTITIONS: dict[tuple, Encoded] = {}
+# Tokenized partitions, least recently used first. Bounded: one worker may run 1000 clients, and
+# holding every partition it ever saw would grow with the clients that exist, not those sampled.
+_PARTITIONS: OrderedDict[tuple, Encoded] = OrderedDict()
+PARTITION_CACHE_SIZE = 8
 
 
 def num_labels_for(cfg: RunConfig) -> int:
@@ -71,14 +75,18 @@ def build_runtime(cfg: RunConfig) -> Runtime:
 
 
 def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partitions: int) -> Encoded:
-    """Tokenized training partition of one client (cached per process)."""
+    """Tokenized training partition of one client (the last ``PARTITION_CACHE_SIZE`` cached per process)."""
     key = (cfg.dataset, cfg.data_dir, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed, cfg.max_length,
            cfg.model, partition_id, num_partitions)
     with _LOCK:
-        if key not in _PARTITIONS:
-            train = load_splits(cfg.dataset, cfg.data_dir)["train"]
-            part = partition(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
-            _PARTITIONS[key] = encode(part, tokenizer, cfg.max_length)
+        if key in _PARTITIONS:
+            _PARTITIONS.move_to_end(key)
+            return _PARTITIONS[key]
+        train = load_splits(cfg.dataset, cfg.data_dir)["train"]
+        part = partition(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
+        _PARTITIONS[key] = encode(part, tokenizer, cfg.max_length)
+        while len(_PARTITIONS) > PARTITION_CACHE_SIZE:
+            _PARTITIONS.popitem(last=False)
         return _PARTITIONS[key]
 
 
