@@ -29,7 +29,8 @@ class Runtime:
 
 def mask_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> SparseTuner:
     """Tuner for every mask selector in ``shared.masks.SELECTORS``."""
-    return SparseTuner(base.model, select_mask(base.model, cfg, digest), base.head_names)
+    return SparseTuner(base.model, select_mask(base.model, cfg, digest), base.head_names,
+                       sparse_grad=bool(cfg.option("sparse-grad", True)))
 
 
 TunerFactory = Callable[[BaseModel, RunConfig, str], SparseTuner]
