@@ -51,7 +51,7 @@ class _MaskedLinearFn(torch.autograd.Function):
         x, w = ctx.saved_tensors
         pattern = ctx.pattern if ctx.pattern.dtype == g.dtype else ctx.pattern.to(g.dtype)
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-        live = g2.any(dim=1)  # (T,) tokens whose output gradient is not exactly zero
+        live = g2.abs().amax(dim=1) != 0  # (T,) rows not exactly zero; NaN rows stay live
         n_live = int(live.sum())
         sub = None if n_live == g2.shape[0] else live.nonzero().squeeze(1)
         gs = g2 if sub is None else g2.index_select(0, sub)
