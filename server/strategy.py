@@ -56,6 +56,24 @@ class RoundLog:
     train_seconds: float = 0.0  # sum of the replies' local-training seconds (client compute)
 
 
+def send_and_receive(grid: Grid, msgs: list[Message], timeout: float, poll_s: float = 0.05) -> list[Message]:
+    """Push ``msgs`` and pull replies until all arrived or ``timeout`` passed.
+
+    Like ``Grid.send_and_receive``, but polls every ``poll_s`` seconds: the gRPC grid sleeps 3 s
+    between pulls, which idles the whole federation up to 3 s after the last reply of every round.
+    """
+    pending = set(grid.push_messages(msgs))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending and not got:
+            time.sleep(poll_s)
+    return replies
+
+
 class SparseStrategy(Strategy):
     """Values-only federated averaging over a shared mask."""
 
@@ -178,7 +196,7 @@ class SparseStrategy(Strategy):
             msgs = list(self.configure_train(rnd, arrays, train_config or ConfigRecord(), grid))
             self.current.sampled = len(msgs)
             self.current.bytes_down = sum(message_bytes(m) for m in msgs)
-            replies = grid.send_and_receive(msgs, timeout=timeout)
+            replies = send_and_receive(grid, msgs, timeout)
             replied_nodes = set()
             replies = [r for r in replies if not (r.metadata.src_node_id in replied_nodes
                                                  or replied_nodes.add(r.metadata.src_node_id))]

@@ -40,10 +40,15 @@ TUNERS: dict[str, TunerFactory] = {}
 
 _LOCK = threading.Lock()
 _RUNTIMES: dict[tuple, Runtime] = {}
-# Tokenized partitions, least recently used first. Bounded: one worker may run 1000 clients, and
-# holding every partition it ever saw would grow with the clients that exist, not those sampled.
+# Tokenized partitions, least recently used first, bounded in bytes: a worker running many clients
+# keeps what fits (all of one run's partitions together are one tokenized copy of the train split,
+# ~60 MB for SST-2) and drops the oldest beyond that, so memory never grows with clients or runs.
 _PARTITIONS: OrderedDict[tuple, Encoded] = OrderedDict()
-PARTITION_CACHE_SIZE = 8
+PARTITION_CACHE_BYTES = 256 * 2**20
+
+
+def _encoded_bytes(enc: Encoded) -> int:
+    return sum(t.numel() * t.element_size() for t in (enc.input_ids, enc.attention_mask, enc.labels))
 
 
 def num_labels_for(cfg: RunConfig) -> int:
@@ -76,7 +81,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
 
 
 def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partitions: int) -> Encoded:
-    """Tokenized training partition of one client (the last ``PARTITION_CACHE_SIZE`` cached per process)."""
+    """Tokenized training partition of one client (cached per process, up to ``PARTITION_CACHE_BYTES``)."""
     key = (cfg.dataset, cfg.data_dir, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed, cfg.max_length,
            cfg.model, partition_id, num_partitions)
     with _LOCK:
@@ -86,7 +91,7 @@ def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partition
         train = load_splits(cfg.dataset, cfg.data_dir)["train"]
         part = partition(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
         _PARTITIONS[key] = encode(part, tokenizer, cfg.max_length)
-        while len(_PARTITIONS) > PARTITION_CACHE_SIZE:
+        while len(_PARTITIONS) > 1 and sum(map(_encoded_bytes, _PARTITIONS.values())) > PARTITION_CACHE_BYTES:
             _PARTITIONS.popitem(last=False)
         return _PARTITIONS[key]
 

@@ -11,13 +11,17 @@ from shared.data import load_splits, partition
 from shared.runtime import client_partition, get_runtime
 
 
-def test_partition_cache_keeps_only_the_most_recent(tiny_cfg):
+def test_partition_cache_is_bounded_in_bytes_and_keeps_the_most_recent(tiny_cfg, monkeypatch):
+    tiny_cfg = tiny_cfg.replace(partitioner="iid")  # equal sizes, so the byte budget is predictable
     rt = get_runtime(tiny_cfg)
     runtime._PARTITIONS.clear()
-    n = runtime.PARTITION_CACHE_SIZE + 4
+    n = 12
+    one = runtime._encoded_bytes(client_partition(tiny_cfg, rt.base.tokenizer, 0, n))
+    monkeypatch.setattr(runtime, "PARTITION_CACHE_BYTES", int(4.5 * one))  # room for about four
     for pid in range(n):
         client_partition(tiny_cfg, rt.base.tokenizer, pid, n)
-    assert len(runtime._PARTITIONS) == runtime.PARTITION_CACHE_SIZE
+    kept = sum(map(runtime._encoded_bytes, runtime._PARTITIONS.values()))
+    assert kept <= runtime.PARTITION_CACHE_BYTES and 2 <= len(runtime._PARTITIONS) < n
     assert max(key[-2] for key in runtime._PARTITIONS) == n - 1  # newest kept, oldest dropped
     again = client_partition(tiny_cfg, rt.base.tokenizer, n - 1, n)
     assert again is client_partition(tiny_cfg, rt.base.tokenizer, n - 1, n)  # a hit, not a rebuild
