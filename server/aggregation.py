@@ -33,7 +33,15 @@ def weighted_mean(deltas: torch.Tensor, weights: torch.Tensor, **_: float) -> to
     """FedAvg: sum_i w_i * delta_i / sum_i w_i, computed in float64 for order-independent sums."""
     _check(deltas, weights)
     w = weights.double() / weights.double().sum()
-    return (w[:, None] * deltas.double()).sum(0).float()
+    n, k = deltas.shape
+    out = torch.empty(k, dtype=torch.float32)
+    step = max(256, _CHUNK_ELEMENTS // n)  # cache-sized float64 temporaries (~8 MB), never n*k of them
+    for s in range(0, k, step):
+        out[s:s + step] = torch.mv(deltas[:, s:s + step].double().t(), w)
+    return out
+
+
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def coordinate_median(deltas: torch.Tensor, weights: torch.Tensor, **_: float) -> torch.Tensor:

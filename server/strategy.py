@@ -53,6 +53,25 @@ class RoundLog:
     train_loss: float | None = None
     aggregated: bool = False
     codec_rel_error: float | None = None  # |dec(enc(agg)) - agg| / |agg| of the aggregated values update
+    train_seconds: float = 0.0  # sum of the replies' local-training seconds (client compute)
+
+
+def send_and_receive(grid: Grid, msgs: list[Message], timeout: float, poll_s: float = 0.05) -> list[Message]:
+    """Push ``msgs`` and pull replies until all arrived or ``timeout`` passed.
+
+    Like ``Grid.send_and_receive``, but polls every ``poll_s`` seconds: the gRPC grid sleeps 3 s
+    between pulls, which idles the whole federation up to 3 s after the last reply of every round.
+    """
+    pending = set(grid.push_messages(msgs))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending and not got:
+            time.sleep(poll_s)
+    return replies
 
 
 class SparseStrategy(Strategy):
@@ -135,7 +154,12 @@ class SparseStrategy(Strategy):
             self.current.bytes_up += size
             if size > self.expected.max_bytes + 2**20:  # refuse before decoding anything big
                 raise MalformedUpdateError(f"reply is {size} bytes, over max-reply-mb ({self.expected.max_bytes} B)")
-            return validate_reply(*message_parts(msg), self.expected)
+            parts = message_parts(msg)
+            update = validate_reply(*parts, self.expected)
+            seconds = parts[1].get("train-seconds", 0.0)  # diagnostic only: ignored unless a finite number
+            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+                self.current.train_seconds += float(seconds)
+            return update
         except Exception as exc:  # the wall: any malformed reply is a rejection, never a crash
             self._reject(node, f"{exc.__class__.__name__}: {str(exc)[:200]}")
             return None
@@ -196,7 +220,7 @@ class SparseStrategy(Strategy):
             msgs = list(self.configure_train(rnd, arrays, train_config or ConfigRecord(), grid))
             self.current.sampled = len(msgs)
             self.current.bytes_down = sum(message_bytes(m) for m in msgs)
-            replies = grid.send_and_receive(msgs, timeout=timeout)
+            replies = send_and_receive(grid, msgs, timeout)
             replied_nodes = set()
             replies = [r for r in replies if not (r.metadata.src_node_id in replied_nodes
                                                  or replied_nodes.add(r.metadata.src_node_id))]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, InnerDirichletPartitioner
 
 
 class DataLoadError(RuntimeError):
@@ -129,14 +130,35 @@ def _partitioner(train: Dataset, num_partitions: int, partitioner: str, alpha: f
         p = IidPartitioner(num_partitions=num_partitions)
         p.dataset = train.shuffle(seed=seed)
     elif partitioner == "dirichlet":
-        min_size = max(1, min(10, len(train) // (4 * num_partitions)))
-        p = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed,
-                                 min_partition_size=min_size, self_balancing=False)
-        p.dataset = train
+        p = _dirichlet(train, num_partitions, alpha, seed)
     else:
         raise DataLoadError(f"unknown partitioner {partitioner!r}; use 'iid' or 'dirichlet'")
     _PARTITIONERS[key] = p
     return p
+
+
+def _dirichlet(train: Dataset, num_partitions: int, alpha: float, seed: int):
+    """Label-skewed partitions: flwr-datasets' Dirichlet partitioner, with a fallback for many clients.
+
+    With many partitions (e.g. 1000 clients on SST-2's 60k rows, alpha 0.5) the Dirichlet draw
+    leaves some partitions (nearly) empty and the partitioner gives up after 10 attempts; then
+    every client gets an equal share whose label mix is drawn from Dirichlet(alpha) instead
+    (``InnerDirichletPartitioner``), so no client is empty and the skew stays controlled by alpha.
+    """
+    min_size = max(1, min(10, len(train) // (4 * num_partitions)))
+    p = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed,
+                             min_partition_size=min_size, self_balancing=False)
+    p.dataset = train
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # one warning per failed attempt
+            p.load_partition(0)  # the draw happens here, once per partitioner
+        return p
+    except ValueError:
+        sizes = [len(train) // num_partitions + (i < len(train) % num_partitions) for i in range(num_partitions)]
+        inner = InnerDirichletPartitioner(partition_sizes=sizes, partition_by="label", alpha=alpha, seed=seed)
+        inner.dataset = train
+        return inner
 
 
 @dataclass

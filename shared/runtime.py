@@ -7,6 +7,7 @@ deriving the mask once per (model, method, density, ...) key keeps a client's ow
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,7 +34,8 @@ class Runtime:
 
 def mask_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> SparseTuner:
     """Tuner for every mask selector in ``shared.masks.SELECTORS``."""
-    return SparseTuner(base.model, select_mask(base.model, cfg, digest), base.head_names)
+    return SparseTuner(base.model, select_mask(base.model, cfg, digest), base.head_names,
+                       sparse_grad=bool(cfg.option("sparse-grad", True)))
 
 
 TunerFactory = Callable[[BaseModel, RunConfig, str], SparseTuner]
@@ -50,7 +52,15 @@ TUNERS: dict[str, TunerFactory] = {
 
 _LOCK = threading.Lock()
 _RUNTIMES: dict[tuple, Runtime] = {}
-_PARTITIONS: dict[tuple, Encoded] = {}
+# Tokenized partitions, least recently used first, bounded in bytes: a worker running many clients
+# keeps what fits (all of one run's partitions together are one tokenized copy of the train split,
+# ~60 MB for SST-2) and drops the oldest beyond that, so memory never grows with clients or runs.
+_PARTITIONS: OrderedDict[tuple, Encoded] = OrderedDict()
+PARTITION_CACHE_BYTES = 256 * 2**20
+
+
+def _encoded_bytes(enc: Encoded) -> int:
+    return sum(t.numel() * t.element_size() for t in (enc.input_ids, enc.attention_mask, enc.labels))
 
 
 def num_labels_for(cfg: RunConfig) -> int:
@@ -83,14 +93,18 @@ def build_runtime(cfg: RunConfig) -> Runtime:
 
 
 def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partitions: int) -> Encoded:
-    """Tokenized training partition of one client (cached per process)."""
+    """Tokenized training partition of one client (cached per process, up to ``PARTITION_CACHE_BYTES``)."""
     key = (cfg.dataset, cfg.data_dir, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed, cfg.max_length,
            cfg.model, partition_id, num_partitions)
     with _LOCK:
-        if key not in _PARTITIONS:
-            train = load_splits(cfg.dataset, cfg.data_dir)["train"]
-            part = partition(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
-            _PARTITIONS[key] = encode(part, tokenizer, cfg.max_length)
+        if key in _PARTITIONS:
+            _PARTITIONS.move_to_end(key)
+            return _PARTITIONS[key]
+        train = load_splits(cfg.dataset, cfg.data_dir)["train"]
+        part = partition(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
+        _PARTITIONS[key] = encode(part, tokenizer, cfg.max_length)
+        while len(_PARTITIONS) > 1 and sum(map(_encoded_bytes, _PARTITIONS.values())) > PARTITION_CACHE_BYTES:
+            _PARTITIONS.popitem(last=False)
         return _PARTITIONS[key]
 
 

@@ -27,28 +27,44 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitl
 
 
 class _MaskedLinearFn(torch.autograd.Function):
-    """y = x @ (W + scatter(vals))^T + b, with a sparse gradient for ``vals``."""
+    """y = x @ (W + scatter(vals))^T + b, with a sparse gradient for ``vals``.
+
+    Backward, per call: (1) rows of the output gradient that are exactly zero are dropped (pad
+    tokens, and every non-[CLS] token of the last layer, get exactly zero gradient, so this is
+    exact, not an approximation); (2) the input gradient is ``g @ w`` on the remaining rows and
+    zeros elsewhere; (3) the value gradient is the sampled product (g^T x) at the mask's
+    positions, fed to ``sampled_addmm`` in the row-major-over-tokens layout its CPU kernel reads
+    without copying (mat1 (d_out, T) contiguous, mat2 given as the transpose of a (d_in, T)
+    contiguous tensor). Never forms a d_out x d_in gradient.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, flat_idx, crow, cols, vals):  # noqa: D401 - autograd signature
+    def forward(ctx, x, weight, bias, flat_idx, pattern, vals):  # noqa: D401 - autograd signature
         w = weight.detach().clone()
         w.view(-1).index_add_(0, flat_idx, vals.detach().to(w.dtype))
-        ctx.save_for_backward(x, w, crow, cols)
+        ctx.save_for_backward(x, w)
+        ctx.pattern = pattern  # a constant of the layer, not an activation
         return F.linear(x, w, bias)
 
     @staticmethod
     def backward(ctx, g):
-        x, w, crow, cols = ctx.saved_tensors
-        gx = g @ w if ctx.needs_input_grad[0] else None
-        gvals = None
-        if ctx.needs_input_grad[6]:
-            # Sampled dense-dense matmul: (g^T @ x) evaluated only at the mask's (row, col) pairs.
-            # The CSR pattern is row-major, i.e. exactly mask order, so .values() is the (k_i,) grad.
-            g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel(), dtype=g.dtype),
-                                              (w.shape[0], w.shape[1]))
-            gvals = torch.sparse.sampled_addmm(pattern, g2.t(), x2, beta=0.0).values()
-        return gx, None, None, None, None, None, gvals
+        x, w = ctx.saved_tensors
+        pattern = ctx.pattern if ctx.pattern.dtype == g.dtype else ctx.pattern.to(g.dtype)
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        live = g2.abs().amax(dim=1) != 0  # (T,) rows not exactly zero; NaN rows stay live
+        n_live = int(live.sum())
+        sub = None if n_live == g2.shape[0] else live.nonzero().squeeze(1)
+        gs = g2 if sub is None else g2.index_select(0, sub)
+        gx = gvals = None
+        if ctx.needs_input_grad[0]:
+            gx_s = gs @ w
+            gx = gx_s if sub is None else g2.new_zeros(g2.shape[0], w.shape[1]).index_copy_(0, sub, gx_s)
+            gx = gx.view(x.shape)
+        if ctx.needs_input_grad[5]:
+            xs = x2 if sub is None else x2.index_select(0, sub)
+            gvals = torch.sparse.sampled_addmm(pattern, gs.t().contiguous(), xs.t().contiguous().t(),
+                                               beta=0.0).values()
+        return gx, None, None, None, None, gvals
 
 
 def _dense_masked_linear(x, weight, bias, flat_idx, vals):
@@ -107,12 +123,18 @@ class SparseTuner:
         rows, cols = idx // d_in, idx % d_in
         crow = torch.zeros(module.out_features + 1, dtype=torch.long)
         crow[1:] = torch.cumsum(torch.bincount(rows, minlength=module.out_features), 0)
+        # The CSR pattern is row-major, i.e. exactly mask order, so sampled_addmm's .values() is
+        # the (k_i,) gradient slice; built once per layer, its values are ignored (beta=0).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel()),
+                                              (module.out_features, d_in), check_invariants=True)
         tuner = self
 
         def forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             vals = tuner.values[start:stop]
             if tuner.sparse_grad:
-                return _MaskedLinearFn.apply(x, mod.weight, mod.bias, idx, crow, cols, vals)
+                return _MaskedLinearFn.apply(x, mod.weight, mod.bias, idx, pattern, vals)
             return _dense_masked_linear(x, mod.weight, mod.bias, idx, vals)
 
         module.forward = types.MethodType(forward, module)
