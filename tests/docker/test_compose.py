@@ -171,6 +171,7 @@ def test_partition_ids_cover_each_index_once(services):
     assert n == 3  # the documented default
     assert sorted(pid for pid, _ in configs) == list(range(n))
     assert {parts for _, parts in configs} == {n}
+    assert f"certs.sh /certs {n} " in services["certs"]["command"][0]  # a certificate and key per node
 
 
 def test_state_persists_in_a_named_volume(services):
