@@ -127,7 +127,8 @@ class Deployment:
 
     def _json(self, *args: str) -> dict:
         res = self.flwr(*args, CONNECTION, "--format", "json")
-        reply = json.loads(res.stdout[res.stdout.find("{"):] or "{}")
+        start = res.stdout.find("{")  # the CLI may print a banner line before the JSON
+        reply = json.loads(res.stdout[start:]) if start >= 0 else {}
         if not reply.get("success"):
             raise DeploymentError(f"flwr {' '.join(args)} failed: {res.stdout.strip()} {res.stderr.strip()}")
         return reply
