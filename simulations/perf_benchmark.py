@@ -217,7 +217,8 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
             rows.append(("round", f"round {rd['round']}: wall / local training",
                          f"{rd['round_seconds']:.1f} s / {rd['train_seconds']:.1f} s -> overhead {rd['overhead_share']:.1%}", "", ""))
         share = r["overhead_share_steady"]
-        rows.append(("round", f"federated overhead share (rounds >= 2, {r['num_supernodes']} nodes)",
+        model = r["run_config"].get("model", "bundled all-MiniLM-L6-v2")
+        rows.append(("round", f"federated overhead share (rounds >= 2, {r['num_supernodes']} nodes, {model})",
                      "-" if share is None else f"{share:.1%}", "<= 5%", _verdict(None if share is None else share <= 0.05)))
     if "aggregate" in results:
         r = results["aggregate"]
