@@ -28,6 +28,7 @@ class LocalGrid(Grid):
             for i in range(num_nodes)
         }
         self.sent_types: list[str] = []
+        self._replies: dict[str, Message] = {}
 
     def set_run(self, run) -> None:  # pragma: no cover - not used in-process
         raise NotImplementedError
@@ -42,21 +43,23 @@ class LocalGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message at once; its reply waits to be pulled by the message id."""
+        ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # the SuperLink would set it
             self.sent_types.append(msg.metadata.message_type)
             context = self.contexts[msg.metadata.dst_node_id]
             TaskIdentity.node_id = msg.metadata.dst_node_id
             try:
-                replies.append(self.app(msg, context))
+                self._replies[msg.metadata.message_id] = self.app(msg, context)
             finally:
                 TaskIdentity.node_id = 0
-        return replies
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return list(self.pull_messages(self.push_messages(messages)))
