@@ -25,8 +25,10 @@ def test_ci_preset_end_to_end_and_resume(tmp_path, tiny_model_dir, capsys):
     assert set(rows) == {"pafi-float32", "magnitude-int8-block64"}
     pafi, mag = rows["pafi-float32"], rows["magnitude-int8-block64"]
     assert int(pafi["rounds"]) == 2 and int(mag["rounds"]) == 2
-    # Measured bytes: int8 values are a quarter of float32's, plus scales and framing.
-    assert float(mag["bytes_up_per_client_round"]) < 0.6 * float(pafi["bytes_up_per_client_round"])
+    # Measured bytes: int8 saves 3 of 4 bytes per value; the block scales, a second array and the fixed
+    # per-message framing (~1.7 kB, large next to this tiny model's 885 values) take back part of it.
+    saved = float(pafi["bytes_up_per_client_round"]) - float(mag["bytes_up_per_client_round"])
+    assert 1.5 * int(pafi["num_trainable"]) < saved < 3 * int(pafi["num_trainable"])
     assert float(pafi["codec_rel_error"]) == 0.0 and 0.0 < float(mag["codec_rel_error"]) < 0.05
     with open(out / "rounds.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * 3  # rounds 0..2 per run
