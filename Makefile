@@ -7,7 +7,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast clean
+.PHONY: install run test test-fast bench clean
 
 .install.stamp: pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
@@ -27,6 +27,11 @@ test: install
 ## test-fast: unit tests only
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not integration"
+
+## bench: the communication-cost benchmark (PRESET=quick|compare|full|ci), results in outputs/benchmark/<preset>
+PRESET ?= quick
+bench: install
+	$(PYTHON) -m simulations.benchmark --preset $(PRESET)
 
 clean:
 	rm -rf outputs .flwr .pytest_cache .install.stamp
