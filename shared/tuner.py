@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from shared.masks import Mask
 from shared.sparse import check_values, gather_values, merge_into
+from shared.tuners.common import copy_head, load_values_and_head, trainable_params
 
 import warnings
 
@@ -164,24 +165,16 @@ class SparseTuner:
         return save_delta(out / "delta.safetensors", self.mask, values, head, cfg, source)
 
     def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
-        """Set the value vector (k,) and, if given, the dense head tensors."""
-        check_values(values, self.mask)
-        with torch.no_grad():
-            self.values.copy_(values)
-            for name, t in (head or {}).items():
-                if name not in self._head or self._head[name].shape != t.shape:
-                    raise ValueError(f"head tensor {name} with shape {tuple(t.shape)} does not fit the model")
-                self._head[name].copy_(t)
+        """Set the value vector and, if given, the dense head tensors (both checked before writing)."""
+        load_values_and_head(self.values, self._head, values, head)
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """Copies of the head tensors."""
-        return {n: p.detach().clone() for n, p in self._head.items()}
+        return copy_head(self._head)
 
     def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
-        """Parameters to optimize; the head's require_grad follows ``train_head``."""
-        for p in self._head.values():
-            p.requires_grad_(train_head)
-        return [self.values] + (list(self._head.values()) if train_head else [])
+        """The value vector first (the client gives it ``lr``), then the head if ``train_head``."""
+        return trainable_params(self.values, self._head, train_head)
 
     @property
     def num_trainable(self) -> int:

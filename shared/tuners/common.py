@@ -25,28 +25,44 @@ class ValueHead:
 
     def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
         """Set the value vector (k,) and, if given, the dense head tensors (checked before writing)."""
-        check_vector(values, self.values.numel())
-        for name, t in (head or {}).items():
-            if name not in self._head or self._head[name].shape != t.shape:
-                raise ValueError(f"head tensor {name} with shape {tuple(t.shape)} does not fit the model")
-        with torch.no_grad():
-            self.values.copy_(values)
-            for name, t in (head or {}).items():
-                self._head[name].copy_(t)
+        load_values_and_head(self.values, self._head, values, head)
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """Copies of the head tensors."""
-        return {n: p.detach().clone() for n, p in self._head.items()}
+        return copy_head(self._head)
 
     def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
         """The value vector first (the client gives it ``lr``), then the head if ``train_head``."""
-        for p in self._head.values():
-            p.requires_grad_(train_head)
-        return [self.values] + (list(self._head.values()) if train_head else [])
+        return trainable_params(self.values, self._head, train_head)
 
     @property
     def head_size(self) -> int:
         return sum(p.numel() for p in self._head.values())
+
+
+def load_values_and_head(param: nn.Parameter, live_head: dict[str, torch.Tensor], values: torch.Tensor,
+                         head: dict[str, torch.Tensor] | None) -> None:
+    """Copy ``values`` into the (k,) parameter and ``head`` into the live head, after checking both."""
+    check_vector(values, param.numel())
+    for name, t in (head or {}).items():
+        if name not in live_head or live_head[name].shape != t.shape:
+            raise MergeError(f"head tensor {name} with shape {tuple(t.shape)} does not fit the model")
+    with torch.no_grad():
+        param.copy_(values)
+        for name, t in (head or {}).items():
+            live_head[name].copy_(t)
+
+
+def copy_head(live_head: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached copies of the head tensors."""
+    return {n: p.detach().clone() for n, p in live_head.items()}
+
+
+def trainable_params(param: nn.Parameter, live_head: dict[str, torch.Tensor], train_head: bool) -> list[nn.Parameter]:
+    """The value vector first (the client gives it ``lr``), then the head if ``train_head``."""
+    for p in live_head.values():
+        p.requires_grad_(train_head)
+    return [param] + (list(live_head.values()) if train_head else [])
 
 
 def check_vector(values: torch.Tensor, k: int) -> None:

@@ -22,6 +22,7 @@ from shared.config import RunConfig
 from shared.masks import encoder_matrix_names
 from shared.model import BaseModel
 from shared.sparse import MergeError
+from shared.tuners.common import copy_head, load_values_and_head, trainable_params
 
 
 class _AddDense(nn.Module):
@@ -79,22 +80,16 @@ class DenseTuner:
         return torch.zeros(self.k)
 
     def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
-        """Set the dense change (N,) and, if given, the head tensors."""
-        _check_vector(values, self.k)
-        with torch.no_grad():
-            self.values.copy_(values)
-            for name, t in (head or {}).items():
-                if name not in self._head or self._head[name].shape != t.shape:
-                    raise MergeError(f"head tensor {name} with shape {tuple(t.shape)} does not fit the model")
-                self._head[name].copy_(t)
+        """Set the value vector and, if given, the dense head tensors (both checked before writing)."""
+        load_values_and_head(self.values, self._head, values, head)
 
     def head_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self._head.items()}
+        """Copies of the head tensors."""
+        return copy_head(self._head)
 
     def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
-        for p in self._head.values():
-            p.requires_grad_(train_head)
-        return [self.values] + (list(self._head.values()) if train_head else [])
+        """The value vector first (the client gives it ``lr``), then the head if ``train_head``."""
+        return trainable_params(self.values, self._head, train_head)
 
     def merge(self, fresh: nn.Module, values: torch.Tensor, head: dict[str, torch.Tensor]) -> nn.Module:
         """Write base + values and the head into ``fresh`` (an unwrapped base copy); checks before writing."""
