@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from shared.masks import Mask
-from shared.sparse import check_values, gather_values, merge_into
+from shared.sparse import gather_values, merge_into
 from shared.tuners.common import copy_head, load_values_and_head, trainable_params
 
 import warnings
