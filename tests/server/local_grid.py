@@ -27,6 +27,7 @@ class LocalGrid(Grid):
         self.contexts = {1000 + i: Context(run_id=1, node_id=1000 + i, state=RecordDict(), run_config=run_config,
                                            node_config={"partition-id": i, "num-partitions": num_nodes})
                          for i in range(num_nodes)}
+        self._replies: dict[str, Message] = {}
         self.handlers = {"train": client_app.train, "evaluate": client_app.evaluate, "query": client_app.query}
 
     def set_run(self, run) -> None:  # noqa: D102 - not needed in-process
@@ -42,20 +43,23 @@ class LocalGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:  # noqa: D102
         return list(self.contexts)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Run each message's handler on its node; an exception becomes an error reply, as in Flower."""
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Run each message's handler on its node now; an exception becomes an error reply, as in Flower."""
+        ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # the SuperLink would assign it
             msg.metadata.__dict__["_src_node_id"] = 1
             try:
-                replies.append(self.handlers[msg.metadata.message_type](msg, self.contexts[msg.metadata.dst_node_id]))
+                reply = self.handlers[msg.metadata.message_type](msg, self.contexts[msg.metadata.dst_node_id])
             except Exception as exc:  # noqa: BLE001 - the client's failure travels back as an Error
-                replies.append(Message(Error(code=1, reason=f"{exc.__class__.__name__}: {exc}"), reply_to=msg))
-        return replies
+                reply = Message(Error(code=1, reason=f"{exc.__class__.__name__}: {exc}"), reply_to=msg)
+            self._replies[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Deliver and collect at once (no network)."""
+        return list(self.pull_messages(self.push_messages(messages)))
