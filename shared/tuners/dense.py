@@ -22,7 +22,7 @@ from shared.config import RunConfig
 from shared.masks import encoder_matrix_names
 from shared.model import BaseModel
 from shared.sparse import MergeError
-from shared.tuners.common import copy_head, load_values_and_head, trainable_params
+from shared.tuners.common import check_vector, copy_head, load_values_and_head, trainable_params
 
 
 class _AddDense(nn.Module):
@@ -93,7 +93,7 @@ class DenseTuner:
 
     def merge(self, fresh: nn.Module, values: torch.Tensor, head: dict[str, torch.Tensor]) -> nn.Module:
         """Write base + values and the head into ``fresh`` (an unwrapped base copy); checks before writing."""
-        _check_vector(values, self.k)
+        check_vector(values, self.k)
         params = dict(fresh.named_parameters())
         for name, t in head.items():
             if name not in params or params[name].shape != t.shape or not torch.isfinite(t).all():
@@ -124,11 +124,6 @@ class DenseTuner:
         return {}
 
 
-def _check_vector(values: torch.Tensor, n: int) -> None:
-    if values.dim() != 1 or values.numel() != n:
-        raise MergeError(f"value vector has shape {tuple(values.shape)}, the dense tuner needs ({n},)")
-    if not values.is_floating_point() or not torch.isfinite(values).all():
-        raise MergeError("value vector must be finite floating point; nothing merged")
 
 
 def full_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> DenseTuner:

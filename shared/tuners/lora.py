@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 from shared.config import ConfigError, RunConfig
 from shared.model import BaseModel
 from shared.sparse import MergeError
-from shared.tuners.common import copy_head, load_values_and_head, trainable_params
+from shared.tuners.common import check_vector, copy_head, load_values_and_head, trainable_params
 
 
 def lora_config(cfg: RunConfig) -> LoraConfig:
@@ -116,7 +116,7 @@ class LoraTuner:
 
     def adapter_state(self, peft_model: PeftModel, values: torch.Tensor) -> None:
         """Copy ``values`` (k,) into the adapter weights of an unparametrized PEFT model of the same config."""
-        _check_vector(values, self.k)
+        check_vector(values, self.k)
         adapters, start = adapter_parameters(peft_model), 0
         if tuple(n for n, _ in adapters) != self.names:
             raise MergeError("the PEFT model's adapters differ from the tuner's; same lora-* settings needed")
@@ -166,11 +166,6 @@ class LoraTuner:
                 "lora_target_modules": sorted(self.config.target_modules), "adapter_params": self.k}
 
 
-def _check_vector(values: torch.Tensor, n: int) -> None:
-    if values.dim() != 1 or values.numel() != n:
-        raise MergeError(f"value vector has shape {tuple(values.shape)}, the LoRA adapter needs ({n},)")
-    if not values.is_floating_point() or not torch.isfinite(values).all():
-        raise MergeError("value vector must be finite floating point; nothing merged")
 
 
 def lora_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> LoraTuner:
