@@ -70,12 +70,17 @@ class RunRecorder:
         down = sum(r["bytes_down"] for r in rounds) / max(1, sum(r["sampled"] for r in rounds))
         n_params = sum(p.numel() for p in self.rt.base.model.parameters())
         k, h = self.rt.tuner.k, strategy.expected.head_size
+        bpv = BYTES_PER_VALUE[self.cfg.value_dtype]
+        # Payload of one upload without framing: the values (k + head), or for topk its k' values plus
+        # their int32 positions and the head.
+        topk_k = int(getattr(self.rt.tuner, "topk_k", 0) or 0)
+        payload = (topk_k * (bpv + 4) + h * bpv) if topk_k else (k + h) * bpv
         return {
             "method": self.cfg.method, "num_params": n_params, "num_trainable": k + h, "k": k, "head_size": h,
             "mask_density": self.cfg.mask_density, "value_dtype": self.cfg.value_dtype,
             "bytes_up_per_client_round": up, "bytes_down_per_client_round": down,
             "dense_bytes_per_client_round": n_params * 4,
-            "value_bytes_per_client_round": (k + h) * BYTES_PER_VALUE[self.cfg.value_dtype],
+            "value_bytes_per_client_round": payload,
             "final_accuracy": self.history[-1]["accuracy"] if self.history else None,
             "rounds": len(rounds), "wall_seconds": time.perf_counter() - self.t_start,
             "seconds_per_round": sum(r["round_seconds"] for r in rounds) / max(1, len(rounds)),

@@ -58,6 +58,9 @@ def test_method_runs_end_to_end_in_process(method, repo_root, tiny_model_dir, ss
             assert fh.metadata()["fingerprint"] == s["mask_fingerprint"]
     if method == "topk":  # k values plus k int32 indices per upload: more than a shared mask's k values
         assert s["topk_k"] > 0 and s["bytes_up_per_client_round"] > 8 * s["topk_k"]
+        # the payload figure counts the k' values, their int32 positions and the head, and framing stays small
+        assert s["value_bytes_per_client_round"] == 8 * s["topk_k"] + 4 * s["head_size"]
+        assert s["value_bytes_per_client_round"] <= s["bytes_up_per_client_round"] < s["value_bytes_per_client_round"] + 16384
     if method == "full":
         assert s["bytes_up_per_client_round"] >= 4 * s["k"]
     if method == "lora":
