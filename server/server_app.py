@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 

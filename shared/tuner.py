@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from shared.masks import Mask
 from shared.sparse import gather_values, merge_into
-from shared.tuners.common import copy_head, load_values_and_head, trainable_params
+from shared.tuners.common import ValueHeadMixin
 
 import warnings
 
@@ -88,7 +88,7 @@ class _AddScattered(nn.Module):
         return t.reshape(-1).index_add(0, self.flat_idx, vals.to(t.dtype)).view_as(t)
 
 
-class SparseTuner:
+class SparseTuner(ValueHeadMixin):
     """Installs a mask's trainable value vector into ``model`` (in place, once per process).
 
     ``values`` (k,) float32 is the change from the base at the masked positions (mask order).
@@ -163,19 +163,3 @@ class SparseTuner:
         from shared.artifacts import save_delta
 
         return save_delta(out / "delta.safetensors", self.mask, values, head, cfg, source)
-
-    def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
-        """Set the value vector and, if given, the dense head tensors (both checked before writing)."""
-        load_values_and_head(self.values, self._head, values, head)
-
-    def head_state(self) -> dict[str, torch.Tensor]:
-        """Copies of the head tensors."""
-        return copy_head(self._head)
-
-    def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
-        """The value vector first (the client gives it ``lr``), then the head if ``train_head``."""
-        return trainable_params(self.values, self._head, train_head)
-
-    @property
-    def num_trainable(self) -> int:
-        return self.mask.k + sum(p.numel() for p in self._head.values())

@@ -1,4 +1,4 @@
-"""Pieces every reparametrizing tuner (DSEE, HiWi) shares: the value vector, the dense head, checks.
+"""Pieces every tuner shares: the value vector, the dense head, checks, knob parsing.
 
 A tuner of this kind owns one flat float32 ``nn.Parameter`` of length k (what travels) and the
 task head's live parameters (trained densely, sent beside the values). These helpers keep the
@@ -14,17 +14,24 @@ from shared.config import ConfigError, RunConfig
 from shared.sparse import MergeError
 
 
-class ValueHead:
-    """The (k,) value parameter plus the head parameters of ``model`` named by ``head_names``."""
+class ValueHeadMixin:
+    """What every tuner does with its (k,) value parameter ``self.values`` and the live head ``self._head``.
 
-    def __init__(self, model: nn.Module, head_names: tuple[str, ...], k: int):
+    SparseTuner, DenseTuner, LoraTuner, DseeTuner and HiwiTuner share this part of the tuner contract;
+    reparametrizing tuners create both with :meth:`_init_value_head`.
+    """
+
+    values: nn.Parameter
+    _head: dict[str, nn.Parameter]
+
+    def _init_value_head(self, model: nn.Module, head_names: tuple[str, ...], k: int) -> None:
         params = dict(model.named_parameters())
         self.head_names = tuple(head_names)
         self.values = nn.Parameter(torch.zeros(k))
         self._head = {n: params[n] for n in self.head_names}
 
     def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
-        """Set the value vector (k,) and, if given, the dense head tensors (checked before writing)."""
+        """Set the value vector (k,) and, if given, the dense head tensors (both checked before writing)."""
         load_values_and_head(self.values, self._head, values, head)
 
     def head_state(self) -> dict[str, torch.Tensor]:
@@ -38,6 +45,11 @@ class ValueHead:
     @property
     def head_size(self) -> int:
         return sum(p.numel() for p in self._head.values())
+
+    @property
+    def num_trainable(self) -> int:
+        """Values plus head: what trains on a client."""
+        return int(self.values.numel()) + self.head_size
 
 
 def load_values_and_head(param: nn.Parameter, live_head: dict[str, torch.Tensor], values: torch.Tensor,

@@ -22,7 +22,7 @@ from shared.config import RunConfig
 from shared.masks import encoder_matrix_names
 from shared.model import BaseModel
 from shared.sparse import MergeError
-from shared.tuners.common import check_vector, copy_head, load_values_and_head, trainable_params
+from shared.tuners.common import ValueHeadMixin, check_vector
 
 
 class _AddDense(nn.Module):
@@ -37,7 +37,7 @@ class _AddDense(nn.Module):
         return t + self._tuner[0].values[self.start:self.stop].view_as(t).to(t.dtype)
 
 
-class DenseTuner:
+class DenseTuner(ValueHeadMixin):
     """All non-head parameters train; ``values`` (N,) float32 holds their change from the base.
 
     Implements the tuner contract of ``shared.tuner.SparseTuner``. ``topk_k`` (0 for ``full``) is the
@@ -71,25 +71,9 @@ class DenseTuner:
     def k(self) -> int:
         return int(self.values.numel())
 
-    @property
-    def num_trainable(self) -> int:
-        return self.k + sum(p.numel() for p in self._head.values())
-
     def initial_values(self) -> torch.Tensor:
         """No change from the base: zeros (N,)."""
         return torch.zeros(self.k)
-
-    def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
-        """Set the value vector and, if given, the dense head tensors (both checked before writing)."""
-        load_values_and_head(self.values, self._head, values, head)
-
-    def head_state(self) -> dict[str, torch.Tensor]:
-        """Copies of the head tensors."""
-        return copy_head(self._head)
-
-    def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
-        """The value vector first (the client gives it ``lr``), then the head if ``train_head``."""
-        return trainable_params(self.values, self._head, train_head)
 
     def merge(self, fresh: nn.Module, values: torch.Tensor, head: dict[str, torch.Tensor]) -> nn.Module:
         """Write base + values and the head into ``fresh`` (an unwrapped base copy); checks before writing."""

@@ -21,7 +21,7 @@ from shared.config import ConfigError, RunConfig
 from shared.masks import mask_fingerprint
 from shared.model import BaseModel
 from shared.sparse import MergeError
-from shared.tuners.common import ValueHead, check_vector, float_option, int_option, write_head
+from shared.tuners.common import ValueHeadMixin, check_vector, float_option, int_option, write_head
 from shared.tuners.lowrank_sparse import sparse_positions
 
 TARGET_SUFFIXES = (".query", ".value", ".q_proj", ".v_proj", ".q_lin", ".v_lin")
@@ -121,7 +121,7 @@ def dense_deltas(targets: tuple[Target, ...], values: torch.Tensor, scale: float
     return out
 
 
-class DseeTuner:
+class DseeTuner(ValueHeadMixin):
     """The tuner contract (see ``shared.tuner.SparseTuner``) for DSEE; wraps the targets' forward."""
 
     def __init__(self, base: BaseModel, cfg: RunConfig, digest: str):
@@ -132,8 +132,7 @@ class DseeTuner:
         recipe = f"dsee|rank={st.rank}|alpha={st.alpha!r}|n={st.sparse_per_matrix}"
         self._fingerprint = mask_fingerprint(digest, recipe, 0.0, [t.name for t in self.targets],
                                              [t.positions for t in self.targets])
-        self.state = ValueHead(base.model, base.head_names, self._k)
-        self.values = self.state.values
+        self._init_value_head(base.model, base.head_names, self._k)
         modules = dict(base.model.named_modules())
         for t in self.targets:
             self._wrap(modules[t.name.rpartition(".")[0]], t)
@@ -168,19 +167,6 @@ class DseeTuner:
             bound = 1.0 / math.sqrt(t.shape[1])
             v[t.a_slice] = (torch.rand(t.rank * t.shape[1], generator=gen) * 2 - 1) * bound
         return v
-
-    def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
-        self.state.load(values, head)
-
-    def head_state(self) -> dict[str, torch.Tensor]:
-        return self.state.head_state()
-
-    def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
-        return self.state.trainable(train_head)
-
-    @property
-    def num_trainable(self) -> int:
-        return self._k + self.state.head_size
 
     def deltas(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Dense ΔW per target for ``values`` (k,)."""

@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 from shared.config import ConfigError, RunConfig
 from shared.masks import mask_fingerprint
 from shared.model import BaseModel
-from shared.tuners.common import ValueHead, check_vector, int_option, write_head
+from shared.tuners.common import ValueHeadMixin, check_vector, int_option, write_head
 
 HIWI_TARGETS = ("bias", "weight")
 
@@ -83,7 +83,7 @@ class _Adapted(nn.Module):
         return t + self.adapter.apply(self._tuner[0].values, t).to(t.dtype)
 
 
-class HiwiTuner:
+class HiwiTuner(ValueHeadMixin):
     """The tuner contract (see ``shared.tuner.SparseTuner``) for HiWi."""
 
     def __init__(self, base: BaseModel, cfg: RunConfig, digest: str):
@@ -108,8 +108,7 @@ class HiwiTuner:
             f"{a.kind}:{a.dim}" for a in self.adapters.values())
         self._fingerprint = mask_fingerprint(digest, recipe, 0.0, list(self.targets),
                                              [torch.zeros(0, dtype=torch.long)] * len(self.targets))
-        self.state = ValueHead(base.model, base.head_names, self._k)
-        self.values = self.state.values
+        self._init_value_head(base.model, base.head_names, self._k)
         modules = dict(base.model.named_modules())
         for name, kind in self.targets.items():
             parametrize.register_parametrization(modules[name.rpartition(".")[0]], self.attr,
@@ -132,19 +131,6 @@ class HiwiTuner:
             n = a.width * a.dim
             v[a.start:a.start + n] = (torch.rand(n, generator=gen) * 2 - 1) / math.sqrt(a.dim)
         return v
-
-    def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
-        self.state.load(values, head)
-
-    def head_state(self) -> dict[str, torch.Tensor]:
-        return self.state.head_state()
-
-    def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
-        return self.state.trainable(train_head)
-
-    @property
-    def num_trainable(self) -> int:
-        return self._k + self.state.head_size
 
     @torch.no_grad()
     def adapted(self, fresh: nn.Module, values: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 from shared.config import ConfigError, RunConfig
 from shared.model import BaseModel
 from shared.sparse import MergeError
-from shared.tuners.common import check_vector, copy_head, load_values_and_head, trainable_params
+from shared.tuners.common import ValueHeadMixin, check_vector
 
 
 def lora_config(cfg: RunConfig) -> LoraConfig:
@@ -60,7 +60,7 @@ class _AdapterSlice(nn.Module):
         return self._tuner[0].values[self.start:self.stop].view_as(t)
 
 
-class LoraTuner:
+class LoraTuner(ValueHeadMixin):
     """PEFT LoRA installed into the runtime's base model; implements the tuner contract."""
 
     def __init__(self, base: BaseModel, cfg: RunConfig, digest: str):
@@ -94,25 +94,9 @@ class LoraTuner:
     def k(self) -> int:
         return int(self.values.numel())
 
-    @property
-    def num_trainable(self) -> int:
-        return self.k + sum(p.numel() for p in self._head.values())
-
     def initial_values(self) -> torch.Tensor:
         """PEFT's own initialisation (A random from the seed, B zero), flattened (k,)."""
         return self._init.clone()
-
-    def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
-        """Set the value vector and, if given, the dense head tensors (both checked before writing)."""
-        load_values_and_head(self.values, self._head, values, head)
-
-    def head_state(self) -> dict[str, torch.Tensor]:
-        """Copies of the head tensors."""
-        return copy_head(self._head)
-
-    def trainable(self, train_head: bool = True) -> list[nn.Parameter]:
-        """The value vector first (the client gives it ``lr``), then the head if ``train_head``."""
-        return trainable_params(self.values, self._head, train_head)
 
     def adapter_state(self, peft_model: PeftModel, values: torch.Tensor) -> None:
         """Copy ``values`` (k,) into the adapter weights of an unparametrized PEFT model of the same config."""

@@ -61,7 +61,7 @@ def test_fingerprint_follows_base_weights_and_knobs(dsee_cfg):
 def test_layout_and_initial_values_leave_the_base_unchanged(dsee_cfg):
     tuner = _tuner(dsee_cfg)
     expected_k = sum(4 * t.shape[1] + t.shape[0] * 4 + 16 for t in tuner.targets)
-    assert tuner.k == expected_k and tuner.num_trainable == expected_k + tuner.state.head_size
+    assert tuner.k == expected_k and tuner.num_trainable == expected_k + tuner.head_size
     v0 = tuner.initial_values()
     assert torch.equal(v0, tuner.initial_values())  # seeded: every server starts alike
     fresh = load_base_model(dsee_cfg.model, 2, dsee_cfg.seed).model
