@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -10,7 +12,7 @@ from shared.config import ConfigError
 from shared.model import base_weights_digest, load_base_model
 from shared.runtime import build_runtime
 from shared.tuners.dsee import DseeTuner
-from shared.tuners.hiwi import HiwiTuner, make_hiwi_tuner
+from shared.tuners.hiwi import Adapter, HiwiTuner, make_hiwi_tuner
 from shared.tuners.hiwi_final import apply_hiwi_artifact
 
 
@@ -29,7 +31,7 @@ def _ids() -> dict[str, torch.Tensor]:
 
 
 def _values(tuner: HiwiTuner) -> torch.Tensor:
-    return tuner.initial_values() + 0.2 * torch.randn(tuner.k, generator=torch.Generator().manual_seed(5))
+    return tuner.initial_values() + torch.randn(tuner.k, generator=torch.Generator().manual_seed(5))
 
 
 def _fresh(cfg):
@@ -120,3 +122,49 @@ def test_runtime_registry_builds_both_methods(tiny_cfg):
     assert isinstance(build_runtime(_cfg(tiny_cfg)).tuner, HiwiTuner)
     dsee = tiny_cfg.replace(method="dsee", extra={"dsee-prune-heads": 1, "dsee-rank": 2})
     assert isinstance(build_runtime(dsee).tuner, DseeTuner)
+
+
+def _push(adapter: Adapter, b: torch.Tensor, init: torch.Tensor, steps: int = 10, lr: float = 5e-3) -> float:
+    """|f(b)| / |b| after ``steps`` fresh-Adam steps that reward growth along a fixed direction.
+
+    A stand-in for a skewed client: every step pushes the same fixed inputs the same way.
+    """
+    v = init.clone().requires_grad_(True)
+    direction = torch.randn(b.shape, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.AdamW([v], lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        loss = -(adapter.apply(v, b) * direction).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float(adapter.apply(v, b).norm() / b.norm())
+
+
+def test_normalised_adapter_bounds_the_drift_that_collapsed_the_federation():
+    # MiniLM-sized intermediate biases: 6 layers x 1536, rms about 0.16
+    d, m = 1536, 16
+    gen = torch.Generator().manual_seed(0)
+    b = torch.randn(6, d, generator=gen) * 0.16
+    unit = torch.rand(m * d, generator=gen) * 2 - 1
+    plain, normed = Adapter("intermediate", d, m, 0), Adapter("intermediate", d, m, 0, float(b.pow(2).mean().sqrt()))
+    init_plain, init_normed = torch.zeros(plain.size), torch.zeros(normed.size)
+    init_plain[:m * d], init_normed[:m * d] = unit / math.sqrt(d), unit
+    # same function at the start (f = 0) and the same effective W_down
+    assert torch.equal(plain.apply(init_plain, b), normed.apply(init_normed, b))
+    grown_plain, grown_normed = _push(plain, b, init_plain), _push(normed, b, init_normed)
+    assert grown_normed < 1.0
+    assert grown_plain > 10 * grown_normed
+
+
+def test_normalised_adapter_scales_with_the_tensors_it_adapts(tiny_cfg):
+    tuner = _tuner(_cfg(tiny_cfg))
+    values = _values(tuner)
+    a = tuner.adapters["intermediate"]
+    x = torch.randn(2, a.dim, generator=torch.Generator().manual_seed(3))
+    scaled = Adapter(a.kind, a.dim, a.width, a.start, 4.0 * a.scale)
+    assert torch.allclose(scaled.apply(values, 4.0 * x), 4.0 * a.apply(values, x), atol=1e-5)
+    plain = _tuner(tiny_cfg.replace(method="hiwi", extra={"hiwi-bottleneck": 4, "hiwi-normalize": False}))
+    assert plain.fingerprint != tuner.fingerprint and plain.adapters["intermediate"].scale == 0.0
+    with pytest.raises(ConfigError, match="hiwi-normalize"):
+        _tuner(tiny_cfg.replace(method="hiwi", extra={"hiwi-normalize": "yes"}))
