@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -76,18 +77,20 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
     cmd = [sys.executable, "-m", "simulations.launcher", "--num-supernodes", str(sim.num_supernodes),
            "--cpus-per-client", str(sim.cpus_per_client), "--flwr-home", str(run_dir / ".flwr"),
            "-c", format_run_config(config)]
-    with open(run_dir / "run.log", "ab") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=flower_env(run_dir / ".flwr"), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + sim.timeout
+    proc = None
     try:
+        with open(run_dir / "run.log", "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=flower_env(run_dir / ".flwr"), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + sim.timeout
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(1.0)
             done, acc = _history_rounds(run_dir)
             desc = f"{spec.name}: acc {100 * acc:.1f}%" if acc is not None else f"{spec.name}: starting"
             progress.update(task, completed=done, description=desc)
     finally:
-        stop_tree(proc.pid)  # on timeout or Ctrl-C: the launcher stops its SuperLink tree, then we stop it
+        if proc is not None:  # on timeout, Ctrl-C or SIGTERM: the launcher stops its SuperLink tree, then we stop it
+            stop_tree(proc.pid)
     return proc.returncode if proc.returncode is not None else 124
 
 
@@ -129,6 +132,20 @@ def write_results(preset: Preset, out: Path) -> Path | None:
     return out / "results.md"
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so ``run_one``'s ``finally`` stops the launcher's tree.
+
+    SIGTERM would otherwise end this process and leave the launcher, its SuperLink and Ray running;
+    SIGINT is ignored outright in a job a non-interactive shell put in the background.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="quick", help="preset name in simulations/presets/ or a .toml path")
@@ -167,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_signal_handlers()
     try:
         sys.exit(main())
     except StaleResultError as exc:
         console.print(f"[red]{exc}[/red]")
         sys.exit(2)
+    except KeyboardInterrupt as exc:
+        console.print(f"[red]interrupted ({exc}): the running simulation was stopped; finished runs are kept, "
+                      f"rerun the same command to go on[/red]")
+        sys.exit(130)
