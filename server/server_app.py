@@ -70,10 +70,7 @@ class RunRecorder:
         n_params = sum(p.numel() for p in self.rt.base.model.parameters())
         k, h = self.rt.tuner.k, strategy.expected.head_size
         bpv = BYTES_PER_VALUE[self.cfg.value_dtype]
-        # Payload of one upload without framing: the values (k + head), or for topk its k' values plus
-        # their int32 positions and the head.
-        topk_k = int(getattr(self.rt.tuner, "topk_k", 0) or 0)
-        payload = (topk_k * (bpv + 4) + h * bpv) if topk_k else (k + h) * bpv
+        payload = self.rt.tuner.payload_bytes(bpv)  # one upload without framing (topk: + int32 positions)
         return {
             "method": self.cfg.method, "num_params": n_params, "num_trainable": k + h, "k": k, "head_size": h,
             "mask_density": self.cfg.mask_density, "value_dtype": self.cfg.value_dtype,

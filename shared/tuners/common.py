@@ -51,6 +51,10 @@ class ValueHeadMixin:
         """Values plus head: what trains on a client."""
         return int(self.values.numel()) + self.head_size
 
+    def payload_bytes(self, bytes_per_value: int) -> int:
+        """One client's upload without Flower's framing: the k values and the head."""
+        return self.num_trainable * int(bytes_per_value)
+
 
 def load_values_and_head(param: nn.Parameter, live_head: dict[str, torch.Tensor], values: torch.Tensor,
                          head: dict[str, torch.Tensor] | None) -> None:

@@ -101,6 +101,12 @@ class DenseTuner(ValueHeadMixin):
         save_file(tensors, str(path), metadata=meta)
         return path
 
+    def payload_bytes(self, bytes_per_value: int) -> int:
+        """One client's upload without framing; for topk its k' values with their int32 positions, and the head."""
+        if not self.topk_k:
+            return super().payload_bytes(bytes_per_value)
+        return self.topk_k * (int(bytes_per_value) + 4) + self.head_size * int(bytes_per_value)
+
     def describe(self) -> dict:
         """Method-specific figures for summary.json."""
         if self.method == "topk":

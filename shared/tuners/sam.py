@@ -102,6 +102,10 @@ class SamTuner:
     def num_trainable(self) -> int:
         return self.k + sum(t.numel() for t in self.head_state().values())
 
+    def payload_bytes(self, bytes_per_value: int) -> int:
+        """One client's upload without framing (k values and the head; k = 0 while pending)."""
+        return self.num_trainable * int(bytes_per_value)
+
     def initial_values(self) -> torch.Tensor:
         return torch.zeros(self.k)
 

@@ -66,6 +66,16 @@ def test_topk_budget_is_pafis_k_and_fingerprints_differ(tiny_model_dir):
     assert tuner.fingerprint != full_fp
 
 
+@pytest.mark.parametrize("bpv", [4, 2, 1])
+def test_payload_bytes_count_what_one_upload_carries(tiny_model_dir, bpv):
+    """summary.json's value_bytes_per_client_round: values + head; topk adds an int32 position per value."""
+    full = full_tuner(_fresh(tiny_model_dir), RunConfig(), "d")
+    topk = topk_tuner(_fresh(tiny_model_dir), RunConfig(mask_density=0.05), "d")
+    assert full.payload_bytes(bpv) == (full.k + full.head_size) * bpv
+    assert topk.payload_bytes(bpv) == topk.topk_k * (bpv + 4) + topk.head_size * bpv
+    assert topk.payload_bytes(bpv) < full.payload_bytes(bpv)
+
+
 @pytest.fixture()
 def lora_setup(tiny_model_dir):
     base = _fresh(tiny_model_dir)
