@@ -27,7 +27,8 @@ def save_hiwi_artifact(path: Path, tuner, values: torch.Tensor, head: dict[str, 
     tensors = {name: t.float().contiguous() for name, t in tuner.adapted(fresh.model, values).items()}
     tensors.update({f"head.{n}": t.detach().float().contiguous() for n, t in head.items()})
     meta = {"format": FORMAT, "fingerprint": tuner.fingerprint, "method": "hiwi", "model": source,
-            "hiwi-target": tuner.attr, "hiwi-bottleneck": str(tuner.width)}
+            "hiwi-target": tuner.attr, "hiwi-bottleneck": str(tuner.width),
+            "hiwi-normalize": str(tuner.normalize).lower()}
     save_file(tensors, str(path), metadata=meta)
     return path
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from server.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from server.recovery import CRASH_EXIT_CODE
 from server.server_app import main
-from tests.server.local_grid import LocalGrid
+from client.client_app import app as client_app
+from tests.support.local_grid import LocalGrid
 
 NODES = 3
 pytestmark = pytest.mark.integration  # a whole run three times (~1 min CPU)
@@ -31,7 +32,7 @@ def _config(tiny_model_dir: Path, sst2_dir: Path, out: Path, **extra) -> dict:
 
 
 def _run(cfg: dict) -> None:
-    main(LocalGrid(cfg, NODES), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
+    main(LocalGrid(client_app, cfg, NODES, error_replies=True), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
 
 
 def _final(out: Path) -> torch.Tensor:

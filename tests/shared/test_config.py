@@ -34,3 +34,18 @@ def test_bad_values_name_the_key(conf, key):
 def test_unknown_keys_are_kept_for_methods():
     cfg = parse_run_config({"lora-rank": 4})
     assert cfg.option("lora-rank", 8) == 4 and cfg.option("lora-alpha", 16) == 16
+
+
+def test_every_method_knob_is_declared_for_flwr_run(repo_root):
+    """`flwr run --run-config k=v` refuses keys the app does not declare ("Invalid run configuration"):
+    every knob the code reads with ``option(...)`` must have a default in [tool.flwr.app.config]."""
+    import re
+    import tomllib
+
+    declared = set(tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    used = set()
+    for pkg in ("shared", "server", "client"):
+        for path in (repo_root / pkg).rglob("*.py"):
+            used |= set(re.findall(r'option\((?:cfg, |self\.cfg, )?"([a-z0-9-]+)"', path.read_text()))
+    assert {"hiwi-normalize", "lora-rank", "dsee-rank"} <= used
+    assert not used - declared, f"declare these in pyproject.toml [tool.flwr.app.config]: {sorted(used - declared)}"
