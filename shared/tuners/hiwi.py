@@ -11,7 +11,7 @@ merged model is the base architecture with new biases, the stored artifact the n
 Value layout per kind, in order: W_down (m, d), c_down (m), W_up (d, m), c_up (d).
 Bottleneck 16 by default: 63k values on MiniLM, about PaFi's 53k at 0.5 %.
 
-Normalised form (``hiwi-normalize``, on by default): f(x) = s · tanh(g(x / s)) with
+Normalised form (``hiwi-normalize``, on by default): f(x) = 2s · tanh(g(x / s) / 2) with
 g(u) = W_up · gelu(W_down · u / √d + c_down) + c_up, W_down stored at unit scale, and s the rms of
 all the base tensors of that kind (1 where they are all zero). Each adapter input is one fixed
 vector, so its gradients keep their sign from step to step, and Adam moves every stored entry by
@@ -19,7 +19,7 @@ about lr per step: in the plain form that moves W_down · b by lr · ‖b‖₁ 
 on MiniLM's intermediate biases). With a fresh optimizer every federated round that grew f(b) to
 10× the biases it adapts and collapsed the model to one class. The 1/√d fan-in factor bounds the
 move by lr · ‖u‖₁/√d; s makes the change relative to the size of the tensors adapted; tanh caps
-every entry's change at s, a trust region against the shared drift of the FFN output biases that
+every entry's change at 2s, a trust region against the shared drift of the FFN output biases that
 still collapsed the residual stream at a doubled rate. All are constants of the base weights or
 fixed functions, so merging b' once stays exact. ``hiwi-normalize = false`` is the plain form.
 """
@@ -40,6 +40,7 @@ from shared.model import BaseModel
 from shared.tuners.common import ValueHeadMixin, check_vector, int_option, write_head
 
 HIWI_TARGETS = ("bias", "weight")
+TRUST = 2.0  # normalised f moves no entry by more than TRUST * s
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Adapter:
         if not self.scale:
             return F.linear(F.gelu(F.linear(x, w_down, b_down)), w_up, b_up)
         hidden = F.gelu(F.linear(x / self.scale, w_down) / math.sqrt(d) + b_down)
-        return torch.tanh(F.linear(hidden, w_up, b_up)) * self.scale
+        return torch.tanh(F.linear(hidden, w_up, b_up) / TRUST) * (TRUST * self.scale)
 
 
 def ffn_kind(module_name: str) -> str | None:

@@ -12,7 +12,7 @@ from shared.config import ConfigError
 from shared.model import base_weights_digest, load_base_model
 from shared.runtime import build_runtime
 from shared.tuners.dsee import DseeTuner
-from shared.tuners.hiwi import Adapter, HiwiTuner, make_hiwi_tuner
+from shared.tuners.hiwi import TRUST, Adapter, HiwiTuner, make_hiwi_tuner
 from shared.tuners.hiwi_final import apply_hiwi_artifact
 
 
@@ -164,9 +164,9 @@ def test_normalised_adapter_scales_with_the_tensors_it_adapts(tiny_cfg):
     x = torch.randn(2, a.dim, generator=torch.Generator().manual_seed(3))
     scaled = Adapter(a.kind, a.dim, a.width, a.start, 4.0 * a.scale)
     assert torch.allclose(scaled.apply(values, 4.0 * x), 4.0 * a.apply(values, x), atol=1e-5)
-    # a trust region: whatever the values, no entry moves by more than s
+    # a trust region: whatever the values, no entry moves by more than TRUST · s
     huge = 1e3 * torch.randn(tuner.k, generator=torch.Generator().manual_seed(4))
-    assert float(a.apply(huge, x).abs().max()) <= a.scale * (1 + 1e-6)
+    assert float(a.apply(huge, x).abs().max()) <= TRUST * a.scale * (1 + 1e-6)
     plain = _tuner(tiny_cfg.replace(method="hiwi", extra={"hiwi-bottleneck": 4, "hiwi-normalize": False}))
     assert plain.fingerprint != tuner.fingerprint and plain.adapters["intermediate"].scale == 0.0
     with pytest.raises(ConfigError, match="hiwi-normalize"):
