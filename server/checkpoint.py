@@ -45,6 +45,7 @@ class Checkpoint:
     identity: dict[str, Any] = field(default_factory=dict)  # fingerprint, k, head_size, model, method
     run_config: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, torch.Tensor] = field(default_factory=dict)  # a selection phase's outcome (sam's positions)
 
 
 def capture_rng() -> tuple[dict[str, Any], torch.Tensor]:
@@ -82,6 +83,7 @@ def save_checkpoint(out_dir: Path, ck: Checkpoint) -> Path:
     tensors = {"values": ck.values.detach().float().contiguous(), "head": ck.head.detach().float().contiguous(),
                "rng.torch": torch_rng.contiguous()}
     tensors.update({f"opt.{k}": v.detach().contiguous() for k, v in ck.opt_state.items()})
+    tensors.update({f"sel.{k}": v.detach().contiguous() for k, v in ck.selection.items()})
     meta_json = json.dumps({"round": ck.round, "history": ck.history, "identity": ck.identity,
                             "run_config": ck.run_config, "rng": rng}, sort_keys=True)
     path = Path(out_dir) / CHECKPOINT_NAME
@@ -110,9 +112,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
                               f"without resume=true")
     body = json.loads(meta["meta"])
     opt = {k[len("opt."):]: v for k, v in tensors.items() if k.startswith("opt.")}
+    sel = {k[len("sel."):]: v for k, v in tensors.items() if k.startswith("sel.")}
     return Checkpoint(round=int(body["round"]), values=tensors["values"], head=tensors["head"], opt_state=opt,
                       history=body["history"], identity=body["identity"], run_config=body["run_config"],
-                      rng={**body["rng"], "torch": tensors["rng.torch"]})
+                      rng={**body["rng"], "torch": tensors["rng.torch"]}, selection=sel)
 
 
 def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Mapping[str, Any]) -> None:

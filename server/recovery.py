@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from server.checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError, check_compatible, load_checkpoint,
                                restore_rng, save_checkpoint)
 from server.strategy import GlobalState, SparseStrategy
@@ -26,6 +28,18 @@ def run_identity(strategy: SparseStrategy, model_source: str, method: str) -> di
     """What a checkpoint must share with this run: mask fingerprint, sizes, model, method."""
     return {"fingerprint": strategy.expected.fingerprint, "k": strategy.expected.k,
             "head_size": strategy.expected.head_size, "model": model_source, "method": method}
+
+
+def saved_selection(cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """With ``resume``, the selection outcome stored in ``output-dir``'s checkpoint ({} if none).
+
+    Read before the selection phase, so that phase can re-install it; the checkpoint's full
+    compatibility check still runs afterwards in :func:`resume_from_checkpoint`.
+    """
+    path = Path(cfg.output_dir).expanduser().resolve() / CHECKPOINT_NAME
+    if not cfg.resume or not path.exists():
+        return {}
+    return load_checkpoint(path).selection
 
 
 def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, identity: Mapping[str, Any],
@@ -54,10 +68,15 @@ def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, 
 
 
 def checkpoint_round(cfg: RunConfig, out: Path, strategy: SparseStrategy, server_round: int, history: list[dict],
-                     identity: Mapping[str, Any], run_config: Mapping[str, Any]) -> None:
-    """Write the checkpoint of a completed round; exit hard here if ``crash-after-round`` says so."""
+                     identity: Mapping[str, Any], run_config: Mapping[str, Any],
+                     selection: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Write the checkpoint of a completed round; exit hard here if ``crash-after-round`` says so.
+
+    ``selection``: what a selection phase chose (sam's mask positions), so a resumed run re-installs it
+    instead of running the phase again.
+    """
     save_checkpoint(out, Checkpoint(server_round, strategy.state.values, strategy.state.head, strategy.opt_state,
-                                    history, dict(identity), dict(run_config)))
+                                    history, dict(identity), dict(run_config), selection=dict(selection or {})))
     if server_round == cfg.option("crash-after-round", 0):
         print(f"fedsparse: crash-after-round={server_round}: exiting hard after the checkpoint", flush=True)
         os._exit(CRASH_EXIT_CODE)  # no cleanup, no final save: what a killed process leaves behind

@@ -4,7 +4,9 @@
 each reply, sum them, square, keep the global top-k (:func:`shared.sam.top_by_square`), fingerprint
 the mask and broadcast its positions once (``query.sam_mask``, int32 positions in the flat candidate
 space); ``refine`` adds a second exchange (``query.sam_refine``) before the top-k. Nodes that cannot confirm the mask are dropped from training. From then on only values travel,
-under the new fingerprint. A new phase is one function and one line in :data:`SELECTION_PHASES`.
+under the new fingerprint. Every checkpoint keeps the selected positions (:func:`selection_state`): a
+resumed run broadcasts those again instead of selecting anew from whichever clients are there, and
+skips the statistics traffic. A new phase is one function and one line in :data:`SELECTION_PHASES`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from server.recovery import saved_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.wire import message_bytes, message_parts, to_recorddict
 from shared.codec import MalformedUpdateError, decode_values
@@ -26,6 +29,9 @@ from shared.runtime import Runtime
 from shared.sam import global_statistic, to_flat_index, top_by_square
 from shared.topk import decode_sparse
 
+
+
+SAM_POSITIONS = "sam.mask-index"  # checkpoint key of sam's selected positions
 
 
 class SelectionError(RuntimeError):
@@ -119,20 +125,33 @@ def sam_selection(grid: Grid, cfg: RunConfig, rt: Runtime, strategy: SparseStrat
     """Federated SAM: statistics up, global top-k on the server, positions down once, then values only."""
     tuner, nodes = rt.tuner, sorted(strategy.partitions, key=lambda n: strategy.partitions[n])
     up0, down0 = rl.bytes_up, rl.bytes_down
-    contributions = _collect_statistics(grid, cfg, tuner, strategy, rl, nodes)
-    if tuner.settings[1] == "refine":
-        contributions = _refine(grid, cfg, tuner, strategy, rl, nodes, contributions)
-    stat = global_statistic(contributions, tuner.num_candidates)  # sum of raw sums, then squared below
-    mask = tuner.mask_from_selection(top_by_square(stat, tuner.shapes, cfg.mask_density, cfg.mask_scope))
+    saved = saved_selection(cfg).get(SAM_POSITIONS)
+    if saved is not None:  # resume: the checkpointed mask, not a new selection from today's clients
+        mask, contributions = tuner.mask_from_flat_index(saved.long()), []
+    else:
+        contributions = _collect_statistics(grid, cfg, tuner, strategy, rl, nodes)
+        if tuner.settings[1] == "refine":
+            contributions = _refine(grid, cfg, tuner, strategy, rl, nodes, contributions)
+        stat = global_statistic(contributions, tuner.num_candidates)  # sum of raw sums, then squared below
+        mask = tuner.mask_from_selection(top_by_square(stat, tuner.shapes, cfg.mask_density, cfg.mask_scope))
     confirmed = _broadcast_mask(grid, cfg, tuner, strategy, rl, nodes, mask)
     tuner.install(mask)
     strategy.state = GlobalState(tuner.initial_values(), strategy.state.head)
     strategy.expected = dataclasses.replace(strategy.expected, fingerprint=mask.fingerprint, k=mask.k)
     tuner.selection_report = {"selection_bytes_up": rl.bytes_up - up0, "selection_bytes_down": rl.bytes_down - down0,
-                              "selection_clients": len(contributions), "selection_confirmed": len(confirmed)}
-    print(f"fedsparse: sam selected k={mask.k} from {len(contributions)} clients ({tuner.settings[1]}); mask "
-          f"{mask.fingerprint[:12]}; selection up {rl.bytes_up - up0:,} B, down {rl.bytes_down - down0:,} B",
-          flush=True)
+                              "selection_clients": len(contributions), "selection_confirmed": len(confirmed),
+                              "selection_resumed": saved is not None}
+    how = "from the checkpoint" if saved is not None else f"from {len(contributions)} clients ({tuner.settings[1]})"
+    print(f"fedsparse: sam selected k={mask.k} {how}; mask {mask.fingerprint[:12]}; selection up "
+          f"{rl.bytes_up - up0:,} B, down {rl.bytes_down - down0:,} B", flush=True)
+
+
+def selection_state(cfg: RunConfig, rt: Runtime) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of the selection phase: sam's mask as int32 flat candidate positions."""
+    if cfg.method != "sam":
+        return {}
+    mask = rt.tuner.mask
+    return {SAM_POSITIONS: to_flat_index(dict(zip(mask.names, mask.indices)), rt.tuner.shapes).to(torch.int32)}
 
 
 SelectionPhase = Callable[[Grid, RunConfig, Runtime, SparseStrategy, RoundLog], None]

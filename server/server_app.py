@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.outputs import save_final_model, write_json
 from server.recovery import checkpoint_round, resume_from_checkpoint, run_identity
-from server.selection import run_selection
+from server.selection import run_selection, selection_state
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.topk import TopkStrategy
 from server.validation import Expected
@@ -104,6 +104,8 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     out = Path(cfg.output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     rt = get_runtime(cfg)
+    if getattr(rt.tuner, "needs_selection", False):
+        rt.tuner.reset()  # a cached runtime may hold an earlier run's selection (a second run in one process)
     head0 = flatten_head(rt.tuner.head_state(), rt.base.head_names)
     state = GlobalState(values=rt.tuner.initial_values(), head=head0)
     expected = Expected(fingerprint=rt.tuner.fingerprint, value_dtype=cfg.value_dtype, k=rt.tuner.k,
@@ -122,9 +124,11 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     if first_round == 1:
         recorder.record(handshake, strategy.state, time.perf_counter() - t0)
 
+    selected = selection_state(cfg, rt)  # kept in every checkpoint: a resume re-installs it
+
     def after_round(rl: RoundLog, seconds: float) -> None:
         recorder.record(rl, strategy.state, seconds)
-        checkpoint_round(cfg, out, strategy, rl.round, recorder.history, identity, run_config)
+        checkpoint_round(cfg, out, strategy, rl.round, recorder.history, identity, run_config, selected)
 
     final = strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
                            on_round=after_round, first_round=first_round)

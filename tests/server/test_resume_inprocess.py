@@ -31,8 +31,10 @@ def _config(tiny_model_dir: Path, sst2_dir: Path, out: Path, **extra) -> dict:
     return cfg
 
 
-def _run(cfg: dict) -> None:
-    main(LocalGrid(client_app, cfg, NODES, error_replies=True), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
+def _run(cfg: dict) -> LocalGrid:
+    grid = LocalGrid(client_app, cfg, NODES, error_replies=True)
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
+    return grid
 
 
 def _final(out: Path) -> torch.Tensor:
@@ -60,3 +62,23 @@ def test_crash_after_round_then_resume_is_bit_identical(tmp_path, tiny_model_dir
 
     with pytest.raises(CheckpointError, match="aggregator"):  # same output-dir, other settings: refused
         _run(_config(tiny_model_dir, sst2_dir, crashed, resume=True, aggregator="fedavg"))
+
+
+def test_sam_resume_reinstalls_the_checkpointed_mask_without_a_new_selection(tmp_path, tiny_model_dir, sst2_dir):
+    sam = {"method": "sam", "aggregator": "fedavg", "fail-rate": 0.0, "dp-noise-multiplier": 0.0}
+    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+    ref_grid = _run(_config(tiny_model_dir, sst2_dir, ref, **sam))
+    assert ref_grid.sent_types.count("query.sam_stats") == NODES
+    child = mp.get_context("spawn").Process(target=_run, args=(_config(tiny_model_dir, sst2_dir, crashed,
+                                                                       **sam, **{"crash-after-round": 2}),))
+    child.start()
+    child.join(300)
+    assert child.exitcode == CRASH_EXIT_CODE
+    saved = load_checkpoint(crashed / CHECKPOINT_NAME).selection["sam.mask-index"]
+    assert saved.dtype == torch.int32 and saved.numel() > 0
+    grid = _run(_config(tiny_model_dir, sst2_dir, crashed, resume=True, **sam))
+    assert "query.sam_stats" not in grid.sent_types  # no statistics traffic on resume
+    assert grid.sent_types.count("query.sam_mask") == NODES  # the nodes get the same mask again
+    assert torch.equal(_final(crashed), _final(ref))
+    summary = json.loads((crashed / "summary.json").read_text())
+    assert summary["mask_fingerprint"] == json.loads((ref / "summary.json").read_text())["mask_fingerprint"]
