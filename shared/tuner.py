@@ -97,7 +97,8 @@ class SparseTuner(ValueHeadMixin):
     The tuner contract every method implements (see ``shared/runtime.py``'s ``TUNERS``):
     ``fingerprint`` and ``k`` (what travels), ``values`` (the (k,) trainable parameter wired into
     the forward), ``initial_values()``, ``load(values, head)``, ``head_state()``,
-    ``trainable()``, ``num_trainable``, and ``merge(fresh, values, head)`` which writes the
+    ``trainable()``, ``num_trainable``, ``payload_bytes(bytes_per_value)`` (one upload without
+    framing), and ``merge(fresh, values, head)`` which writes the
     result into a fresh, unwrapped copy of the base model (a plain ``transformers`` model), and
     ``save_artifact(out, values, head, cfg, source)`` for the small task-specific file.
     """
