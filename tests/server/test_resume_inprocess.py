@@ -82,3 +82,4 @@ def test_sam_resume_reinstalls_the_checkpointed_mask_without_a_new_selection(tmp
     assert torch.equal(_final(crashed), _final(ref))
     summary = json.loads((crashed / "summary.json").read_text())
     assert summary["mask_fingerprint"] == json.loads((ref / "summary.json").read_text())["mask_fingerprint"]
+    assert summary["selection_resumed"] is True and summary["selection_bytes_up"] < 4096  # confirmations only
