@@ -132,7 +132,7 @@ class HiwiTuner(ValueHeadMixin):
                                   f"{self.adapters[kind].dim}; HiWi shares one adapter per kind")
         self._k = start
         recipe = f"hiwi|target={self.attr}|bottleneck={self.width}|" + (
-            "normalized|" if self.normalize else "") + ",".join(
+            f"normalized|trust={TRUST}|" if self.normalize else "") + ",".join(
             f"{a.kind}:{a.dim}" for a in self.adapters.values())
         self._fingerprint = mask_fingerprint(digest, recipe, 0.0, list(self.targets),
                                              [torch.zeros(0, dtype=torch.long)] * len(self.targets))
