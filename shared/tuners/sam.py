@@ -20,6 +20,7 @@ from shared.masks import Mask, MaskError, build_mask
 from shared.model import BaseModel, load_base_model
 from shared.sam import candidate_shapes, from_flat_index, recipe_fingerprint, sam_settings
 from shared.tuner import SparseTuner
+from shared.tuners.common import ValueHeadMixin
 
 
 class SelectionPendingError(RuntimeError):
@@ -102,9 +103,7 @@ class SamTuner:
     def num_trainable(self) -> int:
         return self.k + sum(t.numel() for t in self.head_state().values())
 
-    def payload_bytes(self, bytes_per_value: int) -> int:
-        """One client's upload without framing (k values and the head; k = 0 while pending)."""
-        return self.num_trainable * int(bytes_per_value)
+    payload_bytes = ValueHeadMixin.payload_bytes  # k values and the head (k = 0 while pending)
 
     def initial_values(self) -> torch.Tensor:
         return torch.zeros(self.k)
