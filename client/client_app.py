@@ -1,25 +1,33 @@
-"""Flower ClientApp: thin handlers that call shared/ (model, mask, local training, codec)."""
+"""Flower ClientApp: thin handlers that call shared/ (model, method, local training) and wire/ (the format).
+
+Handlers: ``query`` (round-0 handshake: partition id and the mask fingerprint this node derived),
+``train`` and ``evaluate`` for every method, and each registered method's own routes
+(``query.<route>``, e.g. sam's selection phase). The method's update codec decodes what the server
+sends and encodes the reply; a method's per-node state lives in ``context.state`` between messages.
+"""
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+from typing import Any, Callable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client.selection import register as register_selection
-from client.selection import sync_selected_mask
-from client.topk import register as register_topk
-from shared.config import RunConfig, parse_run_config
+from shared.config import RunConfig
 from shared.faults import act_before_training, planned_fault, poison
 from shared.masks import MaskMismatchError
-from server.wire import message_parts, to_recorddict
-from shared.protocol import CONFIG, DOWN_KEYS, UP_KEYS, decode_pair, encode_pair, flatten_head, unflatten_head
-from shared.runtime import client_partition, get_runtime
+from shared.methods import methods
+from shared.methods.base import ClientCall, ClientRoute, Method
+from shared.runtime import Runtime, client_partition, get_runtime
+from shared.settings import parse_run_config
 from shared.training import evaluate as evaluate_model
 from shared.training import train_local
+from wire.protocol import CONFIG, UP_KEYS, Parts, flatten_head, unflatten_head
+from wire.records import message_parts, to_recorddict
 
 app = ClientApp()
-register_topk(app)  # "train.topk": the index-carrying baseline (client/topk.py)
-register_selection(app)  # "query.sam_stats" / "query.sam_mask": sam's selection phase (client/selection.py)
+STATE_ARRAYS, STATE_CONFIG = "fedsparse.method-arrays", "fedsparse.method-config"  # a method's node state
 
 
 def _node_partition(context: Context) -> tuple[int, int]:
@@ -30,9 +38,32 @@ def _node_partition(context: Context) -> tuple[int, int]:
     return int(node["partition-id"]), int(node["num-partitions"])
 
 
-def _receive(msg: Message, cfg: RunConfig):
-    """Check the fingerprint, decode the global values and head, load them into the tuner."""
+def _node_state(context: Context) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    if STATE_ARRAYS in context.state:
+        state.update({k: a.numpy() for k, a in context.state[STATE_ARRAYS].items()})
+    if STATE_CONFIG in context.state:
+        state.update(dict(context.state[STATE_CONFIG]))
+    return state
+
+
+def _keep_state(context: Context, state: dict[str, Any]) -> None:
+    arrays = {k: Array(np.ascontiguousarray(v)) for k, v in state.items() if isinstance(v, np.ndarray)}
+    context.state[STATE_ARRAYS] = ArrayRecord(arrays)
+    context.state[STATE_CONFIG] = ConfigRecord({k: v for k, v in state.items() if not isinstance(v, np.ndarray)})
+
+
+def _runtime(context: Context) -> tuple[RunConfig, Runtime]:
+    """The parsed config and this process's runtime, with the method's node state re-installed."""
+    cfg = parse_run_config(context.run_config)
     rt = get_runtime(cfg)
+    if rt.method.restore is not None:
+        rt.method.restore(rt.tuner, _node_state(context))
+    return cfg, rt
+
+
+def _receive(msg: Message, cfg: RunConfig, rt: Runtime) -> tuple:
+    """Check the fingerprint, decode the global values and head with the method's codec, load them."""
     conf = msg.content[CONFIG]
     if conf.get("fingerprint") != rt.tuner.fingerprint:
         raise MaskMismatchError(
@@ -42,30 +73,29 @@ def _receive(msg: Message, cfg: RunConfig):
     dtype = str(conf["value-dtype"])
     head_like = rt.tuner.head_state()
     h = sum(t.numel() for t in head_like.values())
-    values, head_vec = decode_pair(message_parts(msg)[0], DOWN_KEYS, dtype, rt.tuner.k, h,
-                                   cfg.int8_block_size)
+    values, head_vec = rt.tuner.codec.decode_down(message_parts(msg)[0], dtype, rt.tuner.k, h, cfg.int8_block_size)
     rt.tuner.load(values, unflatten_head(head_vec, head_like, rt.base.head_names))
-    return rt, values, head_vec, dtype
+    return values, head_vec, dtype
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the masked entries and the head locally; reply with the deltas only."""
-    cfg = parse_run_config(context.run_config)
-    sync_selected_mask(context, cfg)  # a selected (sam) mask lives in the node state; no-op otherwise
-    rt, values, head_vec, dtype = _receive(msg, cfg)
+    """Train the method's values and the head locally; reply with the deltas only."""
+    cfg, rt = _runtime(context)
+    values, head_vec, dtype = _receive(msg, cfg, rt)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
     server_round = int(msg.content[CONFIG].get("server-round", 0))
-    fault = planned_fault(cfg.seed, pid, server_round, cfg.option("fail-rate", 0.0), cfg.option("fail-mode", "raise"))
+    fault = planned_fault(cfg.seed, pid, server_round, cfg.fail_rate, cfg.fail_mode)
     act_before_training(fault, cfg.round_timeout, pid, server_round)
     params = rt.tuner.trainable()
-    groups = [{"params": params[:1], "lr": cfg.lr}, {"params": params[1:], "lr": cfg.effective_head_lr}]
+    lr, head_lr = rt.method.learning_rates(cfg)
+    groups = [{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": head_lr}]
     result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
                          seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay)
     delta = rt.tuner.values.detach() - values
     head_delta = flatten_head(rt.tuner.head_state(), rt.base.head_names) - head_vec
-    arrays = encode_pair(delta, head_delta, UP_KEYS, dtype, cfg.int8_block_size)
+    arrays = rt.tuner.codec.encode_up(delta, head_delta, dtype, cfg.int8_block_size)
     if fault == "nan":
         arrays = poison(arrays, UP_KEYS[0])
     metrics = {"num-examples": len(data), "train-loss": result.loss, "train-seconds": result.seconds,
@@ -77,9 +107,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Client-side evaluation of the global model on this node's partition (metrics only)."""
-    cfg = parse_run_config(context.run_config)
-    sync_selected_mask(context, cfg)  # a selected (sam) mask lives in the node state; no-op otherwise
-    rt, _, _, _ = _receive(msg, cfg)
+    cfg, rt = _runtime(context)
+    _receive(msg, cfg, rt)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
     loss, acc = evaluate_model(rt.base.model, data, cfg.eval_batch_size)
@@ -90,9 +119,30 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Handshake: report this node's partition and mask fingerprint (derived locally, never sent)."""
-    cfg = parse_run_config(context.run_config)
-    sync_selected_mask(context, cfg)  # a selected (sam) mask lives in the node state; no-op otherwise
-    rt = get_runtime(cfg)
+    _, rt = _runtime(context)
     pid, nparts = _node_partition(context)
     metrics = {"partition-id": pid, "num-partitions": nparts, "k": rt.tuner.k}
     return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)
+
+
+def _route_handler(owner: Method, route: ClientRoute) -> Callable[[Message, Context], Message]:
+    """A Flower handler around a method's plain route: parts in, parts out, node state kept."""
+    def handle(msg: Message, context: Context) -> Message:
+        cfg, rt = _runtime(context)
+        if rt.method is not owner:
+            raise ValueError(f"message {msg.metadata.message_type!r} belongs to method {owner.name!r}, "
+                             f"this run's method is {rt.method.name!r}")
+        pid, nparts = _node_partition(context)
+        arrays, metrics, config = message_parts(msg)
+        call = ClientCall(cfg=cfg, tuner=rt.tuner, base=rt.base, partition_id=pid, num_partitions=nparts,
+                          request=Parts(arrays, config, metrics), state=_node_state(context),
+                          data=lambda: client_partition(cfg, rt.base.tokenizer, pid, nparts))
+        reply: Parts = route(call)
+        _keep_state(context, call.state)
+        return Message(to_recorddict(reply.arrays, reply.config, reply.metrics), reply_to=msg)
+    return handle
+
+
+for _method in methods().values():  # every registered method's own routes: "query.<route>"
+    for _name, _route in _method.client_routes.items():
+        app.query(_name)(_route_handler(_method, _route))

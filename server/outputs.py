@@ -11,7 +11,7 @@ import torch
 
 from shared.config import RunConfig
 from shared.model import load_base_model
-from shared.protocol import unflatten_head
+from wire.protocol import unflatten_head
 from shared.runtime import Runtime
 
 

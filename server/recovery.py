@@ -77,6 +77,6 @@ def checkpoint_round(cfg: RunConfig, out: Path, strategy: SparseStrategy, server
     """
     save_checkpoint(out, Checkpoint(server_round, strategy.state.values, strategy.state.head, strategy.opt_state,
                                     history, dict(identity), dict(run_config), selection=dict(selection or {})))
-    if server_round == cfg.option("crash-after-round", 0):
+    if server_round == cfg.crash_after_round:
         print(f"fedsparse: crash-after-round={server_round}: exiting hard after the checkpoint", flush=True)
         os._exit(CRASH_EXIT_CODE)  # no cleanup, no final save: what a killed process leaves behind

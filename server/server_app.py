@@ -11,26 +11,21 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.outputs import save_final_model, write_json
-from server.recovery import checkpoint_round, resume_from_checkpoint, run_identity
-from server.selection import run_selection, selection_state
+from server.recovery import checkpoint_round, resume_from_checkpoint, run_identity, saved_selection
+from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
-from server.topk import TopkStrategy
 from server.validation import Expected
-from shared.config import ConfigError, RunConfig, parse_run_config
+from shared.config import ConfigError, RunConfig
 from shared.data import DataLoadError
 from shared.masks import MaskError
 from shared.model import ModelLoadError
-from shared.protocol import flatten_head, unflatten_head
 from shared.runtime import Runtime, get_runtime, test_split
+from shared.settings import parse_run_config
 from shared.training import evaluate
+from wire.protocol import BYTES_PER_VALUE, flatten_head, unflatten_head
 
 app = ServerApp()
 log = logging.getLogger("fedsparse.server")
-
-# method -> strategy class; methods not listed use the values-only SparseStrategy.
-STRATEGIES: dict[str, type[SparseStrategy]] = {"topk": TopkStrategy}
-
-BYTES_PER_VALUE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 
 
 class RunRecorder:
@@ -70,7 +65,8 @@ class RunRecorder:
         n_params = sum(p.numel() for p in self.rt.base.model.parameters())
         k, h = self.rt.tuner.k, strategy.expected.head_size
         bpv = BYTES_PER_VALUE[self.cfg.value_dtype]
-        payload = self.rt.tuner.payload_bytes(bpv)  # one upload without framing (topk: + int32 positions)
+        lr, head_lr = self.rt.method.learning_rates(self.cfg)
+        payload = self.rt.tuner.payload_bytes(bpv)  # one upload without framing, as the method's codec counts it
         return {
             "method": self.cfg.method, "num_params": n_params, "num_trainable": k + h, "k": k, "head_size": h,
             "mask_density": self.cfg.mask_density, "value_dtype": self.cfg.value_dtype,
@@ -82,6 +78,7 @@ class RunRecorder:
             "seconds_per_round": sum(r["round_seconds"] for r in rounds) / max(1, len(rounds)),
             "mask_fingerprint": self.rt.tuner.fingerprint, "model": self.rt.base.source,
             "dataset": self.cfg.dataset, "seed": self.cfg.seed,
+            "lr": lr, "head_lr": head_lr,
         }
 
 
@@ -100,31 +97,22 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
-    """Handshake, ``num-server-rounds`` rounds of values-only FedAvg, then save the merged model."""
+    """Handshake, the method's selection phase (if any), ``num-server-rounds`` rounds, the merged model."""
     out = Path(cfg.output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     rt = get_runtime(cfg)
-    if getattr(rt.tuner, "needs_selection", False):
-        rt.tuner.reset()  # a cached runtime may hold an earlier run's selection (a second run in one process)
-    head0 = flatten_head(rt.tuner.head_state(), rt.base.head_names)
-    state = GlobalState(values=rt.tuner.initial_values(), head=head0)
-    expected = Expected(fingerprint=rt.tuner.fingerprint, value_dtype=cfg.value_dtype, k=rt.tuner.k,
-                        head_size=int(head0.numel()), block=cfg.int8_block_size,
-                        max_bytes=int(cfg.max_reply_mb * 2**20))
-    print(f"fedsparse: method={cfg.method} k={rt.tuner.k} of {sum(p.numel() for p in rt.base.model.parameters())} "
-          f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}", flush=True)
+    rt.tuner.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
+    strategy = _strategy(cfg, rt)
     recorder = RunRecorder(cfg, rt, out)
-    strategy = STRATEGIES.get(cfg.method, SparseStrategy)(cfg, state, expected)
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
-    run_selection(grid, cfg, rt, strategy, handshake)  # e.g. sam's mask; its bytes count in round 0
-    # After selection: the identity (and so a resumable checkpoint) includes sam's selected mask.
+    saved = saved_selection(cfg) if rt.method.select is not None else {}
+    selected = run_selection(grid, cfg, rt, strategy, handshake, saved)  # kept in every checkpoint
+    # After selection: the identity (and so a resumable checkpoint) includes a selected mask.
     identity = run_identity(strategy, rt.base.source, cfg.method)
     first_round, recorder.history = resume_from_checkpoint(cfg, out, strategy, identity, run_config)
     if first_round == 1:
         recorder.record(handshake, strategy.state, time.perf_counter() - t0)
-
-    selected = selection_state(cfg, rt)  # kept in every checkpoint: a resume re-installs it
 
     def after_round(rl: RoundLog, seconds: float) -> None:
         recorder.record(rl, strategy.state, seconds)
@@ -132,13 +120,30 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
 
     final = strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
                            on_round=after_round, first_round=first_round)
+    _finish(cfg, rt, out, recorder, strategy, final)
+
+
+def _strategy(cfg: RunConfig, rt: Runtime) -> SparseStrategy:
+    """The strategy at round 0: the tuner's initial values and head, and what a valid reply looks like."""
+    head0 = flatten_head(rt.tuner.head_state(), rt.base.head_names)
+    expected = Expected(fingerprint=rt.tuner.fingerprint, value_dtype=cfg.value_dtype, k=rt.tuner.k,
+                        head_size=int(head0.numel()), block=cfg.int8_block_size, max_bytes=cfg.max_reply_bytes,
+                        codec=rt.tuner.codec)
+    lr, head_lr = rt.method.learning_rates(cfg)
+    print(f"fedsparse: method={cfg.method} k={rt.tuner.k} of {sum(p.numel() for p in rt.base.model.parameters())} "
+          f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}, lr {lr:g} (head {head_lr:g})",
+          flush=True)
+    return SparseStrategy(cfg, GlobalState(values=rt.tuner.initial_values(), head=head0), expected)
+
+
+def _finish(cfg: RunConfig, rt: Runtime, out: Path, recorder: RunRecorder, strategy: SparseStrategy,
+            final: GlobalState) -> None:
+    """Merge and save the final model, run the method's final step, write summary.json."""
     merged = save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
-    summary.update(getattr(rt.tuner, "describe", dict)())  # method-specific figures (topk k, LoRA rank, ...)
-    finalize = getattr(rt.tuner, "finalize", None)  # optional method-specific final step (DSEE pruning, ...)
-    if finalize is not None:
-        accuracy = lambda m: evaluate(m, recorder.test, cfg.eval_batch_size)[1]  # noqa: E731
-        summary.update(finalize(merged, final.values, accuracy, out))
+    summary.update(rt.tuner.describe())  # method-specific figures (topk k, LoRA rank, ...)
+    accuracy = lambda m: evaluate(m, recorder.test, cfg.eval_batch_size)[1]  # noqa: E731
+    summary.update(rt.tuner.finalize(merged, final.values, accuracy, out))  # e.g. DSEE pruning
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "
           f"up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)

@@ -47,11 +47,9 @@ class ServerSettings:
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "ServerSettings":
-        out = cls(aggregator=cfg.aggregator, lr=cfg.server_lr, momentum=cfg.option("server-momentum", 0.9),
-                  beta1=cfg.option("server-beta1", 0.9), beta2=cfg.option("server-beta2", 0.99),
-                  tau=cfg.option("server-tau", 1e-3), trim_fraction=cfg.option("trim-fraction", 0.1),
-                  dp_clip_norm=cfg.option("dp-clip-norm", 0.0),
-                  dp_noise_multiplier=cfg.option("dp-noise-multiplier", 0.0), seed=cfg.seed)
+        out = cls(aggregator=cfg.aggregator, lr=cfg.server_lr, momentum=cfg.server_momentum, beta1=cfg.server_beta1,
+                  beta2=cfg.server_beta2, tau=cfg.server_tau, trim_fraction=cfg.trim_fraction,
+                  dp_clip_norm=cfg.dp_clip_norm, dp_noise_multiplier=cfg.dp_noise_multiplier, seed=cfg.seed)
         plan(out.aggregator)  # fail at start-up, not in round 1
         if out.dp_noise_multiplier > 0 and out.dp_clip_norm <= 0:
             raise AggregationError("dp-noise-multiplier > 0 needs dp-clip-norm > 0 (the noise scale is z*C/n)")

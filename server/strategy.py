@@ -1,9 +1,11 @@
-"""The sparse strategy: sample, send values, validate replies, aggregate aligned deltas, update.
+"""The one strategy of every method: sample, send, validate, decode, aggregate, guard, update.
 
 It follows Flower's ``Strategy`` contract (``configure_*`` / ``aggregate_*``) and runs its own
 ``start`` loop so it can do what FedAvg cannot: a handshake that learns each node's partition id
-(seeding by partition, never by random node id), per-reply validation with logged reasons,
-``v <- v + server_lr * aggregate(deltas)`` on the value vector, and byte accounting per round.
+(seeding by partition, never by random node id), per-reply validation with logged reasons, the
+method's update codec (``Expected.codec``: values-only, or topk's positions) decoding every reply
+into a dense aligned vector, ``server_step`` (every aggregator, DP, server optimizer) on the
+stack, the non-finite guard, and byte accounting per round. No method name is tested here.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from flwr.serverapp.strategy import Strategy
 
 from server.server_opt import OptState, ServerSettings, server_step
 from server.validation import Expected, validate_reply
-from server.wire import message_bytes, message_parts, to_recorddict
-from shared.codec import MalformedUpdateError, relative_error
 from shared.config import RunConfig
-from shared.protocol import DOWN_KEYS, Update, encode_pair
+from wire.codec import MalformedUpdateError, relative_error
+from wire.protocol import HANDSHAKE, TRAIN, Update
+from wire.records import message_bytes, message_parts, to_recorddict
 
 log = logging.getLogger("fedsparse.server")
 
@@ -75,7 +77,7 @@ def send_and_receive(grid: Grid, msgs: list[Message], timeout: float, poll_s: fl
 
 
 class SparseStrategy(Strategy):
-    """Values-only federated averaging over a shared mask."""
+    """Federated averaging (or any ``aggregator``) of aligned value vectors, for every method."""
 
     def __init__(self, cfg: RunConfig, state: GlobalState, expected: Expected):
         self.cfg, self.state, self.expected = cfg, state, expected
@@ -91,8 +93,8 @@ class SparseStrategy(Strategy):
                  self.cfg.fraction_train)
 
     def encoded_global(self) -> dict:
-        return encode_pair(self.state.values, self.state.head, DOWN_KEYS, self.cfg.value_dtype,
-                           self.cfg.int8_block_size)
+        return self.expected.codec.encode_down(self.state.values, self.state.head, self.cfg.value_dtype,
+                                               self.cfg.int8_block_size)
 
     def sample(self, server_round: int) -> list[int]:
         """Seeded choice of ``ceil(fraction-train * nodes)`` nodes, by partition id order."""
@@ -106,7 +108,7 @@ class SparseStrategy(Strategy):
         conf = dict(config)
         conf.update(fingerprint=self.expected.fingerprint, **{"value-dtype": self.cfg.value_dtype,
                                                               "server-round": server_round})
-        return [Message(to_recorddict({k: a.numpy() for k, a in arrays.items()}, conf), node, "train")
+        return [Message(to_recorddict({k: a.numpy() for k, a in arrays.items()}, conf), node, TRAIN)
                 for node in self.sample(server_round)]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -187,7 +189,7 @@ class SparseStrategy(Strategy):
                                    f"min-available-nodes is {min_nodes}")
             time.sleep(1.0)
         conf = {"fingerprint": self.expected.fingerprint}
-        msgs = [Message(to_recorddict({}, conf), node, "query") for node in sorted(grid.get_node_ids())]
+        msgs = [Message(to_recorddict({}, conf), node, HANDSHAKE) for node in sorted(grid.get_node_ids())]
         self.current.sampled = len(msgs)
         self.current.bytes_down = sum(message_bytes(m) for m in msgs)
         for reply in grid.send_and_receive(msgs, timeout=max(self.cfg.round_timeout, wait_s)):  # cold starts

@@ -12,9 +12,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from shared.codec import MalformedUpdateError
 from shared.masks import MaskMismatchError
-from shared.protocol import UP_KEYS, Update, decode_pair
+from wire.codec import MalformedUpdateError
+from wire.protocol import VALUES, Update, UpdateCodec
 
 MAX_NUM_EXAMPLES = 10**9
 
@@ -29,6 +29,7 @@ class Expected:
     head_size: int
     block: int = 256
     max_bytes: int = 512 * 2**20
+    codec: UpdateCodec = VALUES  # the method's update format (values-only unless the method says otherwise)
 
 
 def _finite_number(value: Any, what: str) -> float:
@@ -46,8 +47,9 @@ def _finite_number(value: Any, what: str) -> float:
 
 def _check_arrays(arrays: Mapping[str, Any], expected: Expected) -> None:
     """Types, dimensionality, dtype kind and total size, before any decoding work."""
-    if len(arrays) > 4:
-        raise MalformedUpdateError(f"reply carries {len(arrays)} arrays; a valid one has at most 4")
+    if len(arrays) > expected.codec.max_arrays:
+        raise MalformedUpdateError(f"reply carries {len(arrays)} arrays; a valid one has at most "
+                                   f"{expected.codec.max_arrays}")
     size = 0
     for key, arr in arrays.items():
         if not isinstance(key, str) or not isinstance(arr, np.ndarray):
@@ -66,8 +68,9 @@ def validate_reply(arrays: Mapping[str, Any], metrics: Mapping[str, Any], config
     """Decode and check one reply; raise ``MalformedUpdateError``/``MaskMismatchError`` with the reason.
 
     Checks, cheapest first: fingerprint, array types/ndim/dtype kind/total bytes, ``num-examples``
-    (an integer in 1..``MAX_NUM_EXAMPLES``), ``train-loss`` (finite), then the strict decode (exact
-    keys, dtype, length (k,) / (h,), finite values). Never returns a partially valid update.
+    (an integer in 1..``MAX_NUM_EXAMPLES``), ``train-loss`` (finite), then the method codec's strict
+    decode (exact keys, dtype, length, finite values) into dense (k,) / (h,) vectors. Never returns a
+    partially valid update.
     """
     fp = config.get("fingerprint")
     if not isinstance(fp, str) or fp != expected.fingerprint:
@@ -77,5 +80,5 @@ def validate_reply(arrays: Mapping[str, Any], metrics: Mapping[str, Any], config
     if n != int(n) or not 0 < int(n) <= MAX_NUM_EXAMPLES:
         raise MalformedUpdateError(f"num-examples must be an integer in 1..{MAX_NUM_EXAMPLES}, got {n!r}")
     loss = _finite_number(metrics.get("train-loss", 0.0), "train-loss")
-    delta, head = decode_pair(arrays, UP_KEYS, expected.value_dtype, expected.k, expected.head_size, expected.block)
+    delta, head = expected.codec.decode_up(arrays, expected.value_dtype, expected.k, expected.head_size, expected.block)
     return Update(delta=delta, head_delta=head, num_examples=int(n), train_loss=loss)

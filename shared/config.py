@@ -1,8 +1,9 @@
-"""Typed, frozen run settings parsed once from Flower's flat run config.
+"""The core run settings: one typed, frozen dataclass whose fields declare every core knob once.
 
-Every knob is a kebab-case key in ``[tool.flwr.app.config]`` (pyproject.toml); this module maps it
-to a snake_case field, checks its type and range, and raises :class:`ConfigError` with a one-line
-message that says how to fix a bad value.
+Each field is a kebab-case key in ``[tool.flwr.app.config]`` (pyproject.toml) with its default,
+accepted range and help (:func:`shared.knobs.knob`). A method's own knobs live in its settings
+class (``shared/methods/<name>/config.py``); :func:`shared.settings.parse_run_config` parses both,
+refuses unknown keys and validates every value before any model loads.
 """
 
 from __future__ import annotations
@@ -11,140 +12,87 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from shared.faults import FAIL_MODES
+from shared.knobs import ConfigError, build, knob, knobs, validate
+
 VALUE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 PARTITIONERS = ("iid", "dirichlet")
 MASK_SCOPES = ("global", "per-matrix")
+# run-config ``aggregator`` values; server/server_opt.py's PLANS maps each to (aggregator, server optimizer)
+AGGREGATORS = ("fedavg", "median", "trimmed-mean", "fedavgm", "fedadam", "fedyogi")
 
-
-class ConfigError(ValueError):
-    """A run-config value is missing, of the wrong type or out of range."""
+__all__ = ["ConfigError", "RunConfig", "core_config"]
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """All settings of one federated run (defaults mirror pyproject.toml)."""
+    """All core settings of one federated run; ``options`` holds the method knobs (kebab keys, parsed)."""
 
-    method: str = "pafi"
-    mask_density: float = 0.005
-    mask_scope: str = "global"
-    num_server_rounds: int = 10
-    fraction_train: float = 0.5
-    min_train_replies: int = 1
-    local_steps: int = 10
-    batch_size: int = 32
-    max_length: int = 64
-    lr: float = 5e-3
-    head_lr: float = 0.0
-    weight_decay: float = 0.0
-    value_dtype: str = "float32"
-    int8_block_size: int = 256
-    model: str = ""
-    num_labels: int = 0
-    dataset: str = "sst2"
-    data_dir: str = ""
-    partitioner: str = "dirichlet"
-    dirichlet_alpha: float = 0.5
-    seed: int = 42
-    output_dir: str = "outputs/run"
-    aggregator: str = "fedavg"
-    server_lr: float = 1.0
-    resume: bool = False
-    max_eval_examples: int = 0
-    eval_batch_size: int = 64
-    round_timeout: float = 3600.0
-    min_available_nodes: int = 2
-    node_wait_timeout: float = 300.0
-    max_reply_mb: float = 512.0
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    method: str = knob("pafi", "how the trainable set is chosen (`python -m shared.settings` lists the methods)")
+    mask_density: float = knob(0.005, "fraction of candidate entries that train", low=0, high=1, low_open=True)
+    mask_scope: str = knob("global", "top-k over all candidates or the same fraction per matrix", choices=MASK_SCOPES)
+    sparse_grad: bool = knob(True, "masked linears form the weight gradient only at the mask (false: dense reference)")
+    num_server_rounds: int = knob(10, "federated rounds", low=0)
+    fraction_train: float = knob(0.5, "share of the nodes sampled per round", low=0, high=1, low_open=True)
+    min_train_replies: int = knob(1, "valid replies needed to update the global model", low=1)
+    local_steps: int = knob(10, "local AdamW steps per round", low=1)
+    batch_size: int = knob(32, "local batch size", low=1)
+    max_length: int = knob(64, "tokens per example (truncation)", low=8)
+    lr: float = knob(0.0, "local learning rate; 0 = the method's default", low=0)
+    head_lr: float = knob(0.0, "learning rate of the dense task head; 0 = the method's (or lr)", low=0)
+    weight_decay: float = knob(0.0, "AdamW weight decay", low=0)
+    value_dtype: str = knob("float32", "codec of the value vectors on the wire", choices=VALUE_DTYPES)
+    int8_block_size: int = knob(256, "values per int8 scale", low=1)
+    model: str = knob("", "Hugging Face id or local folder; empty = the bundled all-MiniLM-L6-v2")
+    num_labels: int = knob(0, "classes of the task; 0 = from the dataset", low=0)
+    dataset: str = knob("sst2", "sst2 or agnews")
+    data_dir: str = knob("", "local GLUE-style TSV folder; empty = the Hugging Face Hub")
+    partitioner: str = knob("dirichlet", "how the train split is divided among the nodes", choices=PARTITIONERS)
+    dirichlet_alpha: float = knob(0.5, "label skew of the dirichlet partitioner (smaller = more skewed)", low=0,
+                                  low_open=True)
+    seed: int = knob(42, "seed of partitions, sampling, batches, heads and noise", low=0)
+    output_dir: str = knob("outputs/run", "folder of history.json, summary.json, model/ and the checkpoint")
+    aggregator: str = knob("fedavg", "aggregation of the aligned deltas (robust means, server optimizers)",
+                           choices=AGGREGATORS)
+    server_lr: float = knob(1.0, "server learning rate", low=0, low_open=True)
+    server_momentum: float = knob(0.9, "FedAvgM momentum", low=0, high=1, high_open=True)
+    server_beta1: float = knob(0.9, "FedAdam/FedYogi first-moment decay", low=0, high=1, high_open=True)
+    server_beta2: float = knob(0.99, "FedAdam/FedYogi second-moment decay", low=0, high=1, high_open=True)
+    server_tau: float = knob(1e-3, "FedAdam/FedYogi adaptivity", low=0, low_open=True)
+    trim_fraction: float = knob(0.1, "trimmed-mean: share cut at each end per coordinate", low=0, high=0.5,
+                                high_open=True)
+    dp_clip_norm: float = knob(0.0, "central DP: L2 bound of each client's update; 0 = no clipping", low=0)
+    dp_noise_multiplier: float = knob(0.0, "central DP: noise std z*C/n on the mean; 0 = no noise", low=0)
+    resume: bool = knob(False, "continue from output-dir's last checkpoint")
+    crash_after_round: int = knob(0, "tests only: exit hard after this round's checkpoint; 0 = never", low=0)
+    fail_rate: float = knob(0.0, "fault injection: share of client rounds that fail", low=0, high=1)
+    fail_mode: str = knob("raise", "fault injection: how a client fails", choices=FAIL_MODES)
+    max_eval_examples: int = knob(0, "server-side evaluation rows; 0 = the whole held-out split", low=0)
+    eval_batch_size: int = knob(64, "evaluation batch size", low=1)
+    round_timeout: float = knob(3600.0, "seconds to wait for a round's replies", low=0, low_open=True)
+    min_available_nodes: int = knob(2, "nodes to wait for before the handshake", low=1)
+    node_wait_timeout: float = knob(300.0, "seconds to wait for min-available-nodes", low=0, low_open=True)
+    max_reply_mb: float = knob(512.0, "largest reply accepted, in MiB", low=0, low_open=True)
+    options: Mapping[str, Any] = field(default_factory=dict)  # method knobs by kebab key (see shared.settings)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.dp_noise_multiplier > 0 and self.dp_clip_norm <= 0:
+            raise ConfigError("run-config key 'dp-noise-multiplier' > 0 needs dp-clip-norm > 0 "
+                              "(the noise std is z*C/n); set dp-clip-norm")
 
     @property
-    def effective_head_lr(self) -> float:
-        """Learning rate of the dense task head (``head-lr``; 0 means: same as ``lr``)."""
-        return self.head_lr if self.head_lr > 0 else self.lr
-
-    def option(self, key: str, default: Any) -> Any:
-        """A method-specific knob not declared as a field (e.g. ``lora-rank``), by kebab-case key."""
-        value = self.extra.get(key, default)
-        if default is not None and not isinstance(value, type(default)):
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                return float(value)
-            raise ConfigError(
-                f"run-config key '{key}' must be {type(default).__name__}, got {value!r}; "
-                f"fix it in [tool.flwr.app.config] or --run-config"
-            )
-        return value
+    def max_reply_bytes(self) -> int:
+        return int(self.max_reply_mb * 2**20)
 
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with some fields changed (validated again)."""
-        return _validate(dataclasses.replace(self, **changes))
+        return dataclasses.replace(self, **changes)
 
 
-def _coerce(key: str, value: Any, target: type) -> Any:
-    if target is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-    elif target is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif target is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif target is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(
-        f"run-config key '{key}' must be {target.__name__}, got {value!r}; "
-        f"fix it in [tool.flwr.app.config] or --run-config \"{key}=...\""
-    )
+CORE_KEYS = frozenset(knobs(RunConfig))
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"run-config key '{key}' {message}")
-
-
-def _validate(cfg: RunConfig) -> RunConfig:
-    _check(0.0 < cfg.mask_density <= 1.0, "mask-density", f"must be in (0, 1], got {cfg.mask_density}")
-    _check(cfg.mask_scope in MASK_SCOPES, "mask-scope", f"must be one of {MASK_SCOPES}, got {cfg.mask_scope!r}")
-    _check(cfg.num_server_rounds >= 0, "num-server-rounds", "must be >= 0")
-    _check(0.0 < cfg.fraction_train <= 1.0, "fraction-train", f"must be in (0, 1], got {cfg.fraction_train}")
-    _check(cfg.min_train_replies >= 1, "min-train-replies", "must be >= 1")
-    _check(cfg.local_steps >= 1, "local-steps", "must be >= 1")
-    _check(cfg.batch_size >= 1, "batch-size", "must be >= 1")
-    _check(cfg.max_length >= 8, "max-length", "must be >= 8")
-    _check(cfg.lr > 0, "lr", f"must be > 0, got {cfg.lr}")
-    _check(cfg.head_lr >= 0, "head-lr", "must be >= 0 (0 = same as lr)")
-    _check(cfg.value_dtype in VALUE_DTYPES, "value-dtype", f"must be one of {VALUE_DTYPES}, got {cfg.value_dtype!r}")
-    _check(cfg.int8_block_size >= 1, "int8-block-size", "must be >= 1")
-    _check(cfg.partitioner in PARTITIONERS, "partitioner", f"must be one of {PARTITIONERS}, got {cfg.partitioner!r}")
-    _check(cfg.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
-    _check(cfg.server_lr > 0, "server-lr", "must be > 0")
-    _check(cfg.max_eval_examples >= 0, "max-eval-examples", "must be >= 0 (0 = the whole split)")
-    _check(cfg.eval_batch_size >= 1, "eval-batch-size", "must be >= 1")
-    _check(cfg.round_timeout > 0, "round-timeout", "must be > 0 seconds")
-    _check(cfg.min_available_nodes >= 1, "min-available-nodes", "must be >= 1")
-    _check(cfg.max_reply_mb > 0, "max-reply-mb", "must be > 0")
-    _check(cfg.num_labels >= 0, "num-labels", "must be >= 0 (0 = from the dataset)")
-    return cfg
-
-
-_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name != "extra"}
-
-
-def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
-    """Build a :class:`RunConfig` from Flower's flat ``context.run_config`` (kebab-case keys)."""
-    known: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for key, value in run_config.items():
-        name = key.replace("-", "_")
-        if name in _FIELDS:
-            default = _FIELDS[name].default
-            known[name] = _coerce(key, value, type(default))
-        else:
-            extra[key] = value
-    cfg = RunConfig(**known, extra=dict(extra))
-    return _validate(cfg)
+def core_config(run_config: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> RunConfig:
+    """A validated :class:`RunConfig` from Flower's flat ``run_config`` (core keys; others are ignored here)."""
+    return build(RunConfig, run_config, options=dict(options or {}))

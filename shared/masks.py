@@ -1,10 +1,8 @@
-"""Which entries train: the selector registry and the :class:`Mask` every node derives alike.
+"""The :class:`Mask` every node derives alike, and the pieces selectors are made of.
 
-Contract of a selector: ``fn(model, density, cfg) -> dict[name, LongTensor]`` mapping a parameter
-name to the sorted, unique flat indices selected in it; it must depend only on the base weights
-and the config (never on data or node), so every node computes the same mask. Mask order, the
-order of values on the wire, is: parameters in ``model.named_parameters()`` order, then ascending
-flat index. A new selector is one function plus one line in :data:`SELECTORS`.
+Mask order, the order of values on the wire, is: parameters in ``model.named_parameters()`` order,
+then ascending flat index. The selectors themselves are methods (``shared/methods/<name>/``, built
+with :func:`shared.methods.mask.mask_method`); :func:`build_mask` freezes what one picked.
 """
 
 from __future__ import annotations
@@ -15,8 +13,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-
-from shared.config import RunConfig
 
 
 class MaskError(ValueError):
@@ -59,9 +55,6 @@ class Mask:
             yield name, self.indices[i], offs[i], offs[i + 1]
 
 
-Selector = Callable[[nn.Module, float, RunConfig], dict[str, torch.Tensor]]
-
-
 def encoder_matrix_names(model: nn.Module) -> list[str]:
     """PaFi's candidates: the 2-D weight matrices of the encoder's attention and feed-forward blocks.
 
@@ -77,7 +70,7 @@ def encoder_matrix_names(model: nn.Module) -> list[str]:
     return names
 
 
-def _candidates(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+def candidates(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     if not names:
         raise MaskError("the model has no candidate encoder matrices; is it a BERT-style encoder?")
@@ -99,7 +92,7 @@ def _bottom_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(torch.cat([below, ties])).values
 
 
-def _split_flat(flat_idx: torch.Tensor, cands: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def split_flat(flat_idx: torch.Tensor, cands: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out, start = {}, 0
     for name, t in cands.items():
         stop = start + t.numel()
@@ -116,66 +109,7 @@ def select_by_score(cands: dict[str, torch.Tensor], score: Callable[[torch.Tenso
         return {n: _bottom_k(score(t).flatten().float(), int(density * t.numel())) for n, t in cands.items()}
     flat = torch.cat([score(t).flatten().float() for t in cands.values()])
     k = int(density * flat.numel())
-    return _split_flat(_bottom_k(flat, k), cands)
-
-
-def select_pafi(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
-    """PaFi: the candidate entries with the smallest pre-trained |w|."""
-    cands = _candidates(model, encoder_matrix_names(model))
-    return select_by_score(cands, torch.abs, density, cfg.mask_scope)
-
-
-def select_magnitude(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
-    """MagPruning baseline (Fu et al.): the candidate entries with the *largest* |w|."""
-    cands = _candidates(model, encoder_matrix_names(model))
-    return select_by_score(cands, lambda t: -t.abs(), density, cfg.mask_scope)
-
-
-def select_random(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
-    """Uniformly random candidate entries, drawn from ``mask-seed`` (a run-config key, so every node agrees).
-
-    Same candidates and count as PaFi. ``torch.randperm`` with a seeded CPU generator is
-    deterministic for a given torch version, which every node of a run shares.
-    """
-    cands = _candidates(model, encoder_matrix_names(model))
-    gen = torch.Generator().manual_seed(selector_option(cfg, "mask-seed", 0))
-    if cfg.mask_scope == "per-matrix":
-        return {n: torch.randperm(t.numel(), generator=gen)[: int(density * t.numel())] for n, t in cands.items()}
-    total = sum(t.numel() for t in cands.values())
-    return _split_flat(torch.randperm(total, generator=gen)[: int(density * total)], cands)
-
-
-def select_bitfit(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
-    """BitFit: every bias term of the pre-trained body (embeddings LayerNorm, encoder, pooler); own budget.
-
-    The body is the ``base_model_prefix`` sub-model (``bert.*``), so the task head's bias, which
-    trains densely anyway, is never in the mask. ``density`` is ignored.
-    """
-    prefix = getattr(model, "base_model_prefix", "") + "."
-    sel = {n: torch.arange(p.numel()) for n, p in model.named_parameters()
-           if n.startswith(prefix) and n.endswith("bias")}
-    if not sel:
-        raise MaskError(f"the model has no bias terms under '{prefix}*'; bitfit needs a model with biases")
-    return sel
-
-
-SELECTORS: dict[str, Selector] = {
-    "pafi": select_pafi,
-    "magnitude": select_magnitude,
-    "random": select_random,
-    "bitfit": select_bitfit,
-}
-
-# Run-config keys (with defaults) a selector reads besides the density: folded into the fingerprint,
-# so e.g. two ``mask-seed`` values can never be mistaken for the same mask.
-SELECTOR_OPTIONS: dict[str, dict[str, object]] = {
-    "random": {"mask-seed": 0},
-}
-
-
-def register_selector(name: str, fn: Selector) -> None:
-    """Add a selector under ``name`` (one line per method)."""
-    SELECTORS[name] = fn
+    return split_flat(_bottom_k(flat, k), cands)
 
 
 def mask_fingerprint(base_digest: str, method: str, density: float, names, indices, recipe: str = "") -> str:
@@ -209,31 +143,3 @@ def build_mask(model: nn.Module, selected: dict[str, torch.Tensor], method: str,
         raise MaskError(f"selector named parameters the model does not have: {sorted(unknown)[:3]}")
     fp = mask_fingerprint(base_digest, method, density, names, indices, recipe)
     return Mask(tuple(names), tuple(shapes), tuple(indices), method, float(density), base_digest, fp)
-
-
-def selector_option(cfg: RunConfig, key: str, default):
-    """A selector's run-config option, coerced to the default's type (artifacts store options as text)."""
-    value = cfg.extra.get(key, default)
-    try:
-        return type(default)(value)
-    except (TypeError, ValueError):
-        raise MaskError(f"run-config key '{key}' must be {type(default).__name__}, got {value!r}") from None
-
-
-def selector_recipe(cfg: RunConfig) -> str:
-    """``key=value,...`` of the options the selector of ``cfg.method`` reads ("" if none)."""
-    opts = SELECTOR_OPTIONS.get(cfg.method, {})
-    return ",".join(f"{key}={selector_option(cfg, key, default)!r}" for key, default in sorted(opts.items()))
-
-
-def select_mask(model: nn.Module, cfg: RunConfig, base_digest: str) -> Mask:
-    """Run the selector named by ``cfg.method`` at ``cfg.mask_density`` and fingerprint the result."""
-    if cfg.method not in SELECTORS:
-        raise MaskError(
-            f"unknown mask method {cfg.method!r}; choose one of {sorted(SELECTORS)} (run-config key 'method')"
-        )
-    selected = SELECTORS[cfg.method](model, cfg.mask_density, cfg)
-    mask = build_mask(model, selected, cfg.method, cfg.mask_density, base_digest, selector_recipe(cfg))
-    if mask.k == 0:
-        raise MaskError(f"mask-density {cfg.mask_density} selects no entries; raise mask-density")
-    return mask

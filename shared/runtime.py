@@ -9,45 +9,23 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
 
 from shared.config import RunConfig
 from shared.data import dataset_spec, encode, load_splits, partition, Encoded
-from shared.masks import select_mask
+from shared.knobs import knobs
+from shared.methods import get_method
+from shared.methods.base import Method, Tuner
 from shared.model import BaseModel, base_weights_digest, load_base_model
-from shared.tuner import SparseTuner
-from shared.tuners.dense import full_tuner, topk_tuner
-from shared.tuners.lora import lora_tuner
-from shared.tuners.sam import sam_tuner
-from shared.tuners.dsee import make_dsee_tuner
-from shared.tuners.hiwi import make_hiwi_tuner
 
 
 @dataclass
 class Runtime:
-    """The per-process state of a run: base model (with the tuner installed) and the tuner."""
+    """The per-process state of a run: base model (with the tuner installed), the tuner and its method."""
 
     base: BaseModel
-    tuner: SparseTuner  # or any object with the tuner contract (see SparseTuner's docstring)
+    tuner: Tuner
     num_labels: int
-
-
-def mask_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> SparseTuner:
-    """Tuner for every mask selector in ``shared.masks.SELECTORS``."""
-    return SparseTuner(base.model, select_mask(base.model, cfg, digest), base.head_names,
-                       sparse_grad=bool(cfg.option("sparse-grad", True)))
-
-
-TunerFactory = Callable[[BaseModel, RunConfig, str], SparseTuner]
-# method -> tuner factory; a method not listed here is a mask selector (masks.SELECTORS).
-TUNERS: dict[str, TunerFactory] = {
-    "full": full_tuner,
-    "topk": topk_tuner,
-    "lora": lora_tuner,
-    "sam": sam_tuner,
-    "dsee": make_dsee_tuner,
-    "hiwi": make_hiwi_tuner,
-}
+    method: Method
 
 
 _LOCK = threading.Lock()
@@ -69,8 +47,11 @@ def num_labels_for(cfg: RunConfig) -> int:
 
 
 def runtime_key(cfg: RunConfig) -> tuple:
-    return (cfg.model, num_labels_for(cfg), cfg.seed, cfg.method, cfg.mask_density, cfg.mask_scope,
-            tuple(sorted((k, str(v)) for k, v in cfg.extra.items())))
+    """Everything a tuner is built from: the model, the mask settings and the method's own knobs."""
+    method = get_method(cfg.method)
+    own = tuple((key, repr(cfg.options.get(key))) for key in knobs(method.settings))
+    return (cfg.model, num_labels_for(cfg), cfg.seed, cfg.method, cfg.mask_density, cfg.mask_scope, cfg.sparse_grad,
+            cfg.batch_size, own)
 
 
 def get_runtime(cfg: RunConfig) -> Runtime:
@@ -84,12 +65,12 @@ def get_runtime(cfg: RunConfig) -> Runtime:
 
 
 def build_runtime(cfg: RunConfig) -> Runtime:
-    """Load the base model, derive the mask from its weights and install the tuner (uncached)."""
+    """Load the base model, derive the method's tuner from its weights and install it (uncached)."""
+    method = get_method(cfg.method)
     n_labels = num_labels_for(cfg)
     base = load_base_model(cfg.model, n_labels, cfg.seed)
     digest = base_weights_digest(base.model, base.head_names)
-    tuner = TUNERS.get(cfg.method, mask_tuner)(base, cfg, digest)
-    return Runtime(base=base, tuner=tuner, num_labels=n_labels)
+    return Runtime(base=base, tuner=method.build(base, cfg, digest), num_labels=n_labels, method=method)
 
 
 def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partitions: int) -> Encoded:

@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from shared.masks import Mask
-from shared.sparse import gather_values, merge_into
-from shared.tuners.common import ValueHeadMixin
-
 import warnings
+from pathlib import Path
+
+from shared.artifacts import read_delta, save_delta
+from shared.masks import Mask, MaskMismatchError
+from shared.methods.base import Tuner
+from shared.sparse import gather_values, merge_into
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -88,19 +90,14 @@ class _AddScattered(nn.Module):
         return t.reshape(-1).index_add(0, self.flat_idx, vals.to(t.dtype)).view_as(t)
 
 
-class SparseTuner(ValueHeadMixin):
+class SparseTuner(Tuner):
     """Installs a mask's trainable value vector into ``model`` (in place, once per process).
 
     ``values`` (k,) float32 is the change from the base at the masked positions (mask order).
     ``sparse_grad=False`` switches masked linears to the dense-gradient reference path.
 
-    The tuner contract every method implements (see ``shared/runtime.py``'s ``TUNERS``):
-    ``fingerprint`` and ``k`` (what travels), ``values`` (the (k,) trainable parameter wired into
-    the forward), ``initial_values()``, ``load(values, head)``, ``head_state()``,
-    ``trainable()``, ``num_trainable``, ``payload_bytes(bytes_per_value)`` (one upload without
-    framing), and ``merge(fresh, values, head)`` which writes the
-    result into a fresh, unwrapped copy of the base model (a plain ``transformers`` model), and
-    ``save_artifact(out, values, head, cfg, source)`` for the small task-specific file.
+    The tuner of every mask method (``shared/methods/mask.py``) and of ``sam`` once its mask is chosen;
+    the contract is :class:`shared.methods.base.Tuner`.
     """
 
     def __init__(self, model: nn.Module, mask: Mask, head_names: tuple[str, ...], sparse_grad: bool = True):
@@ -146,14 +143,6 @@ class SparseTuner(ValueHeadMixin):
     def fingerprint(self) -> str:
         return self.mask.fingerprint
 
-    @property
-    def k(self) -> int:
-        return self.mask.k
-
-    def initial_values(self) -> torch.Tensor:
-        """Global values before round 1: no change from the base."""
-        return torch.zeros(self.mask.k)
-
     def merge(self, fresh: nn.Module, values: torch.Tensor, head: dict[str, torch.Tensor]) -> nn.Module:
         """Write base ⊕ scatter(values) and the head into ``fresh`` (an unwrapped base copy)."""
         params = dict(fresh.named_parameters())
@@ -161,6 +150,13 @@ class SparseTuner(ValueHeadMixin):
 
     def save_artifact(self, out, values: torch.Tensor, head: dict[str, torch.Tensor], cfg, source: str):
         """``delta.safetensors``: the k values, the head and the recipe that rebuilds the mask."""
-        from shared.artifacts import save_delta
+        return save_delta(Path(out) / "delta.safetensors", self.mask, values, head, cfg, source)
 
-        return save_delta(out / "delta.safetensors", self.mask, values, head, cfg, source)
+    def apply_artifact(self, out, fresh: nn.Module) -> nn.Module:
+        """Merge ``out/delta.safetensors`` into ``fresh`` after checking it was made for this mask."""
+        tensors, meta = read_delta(Path(out) / "delta.safetensors")
+        if meta["fingerprint"] != self.fingerprint:
+            raise MaskMismatchError(f"{out} holds a delta for mask {meta['fingerprint'][:12]}, this tuner's is "
+                                    f"{self.fingerprint[:12]}; load the base model and settings it was trained with")
+        head = {n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")}
+        return self.merge(fresh, tensors["values"], head)

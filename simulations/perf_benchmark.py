@@ -80,7 +80,7 @@ def bench_steps(args) -> dict:
     finals = {}
     for rep in range(args.repeats):  # alternate the order so drifting machine load hits both alike
         for sparse in ((False, True) if rep % 2 == 0 else (True, False)):
-            times, finals[sparse] = _timed_steps(rt, head0, batches, sparse, cfg.lr)
+            times, finals[sparse] = _timed_steps(rt, head0, batches, sparse, rt.method.learning_rates(cfg)[0])
             res[sparse] += times[2:]  # the first two steps are warm-up
     dense, sparse = _median_spread(res[False]), _median_spread(res[True])
     return {"dense": dense, "sparse": sparse, "ratio": dense["median"] / sparse["median"],

@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from shared.config import parse_run_config
+from shared.settings import parse_run_config
 from shared.model import base_weights_digest, load_base_model
 from shared.runtime import client_partition, num_labels_for
-from shared.sam import accumulate_gradients, global_statistic, local_top, overlap, to_flat_index, top_by_square
-from shared.tuners.sam import SamTuner
+from shared.methods.sam.statistic import accumulate_gradients, global_statistic, local_top, overlap, to_flat_index, top_by_square
+from shared.methods.sam.tuner import SamTuner
 
 
 def main(argv: list[str] | None = None) -> None:

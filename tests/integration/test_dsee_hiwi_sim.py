@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from simulations.launcher import run_simulation
-from shared.tuners.prune import remove_heads
+from shared.methods.dsee.prune import remove_heads
 
 pytestmark = pytest.mark.integration
 

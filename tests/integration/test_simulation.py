@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from shared.artifacts import apply_delta, read_delta
+from shared.artifacts import read_delta
+from shared.methods.mask import apply_delta
 from shared.data import encode, load_splits
 from shared.model import load_base_model
 from simulations.launcher import run_simulation

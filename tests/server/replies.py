@@ -10,7 +10,7 @@ from flwr.app.error import Error
 from flwr.app.metadata import Metadata
 
 from server.validation import Expected
-from shared.protocol import UP_KEYS, encode_pair
+from wire.protocol import UP_KEYS, encode_pair
 
 FP = "ab" * 32
 K, H = 16, 4

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from server.aggregation import AggregationError
-from server.server_opt import OPTIMIZERS, PLANS, ServerSettings, adam_step, avgm_step, server_step, yogi_step
-from shared.config import RunConfig
+from server.server_opt import OPTIMIZERS, PLANS, ServerSettings, plan, adam_step, avgm_step, server_step, yogi_step
+from shared.config import AGGREGATORS, ConfigError, RunConfig
 
 
 def test_fedadam_two_steps_match_the_formulas_by_hand():
@@ -45,7 +45,7 @@ def test_fedavgm_accumulates_momentum():
 
 
 def test_server_step_plans_and_config_knobs():
-    cfg = RunConfig(aggregator="fedyogi", server_lr=0.05, extra={"server-tau": 0.01, "trim-fraction": 0.2})
+    cfg = RunConfig(aggregator="fedyogi", server_lr=0.05, server_tau=0.01, trim_fraction=0.2)
     hp = ServerSettings.from_config(cfg)
     assert (hp.lr, hp.tau, hp.trim_fraction, hp.aggregator) == (0.05, 0.01, 0.2, "fedyogi")
     assert set(PLANS.values()) <= {(a, o) for a in ("fedavg", "median", "trimmed-mean") for o in OPTIMIZERS}
@@ -56,7 +56,13 @@ def test_server_step_plans_and_config_knobs():
         assert up.dtype == torch.float32 and up.shape == (6,) and torch.isfinite(up).all()
     fedavg, _ = server_step(deltas, w, {}, ServerSettings(), 1)
     assert torch.allclose(fedavg, deltas.mean(0))
+    with pytest.raises(ConfigError, match="aggregator"):  # refused when the config is built, before any work
+        RunConfig(aggregator="nope")
+    with pytest.raises(ConfigError, match="dp-clip-norm"):
+        RunConfig(dp_noise_multiplier=1.0)
     with pytest.raises(AggregationError):
-        ServerSettings.from_config(RunConfig(aggregator="nope"))
-    with pytest.raises(AggregationError):
-        ServerSettings.from_config(RunConfig(extra={"dp-noise-multiplier": 1.0}))
+        plan("nope")
+
+
+def test_every_aggregator_value_of_the_config_has_a_plan():
+    assert set(AGGREGATORS) == set(PLANS)

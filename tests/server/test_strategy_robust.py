@@ -8,7 +8,7 @@ import torch
 from server.strategy import GlobalState, SparseStrategy
 from server.validation import Expected
 from shared.config import RunConfig
-from shared.protocol import UP_KEYS, encode_pair
+from wire.protocol import UP_KEYS, encode_pair
 from tests.server.replies import FP, H, K, good_parts, message
 
 
@@ -40,7 +40,7 @@ def test_attackers_through_the_strategy_median_resists_mean_does_not():
     true = torch.randn(K, generator=g) * 0.01
     errors = {}
     for name in ("fedavg", "median", "trimmed-mean"):
-        s = _strategy(10, aggregator=name, extra={"trim-fraction": 0.3})
+        s = _strategy(10, aggregator=name, trim_fraction=0.3)
         replies = []
         for i in range(10):
             d = true + 0.001 * torch.randn(K, generator=g)

@@ -12,11 +12,11 @@ from flwr.app.message import make_message
 
 from server.strategy import GlobalState, SparseStrategy
 from server.validation import Expected, validate_reply
-from server.wire import to_recorddict
-from shared.codec import MalformedUpdateError
+from wire.records import to_recorddict
+from wire.codec import MalformedUpdateError
 from shared.config import RunConfig
 from shared.masks import MaskMismatchError
-from shared.protocol import UP_KEYS, encode_pair
+from wire.protocol import UP_KEYS, encode_pair
 
 K, H = 50, 6
 EXP = Expected(fingerprint="f" * 64, value_dtype="float16", k=K, head_size=H)

@@ -22,10 +22,10 @@ from hypothesis.extra import numpy as hnp
 from server.server_opt import server_step
 from server.strategy import GlobalState, SparseStrategy
 from server.validation import MAX_NUM_EXAMPLES, validate_reply
-from shared.codec import MalformedUpdateError
+from wire.codec import MalformedUpdateError
 from shared.config import RunConfig
 from shared.masks import MaskMismatchError
-from shared.protocol import UP_KEYS, Update
+from wire.protocol import UP_KEYS, Update
 from tests.server.replies import FP, H, K, expected, good_parts, message
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")

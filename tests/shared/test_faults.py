@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.codec import MalformedUpdateError, decode_values, encode_values
+from wire.codec import MalformedUpdateError, decode_values, encode_values
 from shared.faults import InjectedFault, act_before_training, planned_fault, poison
 
 

@@ -99,7 +99,8 @@ def _train_twice(cfg: RunConfig, steps: int) -> list[torch.Tensor]:
         rt.tuner.sparse_grad = sparse
         rt.tuner.load(torch.zeros(rt.tuner.k), copy.deepcopy(head0))
         params = rt.tuner.trainable()
-        groups = [{"params": params[:1], "lr": cfg.lr}, {"params": params[1:], "lr": cfg.lr}]
+        lr, head_lr = rt.method.learning_rates(cfg)
+        groups = [{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": head_lr}]
         train_local(rt.base.model, groups, data, steps, cfg.batch_size, seed=3)
         results.append(rt.tuner.values.detach().clone())
     return results

@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from shared.config import RunConfig
-from shared.masks import MaskError, encoder_matrix_names, select_mask
+from shared.config import ConfigError, RunConfig
+from shared.masks import MaskError, encoder_matrix_names
+from shared.methods.mask import select_mask
 from shared.model import base_weights_digest, load_base_model
 
 
@@ -82,8 +83,10 @@ def test_head_init_is_the_same_on_every_node(tiny_model_dir):
 
 def test_bad_method_and_empty_mask_fail_clearly(tiny):
     base, digest = tiny
-    with pytest.raises(MaskError, match="unknown mask method"):
+    with pytest.raises(ConfigError, match="'method' must be one of pafi, "):
         select_mask(base.model, RunConfig(method="nope"), digest)
+    with pytest.raises(MaskError, match="does not choose its entries with a mask selector"):
+        select_mask(base.model, RunConfig(method="lora"), digest)
     with pytest.raises(MaskError, match="raise mask-density"):
         select_mask(base.model, RunConfig(mask_density=1e-9), digest)
 
@@ -91,7 +94,7 @@ def test_bad_method_and_empty_mask_fail_clearly(tiny):
 _FP_SCRIPT = """
 import sys
 from shared.config import RunConfig
-from shared.masks import select_mask
+from shared.methods.mask import select_mask
 from shared.model import base_weights_digest, load_base_model
 base = load_base_model(sys.argv[1], 2, seed=0)
 print(select_mask(base.model, RunConfig(), base_weights_digest(base.model, base.head_names)).fingerprint)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.config import RunConfig
-from shared.masks import select_mask
+from shared.methods.mask import select_mask
 from shared.model import base_weights_digest, load_base_model
 from shared.sparse import MergeError, gather_values, merge_into, scatter_values
 

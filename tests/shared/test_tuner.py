@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.data import encode, load_splits, partition
-from shared.masks import select_mask
+from shared.methods.mask import select_mask
 from shared.model import base_weights_digest, load_base_model
 from shared.sparse import merge_into
 from shared.training import train_local

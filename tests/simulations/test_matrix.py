@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import parse_run_config
+from shared.settings import parse_run_config
 from simulations.matrix import REPO, PresetError, build_runs, load_preset
 
 ALL_METHODS = {"pafi", "magnitude", "random", "bitfit", "sam", "topk", "full", "lora", "dsee", "hiwi"}

@@ -1,0 +1,57 @@
+"""The method registry: every way of choosing what trains, one folder each (contract: ``base.py``).
+
+Registering a built-in method is one line in :data:`BUILTIN` (its folder's ``METHOD``); a method
+defined elsewhere is added with :func:`register`. The folders are imported on first use, so the
+registry itself depends on nothing but the contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from shared.knobs import ConfigError
+from shared.methods.base import Method
+
+BUILTIN = (  # shared.methods.<folder>: one line per method
+    "pafi",
+    "pafi_attention",
+    "magnitude",
+    "random",
+    "bitfit",
+    "sam",
+    "topk",
+    "full",
+    "lora",
+    "dsee",
+    "hiwi",
+)
+
+_METHODS: dict[str, Method] = {}
+_LOADED = False
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` under ``method.name`` (a second method of the same name is refused)."""
+    if method.name in _METHODS and _METHODS[method.name] is not method:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    _METHODS[method.name] = method
+    return method
+
+
+def methods() -> dict[str, Method]:
+    """Name -> method, built-ins first (loaded on the first call)."""
+    global _LOADED
+    if not _LOADED:
+        builtin = [importlib.import_module(f"shared.methods.{folder}").METHOD for folder in BUILTIN]
+        for method in builtin:
+            register(method)
+        _LOADED = True
+    return dict(_METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The method registered as ``name``; a one-line :class:`ConfigError` naming the choices otherwise."""
+    known = methods()
+    if name not in known:
+        raise ConfigError(f"run-config key 'method' must be one of {', '.join(known)}, got {name!r}")
+    return known[name]

@@ -1,0 +1,27 @@
+"""``bitfit``: every bias term of the pre-trained body (embeddings LayerNorm, encoder, pooler).
+
+The body is the ``base_model_prefix`` sub-model (``bert.*``), so the task head's bias, which trains
+densely anyway, is never in the mask. Its budget is its own: ``mask-density`` is ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shared.config import RunConfig
+from shared.masks import MaskError
+from shared.methods.mask import mask_method
+
+
+def select_bitfit(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """All biases of the body."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    sel = {n: torch.arange(p.numel()) for n, p in model.named_parameters()
+           if n.startswith(prefix) and n.endswith("bias")}
+    if not sel:
+        raise MaskError(f"the model has no bias terms under '{prefix}*'; bitfit needs a model with biases")
+    return sel
+
+
+METHOD = mask_method("bitfit", "every bias of the pre-trained body (own budget)", select_bitfit)

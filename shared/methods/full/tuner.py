@@ -1,0 +1,110 @@
+"""The dense tuner of ``full`` (FedAvg of every pre-trained parameter), also the local model of ``topk``.
+
+The global state stays one flat float32 vector: ``values`` (N,) is the change from the base of every
+parameter except the task head, in ``named_parameters()`` order, wired into the forward with a
+parametrization ``W = W_base + values[slice].view_as(W_base)``; the head trains densely as usual.
+N is the upper bound on what a client can send (N * 4 bytes in float32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from safetensors import safe_open
+
+from shared.config import RunConfig
+from shared.masks import MaskMismatchError
+from shared.methods.base import Tuner
+from shared.methods.common import check_vector
+from shared.model import BaseModel
+from shared.sparse import MergeError
+
+FORMAT = "fedsparse-dense-delta-v1"
+
+
+class _AddDense(nn.Module):
+    """Parametrization: tensor + a slice of the tuner's value vector, viewed in the tensor's shape."""
+
+    def __init__(self, tuner: "DenseTuner", start: int, stop: int):
+        super().__init__()
+        self._tuner = [tuner]  # list: keep the tuner out of the module tree
+        self.start, self.stop = start, stop
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return t + self._tuner[0].values[self.start:self.stop].view_as(t).to(t.dtype)
+
+
+class DenseTuner(Tuner):
+    """All non-head parameters train; ``values`` (N,) float32 holds their change from the base.
+
+    ``upload_k`` (0 = all N) is how many entries a client uploads per round; it is part of the
+    fingerprint (recorded as ``topk=``), so nodes that would send different counts refuse each other.
+    """
+
+    def __init__(self, base: BaseModel, method: str, digest: str, upload_k: int = 0):
+        model, self.head_names = base.model, tuple(base.head_names)
+        params = dict(model.named_parameters())
+        self._head = {n: params[n] for n in self.head_names}
+        self.names = tuple(n for n in params if n not in self._head)
+        self.shapes = tuple(tuple(params[n].shape) for n in self.names)
+        sizes = [math.prod(s) for s in self.shapes]
+        self.offsets = tuple([0] + list(torch.tensor(sizes).cumsum(0).tolist()))
+        self.method, self.upload_k = method, int(upload_k)
+        self.values = nn.Parameter(torch.zeros(self.offsets[-1]))
+        h = hashlib.sha256(f"{digest}|{method}|dense|{self.offsets[-1]}|topk={self.upload_k}|".encode())
+        h.update("|".join(self.names).encode())
+        self._fingerprint = h.hexdigest()
+        modules = dict(model.named_modules())
+        for i, name in enumerate(self.names):
+            mod_name, _, attr = name.rpartition(".")
+            parametrize.register_parametrization(modules[mod_name], attr,
+                                                 _AddDense(self, self.offsets[i], self.offsets[i + 1]), unsafe=True)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def merge(self, fresh: nn.Module, values: torch.Tensor, head: dict[str, torch.Tensor]) -> nn.Module:
+        """Write base + values and the head into ``fresh`` (an unwrapped base copy); checks before writing."""
+        check_vector(values, self.k)
+        params = dict(fresh.named_parameters())
+        for name, t in head.items():
+            if name not in params or params[name].shape != t.shape or not torch.isfinite(t).all():
+                raise MergeError(f"head tensor {name} is missing, misshapen or non-finite; nothing merged")
+        with torch.no_grad():
+            for i, name in enumerate(self.names):
+                params[name].add_(values[self.offsets[i]:self.offsets[i + 1]].view_as(params[name]))
+            for name, t in head.items():
+                params[name].copy_(t)
+        return fresh
+
+    def save_artifact(self, out, values: torch.Tensor, head: dict[str, torch.Tensor], cfg: RunConfig,
+                      source: str) -> Path:
+        """``delta.safetensors``: the dense change per parameter and the head (as large as the model)."""
+        tensors = {f"delta.{n}": values[self.offsets[i]:self.offsets[i + 1]].view(self.shapes[i]).contiguous()
+                   for i, n in enumerate(self.names)}
+        tensors.update({f"head.{n}": t.detach().float().contiguous() for n, t in head.items()})
+        meta = {"format": FORMAT, "method": self.method, "fingerprint": self.fingerprint,
+                "model": source, "k": str(self.k), "topk_k": str(self.upload_k)}
+        path = Path(out) / "delta.safetensors"
+        save_file(tensors, str(path), metadata=meta)
+        return path
+
+    def apply_artifact(self, out, fresh: nn.Module) -> nn.Module:
+        """Rebuild base + delta from ``out/delta.safetensors`` (checked against this tuner's fingerprint)."""
+        path = Path(out) / "delta.safetensors"
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        if meta.get("format") != FORMAT or meta.get("fingerprint") != self.fingerprint:
+            raise MaskMismatchError(f"{path} is not a dense delta for this base model and method ({self.method})")
+        values = torch.cat([tensors[f"delta.{n}"].reshape(-1) for n in self.names])
+        head = {n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")}
+        return self.merge(fresh, values, head)

@@ -1,0 +1,97 @@
+"""Parse a run's settings once, at start, before any model loads; list every knob from the command line.
+
+:func:`parse_run_config` reads Flower's flat ``context.run_config``: the core knobs
+(:class:`shared.config.RunConfig`) and every registered method's knobs (its ``settings`` class),
+refuses unknown keys (naming the closest valid one) and validates every value, so a bad knob of any
+method fails in one line before a round starts.
+
+``python -m shared.settings`` lists the methods and their knobs with defaults, ranges and help;
+``--toml`` prints the ``[tool.flwr.app.config]`` block they declare (tests check pyproject.toml
+against it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+from shared.config import CORE_KEYS, RunConfig, core_config
+from shared.knobs import ConfigError, build, coerce, help_rows, knobs, refuse_unknown
+from shared.methods import get_method, methods
+
+__all__ = ["ConfigError", "parse_run_config", "method_knobs", "declared_defaults"]
+
+
+def method_knobs() -> dict[str, tuple[type, Any]]:
+    """Run-config key -> (settings class, default) of every registered method's knobs."""
+    out: dict[str, tuple[type, Any]] = {}
+    for method in methods().values():
+        for key, (f, _) in knobs(method.settings).items():
+            out.setdefault(key, (method.settings, f.default))
+    return out
+
+
+def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
+    """A validated :class:`RunConfig` (core knobs + ``options``: every method knob given, coerced and checked)."""
+    extra = method_knobs()
+    refuse_unknown(run_config, CORE_KEYS | set(extra))
+    options = {}
+    for key, value in run_config.items():
+        if key in extra:
+            options[key] = coerce(key, value, type(extra[key][1]))
+    for settings in {cls for cls, _ in extra.values()}:
+        build(settings, options)  # range checks of every method's knobs, active or not
+    cfg = core_config(run_config, options)
+    get_method(cfg.method)  # a one-line error naming the registered methods
+    return cfg
+
+
+def declared_defaults() -> dict[str, Any]:
+    """Every knob's default, core first: what ``[tool.flwr.app.config]`` declares."""
+    out = {key: f.default for key, (f, _) in knobs(RunConfig).items()}
+    out.update({key: default for key, (_, default) in method_knobs().items()})
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def toml_block() -> str:
+    """The ``[tool.flwr.app.config]`` table declaring every knob with its default, core first, then by method."""
+    lines = ["[tool.flwr.app.config]"]
+    lines += [f"{key} = {_toml_value(f.default)}" for key, (f, _) in knobs(RunConfig).items()]
+    seen: set[str] = set()
+    for m in methods().values():
+        own = [(key, f.default) for key, (f, _) in knobs(m.settings).items() if key not in seen]
+        if own:
+            lines.append(f"# {m.name}: {m.help}")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in own]
+            seen |= {key for key, _ in own}
+    return "\n".join(lines) + "\n"
+
+
+def describe() -> str:
+    """Human-readable listing: core knobs, then each method with its default rates and own knobs."""
+    lines = ["core knobs (key = default  accepted  help):"]
+    lines += [f"  {k} = {d!r}  {a}  {h}" for k, d, a, h in help_rows(RunConfig)]
+    lines.append("methods (method = name; lr = 0 takes the method's rate):")
+    for m in methods().values():
+        lines.append(f"  {m.name}: {m.help}  [lr {m.lr:g}, head-lr {m.head_lr or m.lr:g}]")
+        lines += [f"      {k} = {d!r}  {a}  {h}" for k, d, a, h in help_rows(m.settings)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m shared.settings", description=__doc__.split("\n")[0])
+    parser.add_argument("--toml", action="store_true", help="print the [tool.flwr.app.config] block")
+    args = parser.parse_args(argv)
+    print(toml_block() if args.toml else describe())
+
+
+if __name__ == "__main__":
+    main()

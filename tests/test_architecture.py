@@ -1,0 +1,90 @@
+"""The layout's promises, checked statically: shared/ never imports flwr, the client never imports server/,
+no import cycles, and no module outside a method's own folder tests a method's name."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGES = ("shared", "wire", "server", "client", "simulations")
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (root / pkg).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """Project modules ``path`` imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        found |= {n for n in names if n in known}
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph(repo_root) -> dict[str, set[str]]:
+    mods = _modules(repo_root)
+    return {name: _imports(path, set(mods)) for name, path in mods.items()}
+
+
+def test_no_import_cycles(graph):
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [node, nxt]))
+            if nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+def test_the_client_never_imports_the_server(graph):
+    for name, deps in graph.items():
+        if name.startswith(("client", "shared", "wire")):
+            assert not {d for d in deps if d.startswith("server")}, name
+
+
+def test_shared_never_imports_flwr(repo_root):
+    code = ("import importlib, pkgutil, sys, shared, wire.codec, wire.index, wire.protocol\n"
+            "for m in pkgutil.walk_packages(shared.__path__, 'shared.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "from shared.methods import methods; methods()\n"
+            "bad = sorted(m for m in sys.modules if m == 'flwr' or m.startswith('flwr.'))\n"
+            "print(bad[:3]); sys.exit(1 if bad else 0)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+
+
+def test_no_module_outside_a_method_folder_tests_a_method_name(repo_root):
+    from shared.methods import methods
+
+    names = "|".join(re.escape(n) for n in methods())
+    pattern = re.compile(rf"""(method\s*(==|!=|\bin\b|\bnot in\b)\s*[\(\[\{{]?\s*["']({names})["'])""")
+    folders = {m.replace("-", "_") for m in methods()}
+    offenders = []
+    for name, path in _modules(repo_root).items():
+        if name.startswith("shared.methods.") and name.split(".")[2] in folders:
+            continue  # a method's own folder may name itself
+        offenders += [f"{path.relative_to(repo_root)}: {m[0]}" for m in pattern.findall(path.read_text())]
+    assert not offenders, offenders
