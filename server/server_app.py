@@ -10,6 +10,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from server.checkpoint import CheckpointError
 from server.outputs import save_final_model, write_json
 from server.recovery import checkpoint_round, resume_from_checkpoint, run_identity, saved_selection
 from server.selection import run_selection
@@ -83,7 +84,7 @@ class RunRecorder:
 
 
 # Errors caused by the user's input: reported as one line that says how to fix it, not a traceback.
-USER_ERRORS = (ConfigError, DataLoadError, ModelLoadError, MaskError)
+USER_ERRORS = (ConfigError, DataLoadError, ModelLoadError, MaskError, CheckpointError)
 
 
 @app.main()

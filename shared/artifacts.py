@@ -40,11 +40,30 @@ def save_delta(path: str | Path, mask: Mask, values: torch.Tensor, head: dict[st
     return path
 
 
-def read_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a delta file."""
+def write_tensors(out: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
+                  name: str = "delta.safetensors") -> Path:
+    """Save ``tensors`` with ``meta`` as ``out/name``; returns the path."""
+    path = Path(out) / name
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors artifact."""
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    return tensors, meta
+
+
+def head_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``head.<name>`` entries of an artifact, by parameter name."""
+    return {n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")}
+
+
+def read_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a delta file."""
+    tensors, meta = read_tensors(path)
     if meta.get("format") != "fedsparse-delta-v1":
         raise ValueError(f"{path} is not a fedsparse delta file (format {meta.get('format')!r})")
     return tensors, meta

@@ -119,4 +119,6 @@ def refuse_unknown(keys: Iterable[str], known: Iterable[str]) -> None:
 
 def help_rows(cls: type) -> list[tuple[str, Any, str, str]]:
     """(key, default, accepted, help) per knob of ``cls``."""
-    return [(key, f.default, spec.accepted(), spec.help) for key, (f, spec) in knobs(cls).items()]
+    words = {bool: "true or false", str: "text", int: "an integer", float: "a number"}
+    return [(key, f.default, words[type(f.default)] if spec.accepted() == "any value" else spec.accepted(), spec.help)
+            for key, (f, spec) in knobs(cls).items()]

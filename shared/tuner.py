@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 import warnings
 from pathlib import Path
 
-from shared.artifacts import read_delta, save_delta
+from shared.artifacts import head_tensors, read_delta, save_delta
 from shared.masks import Mask, MaskMismatchError
 from shared.methods.base import Tuner
 from shared.sparse import gather_values, merge_into
@@ -158,5 +158,4 @@ class SparseTuner(Tuner):
         if meta["fingerprint"] != self.fingerprint:
             raise MaskMismatchError(f"{out} holds a delta for mask {meta['fingerprint'][:12]}, this tuner's is "
                                     f"{self.fingerprint[:12]}; load the base model and settings it was trained with")
-        head = {n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")}
-        return self.merge(fresh, tensors["values"], head)
+        return self.merge(fresh, tensors["values"], head_tensors(tensors))

@@ -18,7 +18,8 @@ import torch
 from shared.settings import parse_run_config
 from shared.model import base_weights_digest, load_base_model
 from shared.runtime import client_partition, num_labels_for
-from shared.methods.sam.statistic import accumulate_gradients, global_statistic, local_top, overlap, to_flat_index, top_by_square
+from shared.methods.sam.statistic import (accumulate_gradients, global_statistic, local_top, overlap, to_flat_index,
+                                          top_by_square)
 from shared.methods.sam.tuner import SamTuner
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
                             "method": "sam"})
     base = load_base_model(cfg.model, num_labels_for(cfg), cfg.seed)
     tuner = SamTuner(base, cfg, base_weights_digest(base.model, base.head_names))
-    batches, _, _ = tuner.settings
+    batches = tuner.settings.batches
     t0, grads = time.perf_counter(), []
     for pid in range(args.num_partitions):
         data = client_partition(cfg, base.tokenizer, pid, args.num_partitions)

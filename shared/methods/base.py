@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -197,8 +196,3 @@ class Method:
         lr = cfg.lr if cfg.lr > 0 else self.lr
         head = cfg.head_lr if cfg.head_lr > 0 else (self.head_lr if self.head_lr > 0 else lr)
         return lr, head
-
-
-def state_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The array entries of a node state."""
-    return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from shared.artifacts import read_delta
+from shared.artifacts import head_tensors, read_delta
 from shared.config import RunConfig
 from shared.knobs import knobs
 from shared.masks import Mask, MaskError, MaskMismatchError, build_mask
@@ -64,9 +64,8 @@ def apply_delta(path: str | Path, base: BaseModel) -> nn.Module:
             f"{path} was made for mask {meta['fingerprint'][:12]}, this base model gives {mask.fingerprint[:12]}; "
             f"load the base model the delta was trained on ({meta['model']})"
         )
-    head = {n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")}
     params = dict(base.model.named_parameters())
-    return merge_into(base.model, mask, gather_values(params, mask), tensors["values"], head)
+    return merge_into(base.model, mask, gather_values(params, mask), tensors["values"], head_tensors(tensors))
 
 
 def _options(text: str) -> dict:

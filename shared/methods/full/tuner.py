@@ -13,12 +13,10 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from safetensors import safe_open
-
+from shared.artifacts import head_tensors, read_tensors, write_tensors
 from shared.config import RunConfig
 from shared.masks import MaskMismatchError
 from shared.methods.base import Tuner
@@ -93,18 +91,13 @@ class DenseTuner(Tuner):
         tensors.update({f"head.{n}": t.detach().float().contiguous() for n, t in head.items()})
         meta = {"format": FORMAT, "method": self.method, "fingerprint": self.fingerprint,
                 "model": source, "k": str(self.k), "topk_k": str(self.upload_k)}
-        path = Path(out) / "delta.safetensors"
-        save_file(tensors, str(path), metadata=meta)
-        return path
+        return write_tensors(out, tensors, meta)
 
     def apply_artifact(self, out, fresh: nn.Module) -> nn.Module:
         """Rebuild base + delta from ``out/delta.safetensors`` (checked against this tuner's fingerprint)."""
         path = Path(out) / "delta.safetensors"
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        tensors, meta = read_tensors(path)
         if meta.get("format") != FORMAT or meta.get("fingerprint") != self.fingerprint:
             raise MaskMismatchError(f"{path} is not a dense delta for this base model and method ({self.method})")
         values = torch.cat([tensors[f"delta.{n}"].reshape(-1) for n in self.names])
-        head = {n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")}
-        return self.merge(fresh, values, head)
+        return self.merge(fresh, values, head_tensors(tensors))

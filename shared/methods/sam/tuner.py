@@ -12,11 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from safetensors import safe_open
-
+from shared.artifacts import head_tensors, read_tensors, write_tensors
 from shared.config import RunConfig
 from shared.knobs import build
 from shared.masks import Mask, MaskError, MaskMismatchError, build_mask
@@ -134,16 +132,12 @@ class SamTuner(Tuner):
         tensors.update({f"index.{n}": idx.contiguous() for n, idx in zip(mask.names, mask.indices)})
         meta = {"format": FORMAT, "fingerprint": mask.fingerprint, "method": "sam",
                 "mask_density": repr(mask.density), "k": str(mask.k), "model": source}
-        path = Path(out) / "delta.safetensors"
-        save_file(tensors, str(path), metadata=meta)
-        return path
+        return write_tensors(out, tensors, meta)
 
     def apply_artifact(self, out, fresh: nn.Module) -> nn.Module:
         """Rebuild the stored mask from its positions (fingerprint checked), then merge the values."""
         path = Path(out) / "delta.safetensors"
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        tensors, meta = read_tensors(path)
         if meta.get("format") != FORMAT:
             raise MaskMismatchError(f"{path} is not a sam artifact")
         selected = {n[len("index."):]: t for n, t in tensors.items() if n.startswith("index.")}
@@ -152,8 +146,7 @@ class SamTuner(Tuner):
             raise MaskMismatchError(f"{path}'s positions rebuild to {mask.fingerprint[:12]} on this base model, "
                                     f"not the recorded {meta['fingerprint'][:12]}; load the base it was trained on")
         params = dict(fresh.named_parameters())
-        head = {n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")}
-        return merge_into(fresh, mask, gather_values(params, mask), tensors["values"], head)
+        return merge_into(fresh, mask, gather_values(params, mask), tensors["values"], head_tensors(tensors))
 
     def describe(self) -> dict:
         st = self.settings
