@@ -3,6 +3,8 @@
 #
 #   docker/ci-docker.sh up     install what is missing, start dockerd, provide the flwr/* 1.41.0 images
 #   docker/ci-docker.sh down   remove the test's compose projects, stop the dockerd this script started
+#   docker/ci-docker.sh wheels print the local folder to build torch from (for TORCH_WHEELS), or nothing
+#                              when PyTorch's CPU index answers (then the Dockerfile's default is used)
 #
 # `up` follows ../shared/tools/flower-images/README.md: docker.io and debootstrap from the machine's
 # Debian release, compose v2 and buildx from trixie (pinned low, --no-install-recommends, so docker.io
@@ -111,8 +113,18 @@ down() {
     fi
 }
 
+wheels() {  # the pip find-links folders of this machine that hold a CPU torch wheel
+    timeout 15 python3 -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=10)" \
+        >/dev/null 2>&1 && return 0
+    local d
+    for d in ${PIP_FIND_LINKS:-} $(python3 -m pip config get global.find-links 2>/dev/null); do
+        if ls "$d"/torch-*+cpu-*.whl >/dev/null 2>&1; then echo "$d"; return 0; fi
+    done
+}
+
 case "${1:-}" in
     up) up ;;
     down) down ;;
-    *) echo "usage: docker/ci-docker.sh up|down" >&2; exit 2 ;;
+    wheels) wheels ;;
+    *) echo "usage: docker/ci-docker.sh up|down|wheels" >&2; exit 2 ;;
 esac

@@ -321,6 +321,7 @@ def test_compose_stack_runs_loses_a_node_and_survives_a_superlink_restart(docker
         assert [r["round"] for r in history] == [0, 1, 2, 3], history
         assert history[1]["replied"] == NODES, history[1]
         assert history[-1]["replied"] == NODES - 1 and history[-1]["aggregated"], history[-1]
+        assert history[-1]["failed"] >= 1 and history[-1]["rejected"] == 0, history[-1]  # the lost node, recorded
         tl.mark(f"run {run2}: completed on {NODES - 1} nodes (replies per round "
                 f"{[r['replied'] for r in history[1:]]})")
 
@@ -378,3 +379,19 @@ def test_compose_stack_runs_loses_a_node_and_survives_a_superlink_restart(docker
                      for name in ("two-rounds", "node-lost", "after-restart")}
         timeline_file.write_text(json.dumps({"timeline": tl.events, "summaries": summaries}, indent=2))
         assert left.stdout.strip() == "", f"containers left after down: {left.stdout.split()}"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("/opt/wheels", "TORCH_SOURCE must be an index URL (http[s]://...) or a folder inside the build context"),
+    ("docker", "TORCH_SOURCE=docker: no torch-*.whl in that folder of the build context"),
+])
+def test_build_refuses_a_bad_torch_source_in_one_line(docker_ready, tmp_path, source, message):
+    work = tmp_path / "app"
+    work.mkdir()
+    copy_tree(work)
+    res = _run(["docker", "build", "-f", "docker/Dockerfile.superexec", "--build-arg", f"TORCH_SOURCE={source}",
+                "-t", "fedsparse-bad-torch-source:test", "."], 1200, cwd=work)
+    assert res.returncode != 0, "the build accepted a bad TORCH_SOURCE"
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if message in ln]
+    assert lines, _last_line(res.stderr)
+    assert _run(["docker", "image", "inspect", "fedsparse-bad-torch-source:test"], 60).returncode != 0
