@@ -54,3 +54,29 @@ def test_extra_sans_and_bad_input(tmp_path):
     assert "DNS:flower.example.org" in text and "IP Address:203.0.113.7" in text
     with pytest.raises(DeploymentError, match="positive integer"):
         make_certs(tmp_path / "d", "three")  # type: ignore[arg-type]
+
+
+def test_needs_only_python_no_openssl_or_ssh_keygen(tmp_path):
+    """What the compose `certs` service relies on: no openssl, no ssh-keygen, no package install."""
+    import shutil
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, target in (("sh", shutil.which("sh")), ("dirname", shutil.which("dirname")), ("python3", sys.executable)):
+        (bin_dir / tool).symlink_to(target)
+    res = subprocess.run(["sh", str(CERTS_SCRIPT), str(tmp_path / "c"), "2"], capture_output=True, text=True,
+                         env={"PATH": str(bin_dir)})
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "c"
+    assert {p.name for p in out.iterdir()} == {"ca.crt", "ca.key", "superlink.crt", "superlink.key",
+                                              *(f"supernode-{i}.{ext}" for i in (1, 2)
+                                                for ext in ("crt", "key", "auth", "auth.pub"))}
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / "superlink.crt")],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    for name in ("ca.key", "superlink.key", "supernode-1.key", "supernode-1.auth"):
+        assert (out / name).stat().st_mode & 0o777 == 0o600, name
+    bad = subprocess.run([sys.executable, str(CERTS_SCRIPT.with_name("certs.py")), str(tmp_path / "d"), "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "positive integer" in bad.stderr, bad.stderr
