@@ -58,13 +58,18 @@ class RoundLog:
     train_seconds: float = 0.0  # sum of the replies' local-training seconds (client compute)
 
 
-def send_and_receive(grid: Grid, msgs: list[Message], timeout: float, poll_s: float = 0.05) -> list[Message]:
+def send_and_receive(grid: Grid, msgs: list[Message], timeout: float, poll_s: float = 0.05,
+                     sent: dict[str, int] | None = None) -> list[Message]:
     """Push ``msgs`` and pull replies until all arrived or ``timeout`` passed.
 
     Like ``Grid.send_and_receive``, but polls every ``poll_s`` seconds: the gRPC grid sleeps 3 s
     between pulls, which idles the whole federation up to 3 s after the last reply of every round.
+    ``sent``, if given, is filled with message id -> the node it was sent to.
     """
-    pending = set(grid.push_messages(msgs))
+    ids = list(grid.push_messages(msgs))
+    if sent is not None:
+        sent.update({mid: m.metadata.dst_node_id for mid, m in zip(ids, msgs)})
+    pending = set(ids)
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
@@ -85,6 +90,7 @@ class SparseStrategy(Strategy):
         self.current = RoundLog(0)
         self.server = ServerSettings.from_config(cfg)
         self.opt_state: OptState = {}  # server-optimizer state (checkpointed)
+        self.sent: dict[str, int] = {}  # this round's message ids -> the node each was sent to
 
     # ---- Strategy contract -----------------------------------------------------------------
     def summary(self) -> None:
@@ -113,8 +119,8 @@ class SparseStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates, seen = [], set()
-        for msg in sorted(replies, key=lambda m: self.partitions.get(m.metadata.src_node_id, -1)):
-            node = msg.metadata.src_node_id
+        for msg in sorted(replies, key=lambda m: self.partitions.get(self._sender(m), -1)):
+            node = self._sender(msg)
             if msg.has_error():
                 self._reject(node, f"client error: {str(msg.error.reason)[:200]}", failed=True)
             elif node in seen or node not in self.partitions:
@@ -165,6 +171,13 @@ class SparseStrategy(Strategy):
         except Exception as exc:  # the wall: any malformed reply is a rejection, never a crash
             self._reject(node, f"{exc.__class__.__name__}: {str(exc)[:200]}")
             return None
+
+    def _sender(self, msg: Message) -> int:
+        """The node a reply is from. An error reply may come from the SuperLink (a lost node: "node
+        unavailable") under its own id: it is counted for the node its message was sent to."""
+        if msg.has_error():
+            return self.sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+        return msg.metadata.src_node_id
 
     def _skip(self, server_round: int, why: str) -> None:
         log.warning("round %d: %s; global state unchanged", server_round, why)
@@ -222,10 +235,11 @@ class SparseStrategy(Strategy):
             msgs = list(self.configure_train(rnd, arrays, train_config or ConfigRecord(), grid))
             self.current.sampled = len(msgs)
             self.current.bytes_down = sum(message_bytes(m) for m in msgs)
-            replies = send_and_receive(grid, msgs, timeout)
+            self.sent = {}
+            replies = send_and_receive(grid, msgs, timeout, sent=self.sent)
             replied_nodes = set()
-            replies = [r for r in replies if not (r.metadata.src_node_id in replied_nodes
-                                                 or replied_nodes.add(r.metadata.src_node_id))]
+            replies = [r for r in replies if not (self._sender(r) in replied_nodes
+                                                 or replied_nodes.add(self._sender(r)))]
             for node in {m.metadata.dst_node_id for m in msgs} - replied_nodes:
                 self._reject(node, f"no reply within {timeout:.0f}s", failed=True)
             before = self.state.values

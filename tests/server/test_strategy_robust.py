@@ -52,3 +52,41 @@ def test_attackers_through_the_strategy_median_resists_mean_does_not():
     print("\nthrough SparseStrategy, 3/10 attackers (x-20):", {k: round(v, 3) for k, v in errors.items()})
     assert errors["fedavg"] > 3 and errors["median"] < 0.3 and errors["trimmed-mean"] < 0.3
     assert np.isfinite(list(errors.values())).all()
+
+
+class _LostNodeGrid:
+    """Nodes 100 and 101 reply; node 102 is lost: the SuperLink answers for it with an Error under its own id."""
+
+    def __init__(self):
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 0  # as the ServerApp runtime sets
+        self.pushed: list = []
+
+    def get_node_ids(self):
+        return [100, 101, 102]
+
+    def push_messages(self, msgs):
+        self.pushed = list(msgs)
+        return [f"id{m.metadata.dst_node_id}" for m in self.pushed]
+
+    def pull_messages(self, ids):
+        out = []
+        for m in self.pushed:
+            node = m.metadata.dst_node_id
+            if node == 102:
+                reply = message(0, None, None, None, error="node unavailable")  # src: the SuperLink
+            else:
+                reply = message(node, *good_parts("float32", node))
+            reply.metadata.__dict__["_reply_to_message_id"] = f"id{node}"
+            out.append(reply)
+        self.pushed = []
+        return out
+
+
+def test_a_lost_node_is_counted_once_for_itself_not_for_the_superlink():
+    s = _strategy(3, fraction_train=1.0)
+    s.start(_LostNodeGrid(), num_rounds=1, timeout=5)
+    assert (s.current.failed, s.current.rejected, s.current.replied) == (1, 0, 2)
+    assert any(r.startswith("partition 2: client error: node unavailable") for r in s.current.reasons)
+    assert not any("no reply" in r for r in s.current.reasons)
