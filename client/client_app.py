@@ -118,10 +118,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Handshake: report this node's partition and mask fingerprint (derived locally, never sent)."""
-    _, rt = _runtime(context)
+    """Handshake: this node's partition, its size and the mask fingerprint (derived locally, never sent)."""
+    cfg, rt = _runtime(context)
     pid, nparts = _node_partition(context)
-    metrics = {"partition-id": pid, "num-partitions": nparts, "k": rt.tuner.k}
+    size = len(client_partition(cfg, rt.base.tokenizer, pid, nparts))  # the cap on what its replies may claim
+    metrics = {"partition-id": pid, "num-partitions": nparts, "num-examples": size, "k": rt.tuner.k}
     return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)
 
 

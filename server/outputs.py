@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,26 @@ from wire.protocol import unflatten_head
 from shared.runtime import Runtime
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None; each dict that had one lists the keys it nulled
+    under ``nonfinite`` (strict JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, dict):
+        out = {k: strict(v) for k, v in obj.items()}
+        nulled = [k for k, v in obj.items() if isinstance(v, float) and not math.isfinite(v)]
+        if nulled:
+            out["nonfinite"] = sorted(set(out.get("nonfinite") or []) | set(nulled))
+        return out
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
+    """Write strict JSON atomically (temp file + rename), so a reader never sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+    tmp.write_text(json.dumps(strict(obj), indent=2, sort_keys=False, allow_nan=False))
     os.replace(tmp, path)
 
 

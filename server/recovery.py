@@ -30,6 +30,22 @@ def run_identity(strategy: SparseStrategy, model_source: str, method: str) -> di
             "head_size": strategy.expected.head_size, "model": model_source, "method": method}
 
 
+def prepare_output_dir(cfg: RunConfig, out: Path) -> None:
+    """Before any work: clear what a killed run leaves (temporary files of atomic writes), refuse what cannot
+    be cleared, and refuse ``resume`` when the run's history is there but its checkpoint is not."""
+    if cfg.resume and not (out / CHECKPOINT_NAME).exists() and (out / "history.json").exists():
+        raise CheckpointError(f"resume=true but {out / CHECKPOINT_NAME} is missing while {out / 'history.json'} "
+                              f"holds a run; restore the checkpoint, or use another output-dir (resume=false "
+                              f"starts over)")
+    for name in (CHECKPOINT_NAME, "history.json", "summary.json"):
+        tmp = out / f"{name}.tmp"
+        if tmp.is_dir():
+            raise CheckpointError(f"{tmp} is a directory where a temporary file is written; remove it or use "
+                                  f"another output-dir")
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()  # a stale temporary file: its rename never happened, the real file is intact
+
+
 def saved_selection(cfg: RunConfig) -> dict[str, torch.Tensor]:
     """With ``resume``, the selection outcome stored in ``output-dir``'s checkpoint ({} if none).
 
@@ -51,8 +67,8 @@ def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, 
     path = out / CHECKPOINT_NAME
     if not cfg.resume:
         return 1, []
-    if not path.exists():
-        print(f"fedsparse: resume=true but no checkpoint at {path}; starting at round 1", flush=True)
+    if not path.exists():  # prepare_output_dir refused this already if the run's history is there
+        print(f"fedsparse: resume=true but no checkpoint at {path} (and no history); starting at round 1", flush=True)
         return 1, []
     ck = load_checkpoint(path)
     check_compatible(ck, identity, run_config)

@@ -12,12 +12,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointError
 from server.outputs import save_final_model, write_json
-from server.recovery import checkpoint_round, resume_from_checkpoint, run_identity, saved_selection
+from server.recovery import (checkpoint_round, prepare_output_dir, resume_from_checkpoint, run_identity,
+                             saved_selection)
 from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.validation import Expected
 from shared.config import ConfigError, RunConfig
-from shared.data import DataLoadError
+from shared.data import DataLoadError, load_splits
 from shared.masks import MaskError
 from shared.model import ModelLoadError
 from shared.runtime import Runtime, get_runtime, test_split
@@ -101,6 +102,8 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     """Handshake, the method's selection phase (if any), ``num-server-rounds`` rounds, the merged model."""
     out = Path(cfg.output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(cfg, out)  # before any model loads
+    load_splits(cfg.dataset, cfg.data_dir)  # a bad data folder or file fails here, in one line, before any model
     rt = get_runtime(cfg)
     rt.tuner.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
     strategy = _strategy(cfg, rt)

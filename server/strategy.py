@@ -10,11 +10,11 @@ stack, the non-finite guard, and byte accounting per round. No method name is te
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -22,63 +22,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.rounds import GlobalState, RoundLog, send_and_receive  # noqa: F401 (re-exported)
+from server.guards import bound_updates, capped_weights, example_caps
+from server.handshake import admit, duplicates
 from server.server_opt import OptState, ServerSettings, server_step
 from server.validation import Expected, validate_reply
 from shared.config import RunConfig
-from wire.codec import MalformedUpdateError, relative_error
+from wire.codec import MalformedUpdateError, relative_error, representable
 from wire.protocol import HANDSHAKE, TRAIN, Update
 from wire.records import message_bytes, message_parts, to_recorddict
 
 log = logging.getLogger("fedsparse.server")
-
-
-@dataclass
-class GlobalState:
-    """The global model as the server keeps it: values (k,) and head (h,), float32."""
-
-    values: torch.Tensor
-    head: torch.Tensor
-
-
-@dataclass
-class RoundLog:
-    """What one round did; becomes one record of history.json."""
-
-    round: int
-    sampled: int = 0
-    replied: int = 0
-    rejected: int = 0
-    failed: int = 0
-    reasons: list[str] = field(default_factory=list)
-    bytes_up: int = 0
-    bytes_down: int = 0
-    train_loss: float | None = None
-    aggregated: bool = False
-    codec_rel_error: float | None = None  # |dec(enc(agg)) - agg| / |agg| of the aggregated values update
-    train_seconds: float = 0.0  # sum of the replies' local-training seconds (client compute)
-
-
-def send_and_receive(grid: Grid, msgs: list[Message], timeout: float, poll_s: float = 0.05,
-                     sent: dict[str, int] | None = None) -> list[Message]:
-    """Push ``msgs`` and pull replies until all arrived or ``timeout`` passed.
-
-    Like ``Grid.send_and_receive``, but polls every ``poll_s`` seconds: the gRPC grid sleeps 3 s
-    between pulls, which idles the whole federation up to 3 s after the last reply of every round.
-    ``sent``, if given, is filled with message id -> the node it was sent to.
-    """
-    ids = list(grid.push_messages(msgs))
-    if sent is not None:
-        sent.update({mid: m.metadata.dst_node_id for mid, m in zip(ids, msgs)})
-    pending = set(ids)
-    replies: list[Message] = []
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        got = list(grid.pull_messages(pending))
-        replies += got
-        pending -= {m.metadata.reply_to_message_id for m in got}
-        if pending and not got:
-            time.sleep(poll_s)
-    return replies
 
 
 class SparseStrategy(Strategy):
@@ -91,6 +45,8 @@ class SparseStrategy(Strategy):
         self.server = ServerSettings.from_config(cfg)
         self.opt_state: OptState = {}  # server-optimizer state (checkpointed)
         self.sent: dict[str, int] = {}  # this round's message ids -> the node each was sent to
+        self.round_nodes: set[int] | None = None  # the nodes sampled this round (None before configure_train)
+        self.declared: dict[int, int] = {}  # node id -> num-examples it declared at the handshake
 
     # ---- Strategy contract -----------------------------------------------------------------
     def summary(self) -> None:
@@ -114,36 +70,30 @@ class SparseStrategy(Strategy):
         conf = dict(config)
         conf.update(fingerprint=self.expected.fingerprint, **{"value-dtype": self.cfg.value_dtype,
                                                               "server-round": server_round})
+        self.round_nodes = set(self.sample(server_round))
         return [Message(to_recorddict({k: a.numpy() for k, a in arrays.items()}, conf), node, TRAIN)
                 for node in self.sample(server_round)]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates, seen = [], set()
-        for msg in sorted(replies, key=lambda m: self.partitions.get(self._sender(m), -1)):
-            node = self._sender(msg)
-            if msg.has_error():
-                self._reject(node, f"client error: {str(msg.error.reason)[:200]}", failed=True)
-            elif node in seen or node not in self.partitions:
-                self._reject(node, "duplicate reply" if node in seen else "reply from a node outside the handshake")
-            else:
-                seen.add(node)
-                update = self._validated(node, msg)
-                if update is not None:
-                    updates.append(update)
+        updates = self._bounded(self._accepted(replies))
         self.current.replied = len(updates)
         if len(updates) < self.cfg.min_train_replies:
             self._skip(server_round, f"{len(updates)} valid replies < min-train-replies {self.cfg.min_train_replies}")
             return None, None
-        weights = torch.tensor([u.num_examples for u in updates], dtype=torch.float64)
-        stack = torch.stack([torch.cat([u.delta, u.head_delta]) for u in updates])
+        weights, notes = capped_weights([(node, u.num_examples) for node, u in updates],
+                                        example_caps(self.declared, self.cfg.examples_cap_multiple), self.cfg.weighting)
+        self._note([node for node, _ in updates], notes)
+        stack = torch.stack([torch.cat([u.delta, u.head_delta]) for _, u in updates])
         step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round)
         k = self.expected.k
         new = GlobalState(self.state.values + step[:k], self.state.head + step[k:])
-        if not (torch.isfinite(new.values).all() and torch.isfinite(new.head).all()):
-            self._skip(server_round, "the aggregated update overflows to non-finite values")
+        dtype = self.cfg.value_dtype
+        if not (representable(new.values, dtype) and representable(new.head, dtype)):
+            self._skip(server_round, f"the aggregated update leaves non-finite values or values beyond {dtype}'s range")
             return None, None
         self.state, self.opt_state = new, opt_state
-        loss = float(sum(u.train_loss * u.num_examples for u in updates) / weights.sum())
+        updates = [u for _, u in updates]
+        loss = float(sum(u.train_loss * w for u, w in zip(updates, weights.tolist())) / weights.sum())
         self.current.train_loss, self.current.aggregated = loss, True
         return ArrayRecord(), MetricRecord({"train-loss": loss, "replies": len(updates)})
 
@@ -153,6 +103,60 @@ class SparseStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return None
+
+    # ---- the wall ------------------------------------------------------------------------------
+    def _accepted(self, replies: Iterable[Message]) -> list[tuple[int, Update]]:
+        """(node, update) of every reply that passes the wall, in partition order; the others logged."""
+        out, seen = [], set()
+        for msg in sorted(replies, key=lambda m: self.partitions.get(self._sender(m), -1)):
+            node = self._sender(msg)
+            why = self._misplaced(node, msg, seen)
+            if msg.has_error():
+                self._reject(node, f"client error: {str(msg.error.reason)[:200]}", failed=True)
+            elif why:
+                self._reject(node, why)
+            else:
+                seen.add(node)
+                update = self._validated(node, msg)
+                if update is not None:
+                    out.append((node, update))
+        return out
+
+    def _misplaced(self, node: int, msg: Message, seen: set[int]) -> str:
+        """Why a reply cannot count this round ("" if it can): a duplicate, an outsider, not sampled, stale."""
+        if node in seen:
+            return "duplicate reply"
+        if node not in self.partitions:
+            return "reply from a node outside the handshake"
+        if self.round_nodes is not None and node not in self.round_nodes:
+            return "reply from a node not sampled this round"
+        if self.sent and not msg.has_error() and msg.metadata.reply_to_message_id not in self.sent:
+            return "reply does not answer this round's message"
+        return ""
+
+    def _bounded(self, updates: list[tuple[int, Update]]) -> list[tuple[int, Update]]:
+        """The norm policy: updates over the round's bound are clipped to it or rejected (logged per node)."""
+        if not updates or (self.cfg.max_update_norm <= 0 and self.cfg.update_norm_multiple <= 0):
+            return updates
+        k = self.expected.k
+        stack = torch.stack([torch.cat([u.delta, u.head_delta]) for _, u in updates])
+        rows, keep, notes = bound_updates(stack, self.cfg.max_update_norm, self.cfg.update_norm_multiple,
+                                          self.cfg.norm_policy)
+        out, r = [], 0
+        for (node, u), kept, note in zip(updates, keep, notes):
+            if not kept:
+                self._reject(node, note)
+                continue
+            self._note([node], [note])
+            out.append((node, dataclasses.replace(u, delta=rows[r, :k], head_delta=rows[r, k:])))
+            r += 1
+        return out
+
+    def _note(self, nodes: list[int], notes: list[str]) -> None:
+        for node, note in zip(nodes, notes):
+            if note:
+                log.warning("round %d: partition %s: %s", self.current.round, self.partitions.get(node, "?"), note)
+                self.current.reasons.append(f"partition {self.partitions.get(node, '?')}: {note}")
 
     # ---- the loop ------------------------------------------------------------------------------
     def _validated(self, node: int, msg: Message) -> Update | None:
@@ -171,6 +175,12 @@ class SparseStrategy(Strategy):
         except Exception as exc:  # the wall: any malformed reply is a rejection, never a crash
             self._reject(node, f"{exc.__class__.__name__}: {str(exc)[:200]}")
             return None
+
+    def _codec_error(self, change: torch.Tensor) -> float | None:
+        """|dec(enc(change)) - change| / |change| in the run's codec (None where the change does not fit it)."""
+        if not representable(change, self.cfg.value_dtype):
+            return None
+        return relative_error(change, self.cfg.value_dtype, self.cfg.int8_block_size)
 
     def _sender(self, msg: Message) -> int:
         """The node a reply is from. An error reply may come from the SuperLink (a lost node: "node
@@ -205,17 +215,26 @@ class SparseStrategy(Strategy):
         msgs = [Message(to_recorddict({}, conf), node, HANDSHAKE) for node in sorted(grid.get_node_ids())]
         self.current.sampled = len(msgs)
         self.current.bytes_down = sum(message_bytes(m) for m in msgs)
+        admitted = {}
         for reply in grid.send_and_receive(msgs, timeout=max(self.cfg.round_timeout, wait_s)):  # cold starts
             node = reply.metadata.src_node_id
             if reply.has_error():
                 self._reject(node, f"handshake failed: {reply.error.reason[:200]}", failed=True)
                 continue
-            self.current.bytes_up += message_bytes(reply)
-            _, metrics, config = message_parts(reply)
-            if config.get("fingerprint") != self.expected.fingerprint:
-                self._reject(node, "mask fingerprint differs from the server's; node excluded")
-                continue
-            self.partitions[node] = int(metrics["partition-id"])
+            try:  # the handshake's wall: any malformed reply excludes its node, never crashes the server
+                self.current.bytes_up += message_bytes(reply)
+                if node in admitted:
+                    raise MalformedUpdateError("second handshake reply from the same node")
+                _, metrics, config = message_parts(reply)
+                admitted[node] = admit(metrics, config, self.expected.fingerprint)
+            except Exception as exc:  # noqa: BLE001
+                admitted.pop(node, None)
+                self._reject(node, f"handshake {exc.__class__.__name__}: {str(exc)[:200]}")
+        clash = duplicates(admitted)
+        for node in sorted(clash):
+            self._reject(node, f"partition id {admitted[node].partition_id} is claimed by more than one node")
+        self.partitions = {n: a.partition_id for n, a in admitted.items() if n not in clash}
+        self.declared = {n: a.num_examples for n, a in admitted.items() if n not in clash}
         self.current.replied = len(self.partitions)
         if not self.partitions:
             raise RuntimeError("no node passed the handshake: " + "; ".join(self.current.reasons[:3]))
@@ -245,8 +264,7 @@ class SparseStrategy(Strategy):
             before = self.state.values
             self.aggregate_train(rnd, replies)
             if self.current.aggregated:  # what the run's codec loses on this round's applied update (reported)
-                self.current.codec_rel_error = relative_error(self.state.values - before, self.cfg.value_dtype,
-                                                              self.cfg.int8_block_size)
+                self.current.codec_rel_error = self._codec_error(self.state.values - before)
             if on_round is not None:
                 on_round(self.current, time.perf_counter() - t0)
         return self.state

@@ -61,6 +61,14 @@ class RunConfig:
     server_tau: float = knob(1e-3, "FedAdam/FedYogi adaptivity", low=0, low_open=True)
     trim_fraction: float = knob(0.1, "trimmed-mean: share cut at each end per coordinate", low=0, high=0.5,
                                 high_open=True)
+    max_update_norm: float = knob(0.0, "bound on each client's update L2 norm (values + head); 0 = none", low=0)
+    update_norm_multiple: float = knob(0.0, "bound each update's norm at this multiple of the round's median norm; "
+                                       "0 = none", low=0)
+    norm_policy: str = knob("clip", "an update over a norm bound is clipped to it or rejected", choices=("clip", "reject"))
+    weighting: str = knob("examples", "FedAvg weights: num-examples (capped at the handshake's declaration) or "
+                          "uniform", choices=("examples", "uniform"))
+    examples_cap_multiple: float = knob(0.0, "cap each node's declared num-examples at this multiple of the median "
+                                        "declaration; 0 = no cap beyond the declaration", low=0)
     dp_clip_norm: float = knob(0.0, "central DP: L2 bound of each client's update; 0 = no clipping", low=0)
     dp_noise_multiplier: float = knob(0.0, "central DP: noise std z*C/n on the mean; 0 = no noise", low=0)
     resume: bool = knob(False, "continue from output-dir's last checkpoint")

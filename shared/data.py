@@ -7,6 +7,7 @@ for SST-2 the labelled GLUE validation set, the split papers report on).
 from __future__ import annotations
 
 import csv
+import re
 import functools
 import os
 import warnings
@@ -44,7 +45,7 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 def _parse_label(raw: str, names: tuple[str, ...], path: Path, line: int) -> int:
     raw = raw.strip()
-    if raw.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]+", raw):
         value = int(raw)
         if not 0 <= value < len(names):
             raise DataLoadError(f"{path}:{line}: label {value} outside 0..{len(names) - 1}")
@@ -58,16 +59,19 @@ def read_tsv(path: Path, names: tuple[str, ...]) -> Dataset:
     """Read a GLUE-style TSV (text<TAB>label, optional header, no quoting) into a Dataset."""
     texts: list[str] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        for line, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            if not row:
-                continue
-            if line == 1 and row[-1].strip().lower() == "label":
-                continue  # header
-            if len(row) < 2:
-                raise DataLoadError(f"{path}:{line}: expected 'text<TAB>label', got {len(row)} column(s)")
-            texts.append("\t".join(row[:-1]))
-            labels.append(_parse_label(row[-1], names, path, line))
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            for line, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+                if not row:
+                    continue
+                if line == 1 and row[-1].strip().lower() == "label":
+                    continue  # header
+                if len(row) < 2:
+                    raise DataLoadError(f"{path}:{line}: expected 'text<TAB>label', got {len(row)} column(s)")
+                texts.append("\t".join(row[:-1]))
+                labels.append(_parse_label(row[-1], names, path, line))
+    except UnicodeDecodeError as exc:
+        raise DataLoadError(f"{path} is not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8") from None
     if not texts:
         raise DataLoadError(f"{path} has no rows")
     return Dataset.from_dict({"text": texts, "label": labels})

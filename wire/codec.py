@@ -155,3 +155,11 @@ def relative_error(x: torch.Tensor, dtype: str, block: int = 256) -> float:
 def wire_bytes(arrays: Mapping[str, np.ndarray]) -> int:
     """Raw data bytes of the arrays (without any container framing)."""
     return int(sum(a.nbytes for a in arrays.values()))
+
+
+def representable(x: torch.Tensor, dtype: str) -> bool:
+    """Whether every entry of ``x`` is finite and stays finite in ``dtype`` (float16's max is 65504)."""
+    if not bool(torch.isfinite(x).all()):
+        return False
+    narrow = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype)
+    return narrow is None or bool(torch.isfinite(x.detach().to(narrow)).all())

@@ -11,7 +11,7 @@ import torch
 from flwr.app import Context, RecordDict
 from safetensors.torch import load_file
 
-from server.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from server.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from server.recovery import CRASH_EXIT_CODE
 from server.server_app import main
 from client.client_app import app as client_app
@@ -42,7 +42,7 @@ def _final(out: Path) -> torch.Tensor:
     return torch.cat([t["values"]] + [t[k].reshape(-1) for k in sorted(t) if k.startswith("head.")])
 
 
-def test_crash_after_round_then_resume_is_bit_identical(tmp_path, tiny_model_dir, sst2_dir):
+def test_crash_after_round_then_resume_is_bit_identical(tmp_path, tiny_model_dir, sst2_dir, capsys):
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
     _run(_config(tiny_model_dir, sst2_dir, ref))
     child = mp.get_context("spawn").Process(target=_run, args=(_config(tiny_model_dir, sst2_dir, crashed,
@@ -60,8 +60,13 @@ def test_crash_after_round_then_resume_is_bit_identical(tmp_path, tiny_model_dir
     assert [r["accuracy"] for r in h_res] == [r["accuracy"] for r in h_ref]
     assert [r["failed"] for r in h_res] == [r["failed"] for r in h_ref]  # injected faults replay too
 
-    with pytest.raises(CheckpointError, match="aggregator"):  # same output-dir, other settings: refused
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # same output-dir, other settings: refused in one line
         _run(_config(tiny_model_dir, sst2_dir, crashed, resume=True, aggregator="fedavg"))
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and last.startswith("fedsparse: error: ") and "aggregator='fedadam'" in last
+    assert "Traceback" not in err
 
 
 def test_sam_resume_reinstalls_the_checkpointed_mask_without_a_new_selection(tmp_path, tiny_model_dir, sst2_dir):
