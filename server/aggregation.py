@@ -119,7 +119,7 @@ def centered_clipping(deltas: torch.Tensor, weights: torch.Tensor, cc_tau: float
                       **_: float) -> torch.Tensor:
     """Centered clipping (Karimireddy, He, Jaggi, ICML 2021) from the round's coordinate median. (k,) float32.
 
-    ``cc_tau`` > 0 is the clipping radius; 0 = adaptive: the median distance of the replies to the
+    ``cc_tau`` > 0 is the clipping radius; 0 = adaptive: the (lower) median distance of the replies to the
     start, so about half of them are clipped in the first iteration. O(n*k) per iteration.
     """
     _check(deltas, weights)

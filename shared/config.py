@@ -59,8 +59,8 @@ class RunConfig:
     server_beta1: float = knob(0.9, "FedAdam/FedYogi first-moment decay", low=0, high=1, high_open=True)
     server_beta2: float = knob(0.99, "FedAdam/FedYogi second-moment decay", low=0, high=1, high_open=True)
     server_tau: float = knob(1e-3, "FedAdam/FedYogi adaptivity", low=0, low_open=True)
-    trim_fraction: float = knob(0.1, "trimmed-mean: share cut at each end per coordinate (at least 1 if > 0)", low=0, high=0.5,
-                                high_open=True)
+    trim_fraction: float = knob(0.1, "trimmed-mean: share cut at each end per coordinate (at least 1 if > 0)",
+                                low=0, high=0.5, high_open=True)
     cc_tau: float = knob(0.0, "centered-clipping: clipping radius; 0 = the median distance of the replies to the start",
                          low=0)
     cc_iterations: int = knob(3, "centered-clipping: clipping iterations from the round's coordinate median", low=1,

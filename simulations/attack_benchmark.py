@@ -173,15 +173,16 @@ def markdown_table(matrix: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(matrix: dict[str, dict[str, float]], out: Path, header: str) -> None:
-    """attack_matrix.csv (long form) and attack_matrix.md under ``out``."""
+def write_outputs(tables: dict[str, dict[str, dict[str, float]]], out: Path, text: str) -> None:
+    """attack_matrix.csv (long form: weighting, attack, aggregator, error) and attack_matrix.md under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "attack_matrix.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["attack", "aggregator", "relative_error"])
-        for attack, row in matrix.items():
-            writer.writerows([attack, name, f"{err:.6f}"] for name, err in row.items())
-    (out / "attack_matrix.md").write_text(header + "\n\n" + markdown_table(matrix) + "\n")
+        writer.writerow(["weights", "attack", "aggregator", "relative_error"])
+        for weighting, matrix in tables.items():
+            for attack, row in matrix.items():
+                writer.writerows([weighting, attack, name, f"{err:.6f}"] for name, err in row.items())
+    (out / "attack_matrix.md").write_text(text + "\n")
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -204,17 +205,30 @@ def main(argv: list[str] | None = None) -> None:
                   "dirichlet-alpha": 0.5, **_parse_overrides(args.run_config)}
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     deltas, weights = honest_deltas(run_config, args.num_clients, args.out / "honest_deltas.pt", args.refresh)
-    matrix = attack_matrix(deltas, weights, args.attackers)
-    norms = deltas.double().norm(dim=1)
-    header = (f"Relative error ||agg - honest_mean|| / ||honest_mean||, {args.attackers} attackers of "
-              f"{args.num_clients} clients, d = {deltas.shape[1]} (pafi values + head), "
-              f"alie-zmax z = {alie_z_max(args.num_clients, args.attackers):.3f}, "
-              f"median reply norm {median(norms.tolist()):.4g}, "
-              f"||honest mean|| / median reply norm = "
-              f"{float(weighted_mean(deltas, weights).double().norm()) / median(norms.tolist()):.3f}")
-    write_outputs(matrix, args.out, header)
-    print(header + "\n\n" + markdown_table(matrix))
-    print(f"\nwritten: {args.out / 'attack_matrix.md'}, {args.out / 'attack_matrix.csv'}")
+    tables = {"examples": attack_matrix(deltas, weights, args.attackers),
+              "equal": attack_matrix(deltas, torch.ones_like(weights), args.attackers)}
+    text = _report(deltas, weights, args.attackers, tables)
+    write_outputs(tables, args.out, text)
+    print(text + f"\n\nwritten: {args.out / 'attack_matrix.md'}, {args.out / 'attack_matrix.csv'}")
+
+
+def _report(deltas: torch.Tensor, weights: torch.Tensor, attackers: int, tables: dict) -> str:
+    """Both tables with a header line of the figures that explain them."""
+    n = deltas.shape[0]
+    norms = deltas.double().norm(dim=1).tolist()
+    share = float(weights[:attackers].sum() / weights.sum())
+    ratio = float(weighted_mean(deltas, weights).double().norm()) / median(norms)
+    head = (f"Relative error ||agg - honest_mean|| / ||honest_mean||; {attackers} attackers "
+            f"(clients 0..{attackers - 1}) of {n}; d = {deltas.shape[1]} (pafi values + head); "
+            f"alie-zmax z = {alie_z_max(n, attackers):.3f}; "
+            f"median reply norm {median(norms):.4g}; ||mean|| / median reply norm {ratio:.3f}; "
+            f"the attackers' clients hold {share:.0%} of the examples.")
+    parts = [head]
+    for weighting, matrix in tables.items():
+        what = ("weights = each client's num-examples (its partition size), honest_mean example-weighted"
+                if weighting == "examples" else "weights = 1 for every client, honest_mean the plain mean")
+        parts += [f"\n{what}:\n", markdown_table(matrix)]
+    return "\n".join(parts)
 
 
 if __name__ == "__main__":

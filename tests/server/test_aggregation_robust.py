@@ -47,7 +47,8 @@ def test_multi_krum_refuses_too_few_replies_in_one_line():
 
 def test_centered_clipping_one_iteration_by_hand():
     d = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [100.0, 100.0]])
-    # start = coordinate median (1, 1); tau = 1: diffs (-1,-1)->(-1,-1)/sqrt2, (0,-1), (-1,0), (0,0), (99,99)->(1,1)/sqrt2
+    # start = coordinate median (1, 1); tau = 1: diffs (-1,-1) -> (-1,-1)/sqrt2, (0,-1), (-1,0), (0,0),
+    # (99,99) -> (1,1)/sqrt2; v = (1,1) + (-1,-1)/5
     got = centered_clipping(d, ONES5, cc_tau=1.0, cc_iterations=1)
     torch.testing.assert_close(got, torch.tensor([0.8, 0.8]), rtol=0, atol=1e-7)
     # adaptive tau: the median distance to the start, here 1 as well
@@ -104,7 +105,8 @@ def test_robust_knobs_reach_the_server_step():
     d = torch.cat([torch.zeros(6, 5), torch.full((1, 5), 9.0)])
     up, _ = server_step(d, torch.ones(7), {}, hp, 1)
     assert torch.equal(up, torch.zeros(5))
-    cc, _ = server_step(d, torch.ones(7), {}, ServerSettings.from_config(cfg.replace(aggregator="centered-clipping")), 1)
+    cc_hp = ServerSettings.from_config(cfg.replace(aggregator="centered-clipping"))
+    cc, _ = server_step(d, torch.ones(7), {}, cc_hp, 1)
     assert torch.equal(cc, aggregate("centered-clipping", d, torch.ones(7), cc_tau=0.5, cc_iterations=4))
 
 
