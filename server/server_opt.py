@@ -41,6 +41,10 @@ class ServerSettings:
     beta2: float = 0.99  # (server-beta2)
     tau: float = 1e-3  # (server-tau) adaptivity
     trim_fraction: float = 0.1  # (trim-fraction) trimmed-mean
+    cc_tau: float = 0.0  # (cc-tau) centered-clipping radius, 0 = adaptive
+    cc_iterations: int = 3  # (cc-iterations)
+    krum_f: int = 1  # (krum-f) multi-krum: attackers assumed
+    krum_m: int = 0  # (krum-m) multi-krum: replies averaged, 0 = n - f
     dp_clip_norm: float = 0.0  # (dp-clip-norm) 0 = no clipping
     dp_noise_multiplier: float = 0.0  # (dp-noise-multiplier) z; noise std z*C/n
     seed: int = 42
@@ -48,9 +52,14 @@ class ServerSettings:
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "ServerSettings":
         out = cls(aggregator=cfg.aggregator, lr=cfg.server_lr, momentum=cfg.server_momentum, beta1=cfg.server_beta1,
-                  beta2=cfg.server_beta2, tau=cfg.server_tau, trim_fraction=cfg.trim_fraction,
+                  beta2=cfg.server_beta2, tau=cfg.server_tau, trim_fraction=cfg.trim_fraction, cc_tau=cfg.cc_tau,
+                  cc_iterations=cfg.cc_iterations, krum_f=cfg.krum_f, krum_m=cfg.krum_m,
                   dp_clip_norm=cfg.dp_clip_norm, dp_noise_multiplier=cfg.dp_noise_multiplier, seed=cfg.seed)
         plan(out.aggregator)  # fail at start-up, not in round 1
+        if out.aggregator == "multi-krum" and cfg.min_train_replies <= 2 * out.krum_f + 2:
+            raise AggregationError(f"aggregator 'multi-krum' with krum-f={out.krum_f} needs min-train-replies >= "
+                                   f"{2 * out.krum_f + 3} (n > 2f + 2), so that a short round is skipped, not "
+                                   f"failed; raise min-train-replies or lower krum-f")
         if out.dp_noise_multiplier > 0 and out.dp_clip_norm <= 0:
             raise AggregationError("dp-noise-multiplier > 0 needs dp-clip-norm > 0 (the noise scale is z*C/n)")
         return out
@@ -92,6 +101,8 @@ PLANS: dict[str, tuple[str, str]] = {
     "fedavg": ("fedavg", "sgd"),
     "median": ("median", "sgd"),
     "trimmed-mean": ("trimmed-mean", "sgd"),
+    "centered-clipping": ("centered-clipping", "sgd"),
+    "multi-krum": ("multi-krum", "sgd"),
     "fedavgm": ("fedavg", "avgm"),
     "fedadam": ("fedavg", "adam"),
     "fedyogi": ("fedavg", "yogi"),
@@ -116,7 +127,8 @@ def server_step(deltas: torch.Tensor, weights: torch.Tensor, state: OptState, hp
     n = deltas.shape[0]
     if hp.dp_clip_norm > 0:
         deltas, weights = clip_rows(deltas, hp.dp_clip_norm), torch.ones(n, dtype=torch.float64)
-    g = aggregate(agg_name, deltas, weights, trim_fraction=hp.trim_fraction).double()
+    g = aggregate(agg_name, deltas, weights, trim_fraction=hp.trim_fraction, cc_tau=hp.cc_tau,
+                  cc_iterations=hp.cc_iterations, krum_f=hp.krum_f, krum_m=hp.krum_m).double()
     if hp.dp_noise_multiplier > 0:
         std = noise_std(hp.dp_noise_multiplier, hp.dp_clip_norm, n)
         g = g + gaussian_noise(g.numel(), std, hp.seed * 1_000_033 + server_round)

@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.rounds import GlobalState, RoundLog, send_and_receive  # noqa: F401 (re-exported)
+from server.aggregation import AggregationError
 from server.guards import bound_updates, capped_weights, example_caps
 from server.handshake import admit, duplicates
 from server.server_opt import OptState, ServerSettings, server_step
@@ -84,7 +85,11 @@ class SparseStrategy(Strategy):
                                         example_caps(self.declared, self.cfg.examples_cap_multiple), self.cfg.weighting)
         self._note([node for node, _ in updates], notes)
         stack = torch.stack([torch.cat([u.delta, u.head_delta]) for _, u in updates])
-        step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round)
+        try:
+            step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round)
+        except AggregationError as exc:  # e.g. too few replies for multi-krum's f: skip, never crash
+            self._skip(server_round, str(exc))
+            return None, None
         k = self.expected.k
         new = GlobalState(self.state.values + step[:k], self.state.head + step[k:])
         dtype = self.cfg.value_dtype

@@ -19,7 +19,7 @@ VALUE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 PARTITIONERS = ("iid", "dirichlet")
 MASK_SCOPES = ("global", "per-matrix")
 # run-config ``aggregator`` values; server/server_opt.py's PLANS maps each to (aggregator, server optimizer)
-AGGREGATORS = ("fedavg", "median", "trimmed-mean", "fedavgm", "fedadam", "fedyogi")
+AGGREGATORS = ("fedavg", "median", "trimmed-mean", "centered-clipping", "multi-krum", "fedavgm", "fedadam", "fedyogi")
 
 __all__ = ["ConfigError", "RunConfig", "core_config"]
 
@@ -59,8 +59,14 @@ class RunConfig:
     server_beta1: float = knob(0.9, "FedAdam/FedYogi first-moment decay", low=0, high=1, high_open=True)
     server_beta2: float = knob(0.99, "FedAdam/FedYogi second-moment decay", low=0, high=1, high_open=True)
     server_tau: float = knob(1e-3, "FedAdam/FedYogi adaptivity", low=0, low_open=True)
-    trim_fraction: float = knob(0.1, "trimmed-mean: share cut at each end per coordinate", low=0, high=0.5,
-                                high_open=True)
+    trim_fraction: float = knob(0.1, "trimmed-mean: share cut at each end per coordinate (at least 1 if > 0)",
+                                low=0, high=0.5, high_open=True)
+    cc_tau: float = knob(0.0, "centered-clipping: clipping radius; 0 = the median distance of the replies to the start",
+                         low=0)
+    cc_iterations: int = knob(3, "centered-clipping: clipping iterations from the round's coordinate median", low=1,
+                              high=100)
+    krum_f: int = knob(1, "multi-krum: attackers assumed per round; needs more than 2*krum-f + 2 replies", low=0)
+    krum_m: int = knob(0, "multi-krum: lowest-scored replies averaged; 0 = n - krum-f", low=0)
     max_update_norm: float = knob(0.0, "bound on each client's update L2 norm (values + head); 0 = none", low=0)
     update_norm_multiple: float = knob(0.0, "bound each update's norm at this multiple of the round's median norm; "
                                        "0 = none", low=0)
