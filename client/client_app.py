@@ -53,12 +53,12 @@ def _keep_state(context: Context, state: dict[str, Any]) -> None:
     context.state[STATE_CONFIG] = ConfigRecord({k: v for k, v in state.items() if not isinstance(v, np.ndarray)})
 
 
-def _runtime(context: Context) -> tuple[RunConfig, Runtime]:
-    """The parsed config and this process's runtime, with the method's node state re-installed."""
+def _runtime(context: Context, state: dict[str, Any] | None = None) -> tuple[RunConfig, Runtime]:
+    """The parsed config and this process's runtime, with the method's node state (read once) re-installed."""
     cfg = parse_run_config(context.run_config)
     rt = get_runtime(cfg)
     if rt.method.restore is not None:
-        rt.method.restore(rt.tuner, _node_state(context))
+        rt.method.restore(rt.tuner, _node_state(context) if state is None else state)
     return cfg, rt
 
 
@@ -129,14 +129,15 @@ def query(msg: Message, context: Context) -> Message:
 def _route_handler(owner: Method, route: ClientRoute) -> Callable[[Message, Context], Message]:
     """A Flower handler around a method's plain route: parts in, parts out, node state kept."""
     def handle(msg: Message, context: Context) -> Message:
-        cfg, rt = _runtime(context)
+        state = _node_state(context)
+        cfg, rt = _runtime(context, state)
         if rt.method.name != owner.name:  # by name: Flower may re-import the app's modules between runs
             raise ValueError(f"message {msg.metadata.message_type!r} belongs to method {owner.name!r}, "
                              f"this run's method is {rt.method.name!r}")
         pid, nparts = _node_partition(context)
         arrays, metrics, config = message_parts(msg)
         call = ClientCall(cfg=cfg, tuner=rt.tuner, base=rt.base, partition_id=pid, num_partitions=nparts,
-                          request=Parts(arrays, config, metrics), state=_node_state(context),
+                          request=Parts(arrays, config, metrics), state=state,
                           data=lambda: client_partition(cfg, rt.base.tokenizer, pid, nparts))
         reply: Parts = route(call)
         _keep_state(context, call.state)

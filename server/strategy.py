@@ -71,9 +71,9 @@ class SparseStrategy(Strategy):
         conf = dict(config)
         conf.update(fingerprint=self.expected.fingerprint, **{"value-dtype": self.cfg.value_dtype,
                                                               "server-round": server_round})
-        self.round_nodes = set(self.sample(server_round))
-        return [Message(to_recorddict({k: a.numpy() for k, a in arrays.items()}, conf), node, TRAIN)
-                for node in self.sample(server_round)]
+        nodes = self.sample(server_round)
+        self.round_nodes = set(nodes)
+        return [Message(to_recorddict({k: a.numpy() for k, a in arrays.items()}, conf), node, TRAIN) for node in nodes]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates = self._bounded(self._accepted(replies))
