@@ -105,7 +105,7 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     prepare_output_dir(cfg, out)  # before any model loads
     load_splits(cfg.dataset, cfg.data_dir)  # a bad data folder or file fails here, in one line, before any model
     rt = get_runtime(cfg)
-    rt.tuner.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
+    rt.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
     strategy = _strategy(cfg, rt)
     recorder = RunRecorder(cfg, rt, out)
     t0 = time.perf_counter()

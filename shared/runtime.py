@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 from shared.config import RunConfig
 from shared.data import dataset_spec, encode, load_splits, partition, Encoded
@@ -26,6 +28,15 @@ class Runtime:
     tuner: Tuner
     num_labels: int
     method: Method
+    head0: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=dict)  # name -> (live, as built)
+
+    def reset(self) -> None:
+        """Forget an earlier run of this process: the head as loaded (a client here may have trained it), then
+        the tuner's own state. The server calls this before a run, so two runs in one process start alike."""
+        with torch.no_grad():
+            for live, pristine in self.head0.values():
+                live.copy_(pristine)
+        self.tuner.reset()
 
 
 _LOCK = threading.Lock()
@@ -70,7 +81,9 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     n_labels = num_labels_for(cfg)
     base = load_base_model(cfg.model, n_labels, cfg.seed)
     digest = base_weights_digest(base.model, base.head_names)
-    return Runtime(base=base, tuner=method.build(base, cfg, digest), num_labels=n_labels, method=method)
+    params = dict(base.model.named_parameters())
+    head0 = {n: (params[n], params[n].detach().clone()) for n in base.head_names}  # before a tuner wraps the model
+    return Runtime(base=base, tuner=method.build(base, cfg, digest), num_labels=n_labels, method=method, head0=head0)
 
 
 def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partitions: int) -> Encoded:

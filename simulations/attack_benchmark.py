@@ -7,32 +7,32 @@ They are cached (``--out``/honest_deltas.pt, keyed by the settings), so reruns t
 
     python -m simulations.attack_benchmark                  # 10 clients, 3 attackers, table + CSV + markdown
     python -m simulations.attack_benchmark --refresh        # retrain the honest deltas
+    python -m simulations.attack_benchmark --federated      # + whole federations under attack (resumable)
 
 The first ``--attackers`` clients attack; every aggregator runs through ``server_step`` (the server's
 path: clipping, aggregation, optimizer) and is scored by ``||agg - honest_mean|| / ||honest_mean||``, where
 honest_mean is the example-weighted mean of the honest clients' true deltas (what FedAvg would compute
 without attackers). The attackers' statistics are the honest replies' (omniscient attackers).
+``--federated`` also runs the cells of ``simulations.adversary.FEDERATED_CELLS`` as whole federations
+(the real server and clients, the attackers' replies rewritten in flight) and prints their accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist, median
+from statistics import median
 
 import torch
 
 from server.aggregation import weighted_mean
 from server.server_opt import ServerSettings, server_step
+from simulations.attacks import ATTACKS, HUGE_CLAIM, attack_rows, honest_stats, alie_z_max
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / ".." / "shared" / "data" / "sst2").resolve()
-HUGE_CLAIM = 1_000_000.0  # num-examples claimed by the lying client of the ``weight-claim`` attack
-ATTACKS = ("none", "sign-flip", "scale-20", "alie-zmax", "alie-1.0", "alie-1.5", "ipm-0.1", "ipm-0.5",
-           "weight-claim")
 BENCH_AGGREGATORS = ("fedavg", "norm-clip", "median", "trimmed-mean", "centered-clipping", "multi-krum")
 
 
@@ -43,33 +43,6 @@ class Scenario:
     deltas: torch.Tensor
     weights: torch.Tensor
     honest: torch.Tensor
-
-
-def alie_z_max(n: int, f: int) -> float:
-    """Baruch et al.'s z_max: s = floor(n/2 + 1) - f honest replies must look farther than the attackers."""
-    s = math.floor(n / 2 + 1) - f
-    return NormalDist().inv_cdf((n - s) / n)
-
-
-def _honest_stats(deltas: torch.Tensor, honest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-coordinate mean and std (ddof 1) of the honest rows; float64 (d,) each."""
-    h = deltas[honest].double()
-    return h.mean(dim=0), h.std(dim=0, unbiased=True)
-
-
-def _attack_rows(attack: str, own: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, n: int) -> torch.Tensor:
-    """What the attackers send, from their own true deltas (f, d) and the honest statistics."""
-    f = own.shape[0]
-    if attack == "sign-flip":
-        return -own
-    if attack == "scale-20":
-        return -20.0 * own
-    if attack.startswith("alie-"):
-        z = alie_z_max(n, f) if attack == "alie-zmax" else float(attack[5:])
-        return (mean - z * std).float().expand(f, -1).clone()
-    if attack.startswith("ipm-"):
-        return (-float(attack[4:]) * mean).float().expand(f, -1).clone()
-    raise ValueError(f"unknown attack {attack!r}; choose one of {ATTACKS}")
 
 
 def make_scenario(attack: str, deltas: torch.Tensor, weights: torch.Tensor, attackers: int) -> Scenario:
@@ -85,8 +58,8 @@ def make_scenario(attack: str, deltas: torch.Tensor, weights: torch.Tensor, atta
         out[0], w[0] = -deltas[0], HUGE_CLAIM
         return Scenario(out, w, honest)
     honest[:attackers] = False
-    mean, std = _honest_stats(deltas, honest)
-    out[:attackers] = _attack_rows(attack, deltas[:attackers], mean, std, n)
+    mean, std = honest_stats(deltas, honest)
+    out[:attackers] = attack_rows(attack, deltas[:attackers], mean, std, n)
     return Scenario(out, w, honest)
 
 
@@ -198,9 +171,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "attack_benchmark")
     ap.add_argument("--refresh", action="store_true", help="retrain the honest deltas")
     ap.add_argument("-c", "--run-config", action="append", default=[], help='extra knobs, e.g. "mask-density=0.01"')
+    ap.add_argument("--federated", action="store_true", help="also run whole federations under attack")
+    ap.add_argument("--fed-clients", type=int, default=7, help="federated runs: clients, all sampled every round")
+    ap.add_argument("--fed-attackers", type=int, default=2, help="federated runs: attackers among them")
+    ap.add_argument("--fed-rounds", type=int, default=4, help="federated runs: rounds")
     args = ap.parse_args(argv)
     if not 0 < args.attackers < args.num_clients / 2:
         raise SystemExit(f"--attackers must be a minority of --num-clients, got {args.attackers}")
+    if args.federated and not 0 < args.fed_attackers < args.fed_clients / 2:
+        raise SystemExit(f"--fed-attackers must be a minority of --fed-clients, got {args.fed_attackers}")
+    if args.federated and args.fed_clients < 2 * args.fed_attackers + 3:
+        raise SystemExit(f"--fed-clients must be at least 2 * --fed-attackers + 3 = {2 * args.fed_attackers + 3} "
+                         "(multi-krum's minimum)")
     run_config = {"data-dir": str(DATA), "method": "pafi", "mask-density": 0.005, "local-steps": args.local_steps,
                   "dirichlet-alpha": 0.5, **_parse_overrides(args.run_config)}
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
@@ -208,8 +190,24 @@ def main(argv: list[str] | None = None) -> None:
     tables = {"examples": attack_matrix(deltas, weights, args.attackers),
               "equal": attack_matrix(deltas, torch.ones_like(weights), args.attackers)}
     text = _report(deltas, weights, args.attackers, tables)
+    if args.federated:
+        text += "\n\n" + _federated(run_config, args)
     write_outputs(tables, args.out, text)
     print(text + f"\n\nwritten: {args.out / 'attack_matrix.md'}, {args.out / 'attack_matrix.csv'}")
+
+
+def _federated(base: dict, args) -> str:
+    """The federated cells under these settings (every client sampled every round), as a titled table."""
+    from simulations.adversary import FEDERATED_CELLS, federated_table, run_cells
+
+    f = args.fed_attackers
+    rc = {**base, "num-server-rounds": args.fed_rounds, "fraction-train": 1.0, "max-length": 64,
+          "krum-f": f, "min-train-replies": 2 * f + 3}
+    cells = run_cells(FEDERATED_CELLS, rc, args.fed_clients, f, args.out)
+    return (f"Federated runs: {args.fed_clients} clients (all sampled every round), clients 0..{f - 1} attack "
+            f"every round, {args.fed_rounds} rounds x {args.local_steps} local steps, pafi at "
+            f"{rc['mask-density']}, Dirichlet {rc['dirichlet-alpha']}; accuracy on the 872-row SST-2 dev split "
+            f"(krum-f = {f}; min-train-replies = {2 * f + 3} for every cell):\n\n" + federated_table(cells))
 
 
 def _report(deltas: torch.Tensor, weights: torch.Tensor, attackers: int, tables: dict) -> str:
