@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--federated", action="store_true", help="also run whole federations under attack")
     ap.add_argument("--fed-clients", type=int, default=7, help="federated runs: clients, all sampled every round")
     ap.add_argument("--fed-attackers", type=int, default=2, help="federated runs: attackers among them")
-    ap.add_argument("--fed-rounds", type=int, default=4, help="federated runs: rounds")
+    ap.add_argument("--fed-rounds", type=int, default=3, help="federated runs: rounds")
+    ap.add_argument("--fed-local-steps", type=int, default=5, help="federated runs: local steps per round")
+    ap.add_argument("--fed-partitioner", default="iid", choices=("iid", "dirichlet"),
+                    help="federated runs: partitions (iid: the attack's effect is not mixed with the label skew's)")
     args = ap.parse_args(argv)
     if not 0 < args.attackers < args.num_clients / 2:
         raise SystemExit(f"--attackers must be a minority of --num-clients, got {args.attackers}")
@@ -202,11 +205,12 @@ def _federated(base: dict, args) -> str:
 
     f = args.fed_attackers
     rc = {**base, "num-server-rounds": args.fed_rounds, "fraction-train": 1.0, "max-length": 64,
+          "local-steps": args.fed_local_steps, "partitioner": args.fed_partitioner,
           "krum-f": f, "min-train-replies": 2 * f + 3}
     cells = run_cells(FEDERATED_CELLS, rc, args.fed_clients, f, args.out)
     return (f"Federated runs: {args.fed_clients} clients (all sampled every round), clients 0..{f - 1} attack "
-            f"every round, {args.fed_rounds} rounds x {args.local_steps} local steps, pafi at "
-            f"{rc['mask-density']}, Dirichlet {rc['dirichlet-alpha']}; accuracy on the 872-row SST-2 dev split "
+            f"every round, {args.fed_rounds} rounds x {args.fed_local_steps} local steps, pafi at "
+            f"{rc['mask-density']}, {args.fed_partitioner} partitions; accuracy on the 872-row SST-2 dev split "
             f"(krum-f = {f}; min-train-replies = {2 * f + 3} for every cell):\n\n" + federated_table(cells))
 
 
