@@ -139,7 +139,7 @@ def secure_vector(delta: torch.Tensor, head_delta: torch.Tensor, train_loss: flo
 
 
 def split_secure(vec: np.ndarray, k: int, h: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(delta (k,), head delta (h,), train loss) float32 of an unmasked mean of :func:`secure_vector`\ s."""
+    """(delta (k,), head delta (h,), train loss) float32 of an unmasked mean of secure vectors."""
     if vec.shape != (k + h + 1,):
         raise MalformedUpdateError(f"secure vector has shape {vec.shape}, expected ({k + h + 1},)")
     t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float64))
