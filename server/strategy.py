@@ -114,18 +114,20 @@ class SparseStrategy(Strategy):
     def secure_train(self, server_round: int, grid: Grid, msgs: list[Message], timeout: float) -> None:
         """A train round through SecAgg+: the survivors' mean (uniform weights) into ``server_step``."""
         k, h = self.expected.k, self.expected.head_size
-        sa = SecureRound(grid, self.secagg, timeout, self.cfg.seed, self._secure_reject, self._secure_expect,
-                         k + h + 1)
+        sa = SecureRound(grid, self.secagg, timeout, self.cfg.seed, lambda n, why, failed: self._reject(n, why, failed),
+                         self._secure_expect, k + h + 1)
         try:
             outcome = sa.run(msgs, server_round)
         except SecureAggregationError as exc:
-            self.current.secagg = {"bytes": sa.bytes.as_dict(), "plain_down": sa.bytes.plain_down}
-            self._count_secure(sa)
+            outcome = None
             self._skip(server_round, str(exc))
+        self.current.bytes_down += sum(sa.bytes.down.values())
+        self.current.bytes_up += sum(sa.bytes.up.values())
+        self.current.secagg = {"bytes": sa.bytes.as_dict(), "plain_down": sa.bytes.plain_down, "survivors": 0,
+                               "dropped_after_keys": 0}
+        if outcome is None:
             return
-        self._count_secure(sa)
-        self.current.secagg = {"bytes": sa.bytes.as_dict(), "plain_down": sa.bytes.plain_down,
-                               "survivors": len(outcome.survivors), "dropped_after_keys": len(outcome.dropped)}
+        self.current.secagg.update(survivors=len(outcome.survivors), dropped_after_keys=len(outcome.dropped))
         self.current.replied = len(outcome.survivors)
         for metrics in outcome.metrics.values():
             seconds = metrics.get("train-seconds", 0.0)
@@ -137,13 +139,6 @@ class SparseStrategy(Strategy):
         delta, head, loss = split_secure(outcome.mean, k, h)
         self._apply(server_round, torch.cat([delta, head])[None], torch.ones(1, dtype=torch.float64), loss,
                     len(outcome.survivors))
-
-    def _count_secure(self, sa: SecureRound) -> None:
-        self.current.bytes_down += sum(sa.bytes.down.values())
-        self.current.bytes_up += sum(sa.bytes.up.values())
-
-    def _secure_reject(self, node: int, reason: str, failed: bool) -> None:
-        self._reject(node, reason, failed=failed)
 
     def _secure_expect(self, metrics: dict) -> None:
         """The clear part of a masked reply: this run's fingerprint (nothing else is trusted or needed)."""

@@ -223,3 +223,16 @@ def test_what_the_server_receives_in_the_masked_stage_is_not_the_update(tmp_path
               f"{p_uniform:.3f}, masked weight factor {int(factor[0])} (Q = {q})")
         assert abs(corr) < 0.05 and p_uniform > 1e-3
         assert int(factor[0]) != q  # even the weight factor is masked
+
+
+@pytest.mark.integration
+def test_central_dp_on_the_secure_sum_matches_dp_in_the_clear(tmp_path, tiny_model_dir, sst2_dir):
+    """Each client clips its own update to dp-clip-norm before masking; the server adds the same seeded noise
+    (std z*C/n with n the survivors) to the unmasked mean: the plain DP run's values, to the quantization error."""
+    nodes, dp = 3, {"dp-clip-norm": 0.01, "dp-noise-multiplier": 0.5, "num-server-rounds": 2}
+    _run(_config(tiny_model_dir, sst2_dir, tmp_path / "plain", nodes, **dp), nodes)
+    _, h_sec, _ = _run(_config(tiny_model_dir, sst2_dir, tmp_path / "sec", nodes, **SECURE, **dp), nodes)
+    plain, sec = _final(tmp_path / "plain"), _final(tmp_path / "sec")
+    rel = float((sec - plain).norm() / plain.norm())
+    print(f"\ncentral DP on the secure sum vs in the clear: relative difference {rel:.2e}")
+    assert all(r["aggregated"] for r in h_sec[1:]) and rel <= 1e-3
