@@ -8,11 +8,16 @@ sends and encodes the reply; a method's per-node state lives in ``context.state`
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from shared.config import RunConfig
 from shared.faults import act_before_training, planned_fault, poison
@@ -23,10 +28,12 @@ from shared.runtime import Runtime, client_partition, get_runtime
 from shared.settings import parse_run_config
 from shared.training import evaluate as evaluate_model
 from shared.training import train_local
-from wire.protocol import CONFIG, UP_KEYS, Parts, flatten_head, unflatten_head
-from wire.records import message_parts, to_recorddict
+from wire.codec import MalformedUpdateError
+from wire.protocol import CONFIG, UP_KEYS, Parts, flatten_head, secure_vector, unflatten_head
+from wire.records import message_parts, secure_train_reply, to_recorddict
 
 app = ClientApp()
+log = logging.getLogger("fedsparse.client")
 STATE_ARRAYS, STATE_CONFIG = "fedsparse.method-arrays", "fedsparse.method-config"  # a method's node state
 
 
@@ -78,10 +85,21 @@ def _receive(msg: Message, cfg: RunConfig, rt: Runtime) -> tuple:
     return values, head_vec, dtype
 
 
-@app.train()
+def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``secaggplus_mod`` for the SecAgg+ stages (messages carrying its record); plain train otherwise."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[secure_mod])
 def train(msg: Message, context: Context) -> Message:
-    """Train the method's values and the head locally; reply with the deltas only."""
+    """Train the method's values and the head locally; reply with the deltas only (masked under SecAgg+)."""
     cfg, rt = _runtime(context)
+    secure = RECORD_KEY_CONFIGS in msg.content.config_records
+    if cfg.secure_aggregation and not secure:
+        raise ValueError("this run uses secure-aggregation: a plain train message is refused (its reply would "
+                         "show this node's update to the server)")
     values, head_vec, dtype = _receive(msg, cfg, rt)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
@@ -95,6 +113,10 @@ def train(msg: Message, context: Context) -> Message:
                          seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay)
     delta = rt.tuner.values.detach() - values
     head_delta = flatten_head(rt.tuner.head_state(), rt.base.head_names) - head_vec
+    if secure:
+        vector = _secure_update(cfg, pid, server_round, delta, head_delta, result.loss, fault)
+        clear = {"fingerprint": rt.tuner.fingerprint, "train-seconds": result.seconds}
+        return Message(secure_train_reply(vector, clear), reply_to=msg)
     arrays = rt.tuner.codec.encode_up(delta, head_delta, dtype, cfg.int8_block_size)
     if fault == "nan":
         arrays = poison(arrays, UP_KEYS[0])
@@ -102,6 +124,25 @@ def train(msg: Message, context: Context) -> Message:
                "examples-seen": result.num_examples}
     content = to_recorddict(arrays, {"fingerprint": rt.tuner.fingerprint, "partition-id": pid}, metrics)
     return Message(content, reply_to=msg)
+
+
+def _secure_update(cfg: RunConfig, pid: int, server_round: int, delta: torch.Tensor, head_delta: torch.Tensor,
+                   loss: float, fault: str | None) -> np.ndarray:
+    """The flat vector this client hands to SecAgg+ (clipped to dp-clip-norm here: the server never sees it)."""
+    if cfg.dp_clip_norm > 0:  # central DP on a secure sum: each client clips its own update's L2 norm
+        both = torch.cat([delta, head_delta]).double()
+        scale = min(1.0, cfg.dp_clip_norm / max(float(both.norm()), 1e-300))
+        delta, head_delta = (delta.double() * scale).float(), (head_delta.double() * scale).float()
+    vector = secure_vector(delta, head_delta, loss)
+    if fault == "nan":
+        vector[0] = np.nan
+    if not np.isfinite(vector).all():  # a NaN would quantize to garbage and silently corrupt everyone's sum
+        raise MalformedUpdateError(f"partition {pid}, round {server_round}: non-finite update; not sent")
+    over = int((np.abs(vector) > cfg.secagg_clipping_range).sum())
+    if over:
+        log.warning("partition %d, round %d: %d of %d coordinates beyond secagg-clipping-range %g are clipped",
+                    pid, server_round, over, vector.size, cfg.secagg_clipping_range)
+    return vector
 
 
 @app.evaluate()

@@ -14,6 +14,7 @@ from server.checkpoint import CheckpointError
 from server.outputs import save_final_model, write_json
 from server.recovery import (checkpoint_round, prepare_output_dir, resume_from_checkpoint, run_identity,
                              saved_selection)
+from server.secagg import secure_summary
 from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.validation import Expected
@@ -53,6 +54,8 @@ class RunRecorder:
                "bytes_up": rl.bytes_up, "bytes_down": rl.bytes_down, "codec_rel_error": rl.codec_rel_error,
                "round_seconds": seconds, "train_seconds": rl.train_seconds,
                "eval_seconds": time.perf_counter() - t0}
+        if rl.secagg is not None:
+            rec["secagg"] = rl.secagg
         self.history.append(rec)
         write_json(self.out / "history.json", self.history)
         print(f"[round {rl.round:>3}/{self.cfg.num_server_rounds}] acc {acc:.4f}  loss {loss:.4f}  "
@@ -81,6 +84,7 @@ class RunRecorder:
             "mask_fingerprint": self.rt.tuner.fingerprint, "model": self.rt.base.source,
             "dataset": self.cfg.dataset, "seed": self.cfg.seed,
             "lr": lr, "head_lr": head_lr,
+            **secure_summary(self.cfg, rounds, payload),
         }
 
 
@@ -134,6 +138,11 @@ def _strategy(cfg: RunConfig, rt: Runtime) -> SparseStrategy:
                         head_size=int(head0.numel()), block=cfg.int8_block_size, max_bytes=cfg.max_reply_bytes,
                         codec=rt.tuner.codec)
     lr, head_lr = rt.method.learning_rates(cfg)
+    if cfg.secure_aggregation:
+        print(f"fedsparse: secure aggregation (SecAgg+): uniform weights, each coordinate clipped to "
+              f"[-{cfg.secagg_clipping_range:g}, {cfg.secagg_clipping_range:g}] on the client, quantization step "
+              f"{2 * cfg.secagg_clipping_range / cfg.secagg_quantization_range:.3g}, modulus "
+              f"{cfg.secagg_modulus_range}", flush=True)
     print(f"fedsparse: method={cfg.method} k={rt.tuner.k} of {sum(p.numel() for p in rt.base.model.parameters())} "
           f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}, lr {lr:g} (head {head_lr:g})",
           flush=True)

@@ -117,16 +117,19 @@ def plan(name: str) -> tuple[str, str]:
 
 
 def server_step(deltas: torch.Tensor, weights: torch.Tensor, state: OptState, hp: ServerSettings,
-                server_round: int) -> tuple[torch.Tensor, OptState]:
+                server_round: int, num_clients: int | None = None) -> tuple[torch.Tensor, OptState]:
     """The update to add to the global (d,) vector from stacked client deltas (n, d); float32 (d,).
 
     With ``dp-clip-norm`` > 0 each row is clipped to that L2 norm and weighted equally (the DP
     sensitivity argument needs equal weights); noise is seeded by (seed, round), so it replays.
+    ``num_clients``: how many clients the rows stand for (a secure round passes its one mean row and
+    the survivors' count, so the noise std is still z*C/n); default the number of rows.
     """
     agg_name, opt_name = plan(hp.aggregator)
-    n = deltas.shape[0]
+    n = deltas.shape[0] if num_clients is None else int(num_clients)
     if hp.dp_clip_norm > 0:
-        deltas, weights = clip_rows(deltas, hp.dp_clip_norm), torch.ones(n, dtype=torch.float64)
+        deltas = clip_rows(deltas, hp.dp_clip_norm)
+        weights = torch.ones(deltas.shape[0], dtype=torch.float64)
     g = aggregate(agg_name, deltas, weights, trim_fraction=hp.trim_fraction, cc_tau=hp.cc_tau,
                   cc_iterations=hp.cc_iterations, krum_f=hp.krum_f, krum_m=hp.krum_m).double()
     if hp.dp_noise_multiplier > 0:

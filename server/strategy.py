@@ -26,11 +26,14 @@ from server.rounds import GlobalState, RoundLog, send_and_receive  # noqa: F401 
 from server.aggregation import AggregationError
 from server.guards import bound_updates, capped_weights, example_caps
 from server.handshake import admit, duplicates
+from server.secagg import SecAggParams, SecureAggregationError, check_capacity
+from server.secure_round import SecureRound
 from server.server_opt import OptState, ServerSettings, server_step
 from server.validation import Expected, validate_reply
 from shared.config import RunConfig
+from shared.masks import MaskMismatchError
 from wire.codec import MalformedUpdateError, relative_error, representable
-from wire.protocol import HANDSHAKE, TRAIN, Update
+from wire.protocol import HANDSHAKE, TRAIN, Update, split_secure
 from wire.records import message_bytes, message_parts, to_recorddict
 
 log = logging.getLogger("fedsparse.server")
@@ -48,12 +51,13 @@ class SparseStrategy(Strategy):
         self.sent: dict[str, int] = {}  # this round's message ids -> the node each was sent to
         self.round_nodes: set[int] | None = None  # the nodes sampled this round (None before configure_train)
         self.declared: dict[int, int] = {}  # node id -> num-examples it declared at the handshake
+        self.secagg = SecAggParams.from_config(cfg) if cfg.secure_aggregation else None
 
     # ---- Strategy contract -----------------------------------------------------------------
     def summary(self) -> None:
-        log.info("SparseStrategy: k=%d head=%d dtype=%s aggregator=%s fraction-train=%.2f",
+        log.info("SparseStrategy: k=%d head=%d dtype=%s aggregator=%s fraction-train=%.2f secure=%s",
                  self.expected.k, self.expected.head_size, self.cfg.value_dtype, self.cfg.aggregator,
-                 self.cfg.fraction_train)
+                 self.cfg.fraction_train, self.secagg is not None)
 
     def encoded_global(self) -> dict:
         return self.expected.codec.encode_down(self.state.values, self.state.head, self.cfg.value_dtype,
@@ -85,8 +89,14 @@ class SparseStrategy(Strategy):
                                         example_caps(self.declared, self.cfg.examples_cap_multiple), self.cfg.weighting)
         self._note([node for node, _ in updates], notes)
         stack = torch.stack([torch.cat([u.delta, u.head_delta]) for _, u in updates])
+        loss = float(sum(u.train_loss * w for (_, u), w in zip(updates, weights.tolist())) / weights.sum())
+        return self._apply(server_round, stack, weights, loss, len(updates))
+
+    def _apply(self, server_round: int, stack: torch.Tensor, weights: torch.Tensor, loss: float,
+               num_clients: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """``server_step`` on (n, k + h) ``stack`` (a secure round: its one mean row) and the guarded update."""
         try:
-            step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round)
+            step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round, num_clients)
         except AggregationError as exc:  # e.g. too few replies for multi-krum's f: skip, never crash
             self._skip(server_round, str(exc))
             return None, None
@@ -97,10 +107,44 @@ class SparseStrategy(Strategy):
             self._skip(server_round, f"the aggregated update leaves non-finite values or values beyond {dtype}'s range")
             return None, None
         self.state, self.opt_state = new, opt_state
-        updates = [u for _, u in updates]
-        loss = float(sum(u.train_loss * w for u, w in zip(updates, weights.tolist())) / weights.sum())
         self.current.train_loss, self.current.aggregated = loss, True
-        return ArrayRecord(), MetricRecord({"train-loss": loss, "replies": len(updates)})
+        return ArrayRecord(), MetricRecord({"train-loss": loss, "replies": num_clients})
+
+    # ---- secure aggregation ----------------------------------------------------------------------
+    def secure_train(self, server_round: int, grid: Grid, msgs: list[Message], timeout: float) -> None:
+        """A train round through SecAgg+: the survivors' mean (uniform weights) into ``server_step``."""
+        k, h = self.expected.k, self.expected.head_size
+        sa = SecureRound(grid, self.secagg, timeout, self.cfg.seed, lambda n, why, failed: self._reject(n, why, failed),
+                         self._secure_expect, k + h + 1)
+        try:
+            outcome = sa.run(msgs, server_round)
+        except SecureAggregationError as exc:
+            outcome = None
+            self._skip(server_round, str(exc))
+        self.current.bytes_down += sum(sa.bytes.down.values())
+        self.current.bytes_up += sum(sa.bytes.up.values())
+        self.current.secagg = {"bytes": sa.bytes.as_dict(), "plain_down": sa.bytes.plain_down, "survivors": 0,
+                               "dropped_after_keys": 0}
+        if outcome is None:
+            return
+        self.current.secagg.update(survivors=len(outcome.survivors), dropped_after_keys=len(outcome.dropped))
+        self.current.replied = len(outcome.survivors)
+        for metrics in outcome.metrics.values():
+            seconds = metrics.get("train-seconds", 0.0)
+            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+                self.current.train_seconds += float(seconds)
+        if len(outcome.survivors) < self.cfg.min_train_replies:
+            self._skip(server_round, f"{len(outcome.survivors)} survivors < min-train-replies {self.cfg.min_train_replies}")
+            return
+        delta, head, loss = split_secure(outcome.mean, k, h)
+        self._apply(server_round, torch.cat([delta, head])[None], torch.ones(1, dtype=torch.float64), loss,
+                    len(outcome.survivors))
+
+    def _secure_expect(self, metrics: dict) -> None:
+        """The clear part of a masked reply: this run's fingerprint (nothing else is trusted or needed)."""
+        fp = metrics.get("fingerprint")
+        if not isinstance(fp, str) or fp != self.expected.fingerprint:
+            raise MaskMismatchError(f"mask fingerprint {str(fp)[:16]!r} != server's {self.expected.fingerprint[:16]!r}")
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -245,6 +289,17 @@ class SparseStrategy(Strategy):
             raise RuntimeError("no node passed the handshake: " + "; ".join(self.current.reasons[:3]))
         return self.current
 
+    def plain_train(self, server_round: int, grid: Grid, msgs: list[Message], timeout: float) -> None:
+        """A train round in the clear: send, collect, the wall, ``aggregate_train``."""
+        self.current.bytes_down = sum(message_bytes(m) for m in msgs)
+        self.sent = {}
+        replies = send_and_receive(grid, msgs, timeout, sent=self.sent)
+        replied_nodes: set[int] = set()
+        replies = [r for r in replies if not (self._sender(r) in replied_nodes or replied_nodes.add(self._sender(r)))]
+        for node in {m.metadata.dst_node_id for m in msgs} - replied_nodes:
+            self._reject(node, f"no reply within {timeout:.0f}s", failed=True)
+        self.aggregate_train(server_round, replies)
+
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None,
@@ -252,22 +307,19 @@ class SparseStrategy(Strategy):
               on_round: Callable[[RoundLog, float], None] | None = None, first_round: int = 1) -> GlobalState:
         """Run rounds ``first_round..num_rounds``; ``on_round(log, seconds)`` after each."""
         self.summary()
+        if self.secagg is not None:  # n x Q < M for the round size this federation gives (one line if not)
+            check_capacity(len(self.sample(first_round)) if self.partitions else 0, self.secagg)
         for rnd in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
             self.current = RoundLog(rnd)
             arrays = ArrayRecord({k: Array(a) for k, a in self.encoded_global().items()})
             msgs = list(self.configure_train(rnd, arrays, train_config or ConfigRecord(), grid))
             self.current.sampled = len(msgs)
-            self.current.bytes_down = sum(message_bytes(m) for m in msgs)
-            self.sent = {}
-            replies = send_and_receive(grid, msgs, timeout, sent=self.sent)
-            replied_nodes = set()
-            replies = [r for r in replies if not (self._sender(r) in replied_nodes
-                                                 or replied_nodes.add(self._sender(r)))]
-            for node in {m.metadata.dst_node_id for m in msgs} - replied_nodes:
-                self._reject(node, f"no reply within {timeout:.0f}s", failed=True)
             before = self.state.values
-            self.aggregate_train(rnd, replies)
+            if self.secagg is not None:
+                self.secure_train(rnd, grid, msgs, timeout)
+            else:
+                self.plain_train(rnd, grid, msgs, timeout)
             if self.current.aggregated:  # what the run's codec loses on this round's applied update (reported)
                 self.current.codec_rel_error = self._codec_error(self.state.values - before)
             if on_round is not None:

@@ -20,6 +20,8 @@ PARTITIONERS = ("iid", "dirichlet")
 MASK_SCOPES = ("global", "per-matrix")
 # run-config ``aggregator`` values; server/server_opt.py's PLANS maps each to (aggregator, server optimizer)
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "centered-clipping", "multi-krum", "fedavgm", "fedadam", "fedyogi")
+# the aggregators that need only the (weighted) mean of the updates: what a secure sum can feed
+MEAN_AGGREGATORS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 
 __all__ = ["ConfigError", "RunConfig", "core_config"]
 
@@ -77,6 +79,20 @@ class RunConfig:
                                         "declaration; 0 = no cap beyond the declaration", low=0)
     dp_clip_norm: float = knob(0.0, "central DP: L2 bound of each client's update; 0 = no clipping", low=0)
     dp_noise_multiplier: float = knob(0.0, "central DP: noise std z*C/n on the mean; 0 = no noise", low=0)
+    secure_aggregation: bool = knob(False, "train rounds through SecAgg+ (Flower's): the server learns only the sum "
+                                    "of the aligned updates; uniform weights")
+    secagg_num_shares: float = knob(1.0, "SecAgg+ shares per secret (neighbours incl. itself): <= 1 = that share of "
+                                    "the round's sampled nodes, > 2 = a count", low=0, low_open=True)
+    secagg_reconstruction_threshold: float = knob(0.6, "SecAgg+ shares needed to rebuild a secret: <= 1 = that "
+                                                  "share of secagg-num-shares (at least 2), >= 2 = a count", low=0,
+                                                  low_open=True)
+    secagg_clipping_range: float = knob(1.0, "SecAgg+: each client clips every coordinate of its update into "
+                                        "[-c, c] before quantization", low=0, low_open=True)
+    secagg_quantization_range: int = knob(2**24, "SecAgg+: integers per clipping range (quantization step "
+                                          "2c/Q); sampled nodes x Q must stay below the modulus", low=2,
+                                          high=2**31 - 1)
+    secagg_modulus_range: int = knob(2**32, "SecAgg+: modulus of the masked sums, a power of two above the "
+                                     "quantization range", low=4, high=2**32)
     resume: bool = knob(False, "continue from output-dir's last checkpoint")
     crash_after_round: int = knob(0, "tests only: exit hard after this round's checkpoint; 0 = never", low=0)
     fail_rate: float = knob(0.0, "fault injection: share of client rounds that fail", low=0, high=1)
@@ -94,6 +110,8 @@ class RunConfig:
         if self.dp_noise_multiplier > 0 and self.dp_clip_norm <= 0:
             raise ConfigError("run-config key 'dp-noise-multiplier' > 0 needs dp-clip-norm > 0 "
                               "(the noise std is z*C/n); set dp-clip-norm")
+        if self.secure_aggregation:
+            check_secure_aggregation(self)
 
     @property
     def max_reply_bytes(self) -> int:
@@ -102,6 +120,39 @@ class RunConfig:
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_secure_aggregation(cfg: RunConfig) -> None:
+    """One-line :class:`ConfigError` for a setting that cannot run on a secure sum or a bad SecAgg+ range.
+
+    The server sees only the sum of the updates: no aggregator or guard that looks at each update can run.
+    Per-client DP clipping moves to the client (each clips its own update before masking).
+    """
+    if cfg.aggregator not in MEAN_AGGREGATORS:
+        raise ConfigError(f"secure-aggregation=true cannot run aggregator '{cfg.aggregator}': it needs each "
+                          f"client's update and the server sees only their sum; use one of "
+                          f"{', '.join(MEAN_AGGREGATORS)}")
+    for key, value in (("max-update-norm", cfg.max_update_norm), ("update-norm-multiple", cfg.update_norm_multiple)):
+        if value > 0:
+            raise ConfigError(f"secure-aggregation=true cannot run '{key}' (a per-client norm policy): the server "
+                              f"never sees a client's update; set {key}=0 (secagg-clipping-range bounds each "
+                              f"coordinate on the client, dp-clip-norm each client's L2 norm)")
+    shares, threshold = cfg.secagg_num_shares, cfg.secagg_reconstruction_threshold
+    if shares > 1 and (shares != int(shares) or shares <= 2):
+        raise ConfigError(f"run-config key 'secagg-num-shares' must be a share in (0, 1] or an integer count > 2, "
+                          f"got {shares!r}")
+    if threshold > 1 and (threshold != int(threshold) or threshold < 2):
+        raise ConfigError(f"run-config key 'secagg-reconstruction-threshold' must be a share in (0, 1] or an "
+                          f"integer count >= 2, got {threshold!r}")
+    if shares > 1 and threshold > 1 and threshold >= shares:
+        raise ConfigError(f"run-config key 'secagg-reconstruction-threshold' ({threshold:g}) must be below "
+                          f"secagg-num-shares ({shares:g})")
+    q, m = cfg.secagg_quantization_range, cfg.secagg_modulus_range
+    if m & (m - 1):
+        raise ConfigError(f"run-config key 'secagg-modulus-range' must be a power of two, got {m}")
+    if 2 * q >= m:  # a round has at least 2 clients; the exact n x Q < M check runs once the nodes are known
+        raise ConfigError(f"run-config key 'secagg-modulus-range' ({m}) must exceed 2 x secagg-quantization-range "
+                          f"({q}) so a sum of quantized updates cannot wrap; raise the modulus or lower the range")
 
 
 CORE_KEYS = frozenset(knobs(RunConfig))

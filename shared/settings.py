@@ -42,7 +42,11 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     for settings in {cls for cls, _ in extra.values()}:
         build(settings, options)  # range checks of every method's knobs, active or not
     cfg = core_config(run_config, options)
-    get_method(cfg.method)  # a one-line error naming the registered methods
+    method = get_method(cfg.method)  # a one-line error naming the registered methods
+    if cfg.secure_aggregation and not method.aligned:
+        raise ConfigError(f"secure-aggregation=true cannot run method '{cfg.method}': its updates are not aligned "
+                          f"(each carries its own positions), so SecAgg+ masks cannot cancel coordinate by "
+                          f"coordinate; use a shared-mask method (e.g. pafi) or secure-aggregation=false")
     return cfg
 
 

@@ -125,3 +125,22 @@ class UpdateCodec:
 
 
 VALUES = UpdateCodec()
+
+# Under secure aggregation a client's update is one flat vector: delta (k) ‖ head delta (h) ‖ train loss / 64.
+# The loss rides inside the masked vector (the server learns only the mean loss); /64 keeps it in the
+# clipping range for any loss below 64 * secagg-clipping-range.
+SECURE_LOSS_SCALE = 64.0
+
+
+def secure_vector(delta: torch.Tensor, head_delta: torch.Tensor, train_loss: float) -> np.ndarray:
+    """(k + h + 1,) float64: what a client puts under SecAgg+'s masks."""
+    loss = np.array([float(train_loss) / SECURE_LOSS_SCALE])
+    return np.concatenate([delta.detach().double().numpy(), head_delta.detach().double().numpy(), loss])
+
+
+def split_secure(vec: np.ndarray, k: int, h: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(delta (k,), head delta (h,), train loss) float32 of an unmasked mean of secure vectors."""
+    if vec.shape != (k + h + 1,):
+        raise MalformedUpdateError(f"secure vector has shape {vec.shape}, expected ({k + h + 1},)")
+    t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float64))
+    return t[:k].float(), t[k:k + h].float(), float(t[-1]) * SECURE_LOSS_SCALE

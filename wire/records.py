@@ -38,3 +38,28 @@ def message_bytes(msg: Message) -> int:
     objects: message, record dict, records, arrays and their chunks), measured, not estimated.
     """
     return int(sum(len(obj.deflate()) for obj in get_all_nested_objects(msg).values()))
+
+
+# ---- secure aggregation: the legacy layout Flower's ``secaggplus_mod`` reads from the train handler ----
+SECURE_METRICS = "fitres.metrics"  # the clear part of a masked reply (ConfigRecord)
+
+
+def secure_train_reply(vector: np.ndarray, metrics: Mapping[str, Any]) -> RecordDict:
+    """The train handler's reply under secure aggregation: one flat float64 vector as a legacy ``FitRes``.
+
+    ``secaggplus_mod`` quantizes and masks ``vector`` and clears the arrays before the reply leaves the
+    node; ``metrics`` (fingerprint, diagnostics) travel in the clear. ``num_examples`` is 1: every client
+    weighs the same, so no example count is sent.
+    """
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common.recorddict_compat import fitres_to_recorddict
+
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.ascontiguousarray(vector, np.float64)]), 1,
+                    dict(metrics))
+    return fitres_to_recorddict(fitres, keep_input=True)
+
+
+def metrics_of_secure_reply(msg: Message) -> dict[str, Any]:
+    """The clear metrics of a masked-stage reply ({} if it has none)."""
+    records = msg.content.config_records
+    return dict(records[SECURE_METRICS]) if SECURE_METRICS in records else {}

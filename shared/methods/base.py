@@ -16,6 +16,9 @@ hook                     what it is                                           de
 ``client_routes``        the client side of that phase (``query.<route>``)    none
 ``restore``              client: re-install per-node state before a message   none
 ``Tuner.codec``          how an update is encoded and decoded                 values only (aligned)
+``aligned``              its updates are dense over the same k coordinates    True
+                         (= ``Tuner.codec.aligned``; known before any model
+                         loads, so secure aggregation is refused at start)
 ``Tuner.describe``       the method's figures for summary.json                ``{}``
 ``Tuner.finalize``       a final step on the merged model (dsee pruning)      ``{}``
 ``Tuner.save_artifact``  the small task artifact; ``apply_artifact`` reads it  (required)
@@ -186,6 +189,7 @@ class Method:
     select: Callable[[PhaseContext], dict[str, torch.Tensor]] | None = None
     client_routes: Mapping[str, ClientRoute] = field(default_factory=dict)
     restore: Callable[[Tuner, dict[str, Any]], None] | None = None
+    aligned: bool = True
 
     def settings_of(self, cfg: RunConfig) -> Any:
         """The method's typed settings from ``cfg.options`` (validated; defaults for keys not given)."""

@@ -35,6 +35,10 @@ def test_two_supernodes_tls_auth_two_rounds(tmp_path, tiny_model_dir, sst2_dir):
         runs = dep.list_runs()
         dep.restart_superlink()  # state lives in --database: a restarted SuperLink still knows the run
         assert [r["run-id"] for r in dep.list_runs()] == [r["run-id"] for r in runs] and len(runs) == 1
+        secure = tmp_path / "secure"  # one SecAgg+ round on the same TLS + node-auth federation
+        rc = dep.run({**run_config(tiny_model_dir, sst2_dir, secure), "num-server-rounds": 1,
+                      "secure-aggregation": True}, timeout=900)
+        assert rc == 0, (dep.workdir / "flwr-run.log").read_text()[-3000:]
 
     history = json.loads((out / "history.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
@@ -45,6 +49,10 @@ def test_two_supernodes_tls_auth_two_rounds(tmp_path, tiny_model_dir, sst2_dir):
     assert summary["rounds"] == 2
     assert 0 < summary["bytes_up_per_client_round"] < summary["dense_bytes_per_client_round"]
     assert (out / "model" / "config.json").is_file() and (out / "delta.safetensors").is_file()
+
+    secure_rec = json.loads((secure / "history.json").read_text())[1]
+    assert secure_rec["aggregated"] and secure_rec["replied"] == 2 and secure_rec["secagg"]["survivors"] == 2
+    assert all(b["down"] > 0 and b["up"] > 0 for b in secure_rec["secagg"]["bytes"].values())
 
     from transformers import AutoModelForSequenceClassification
 

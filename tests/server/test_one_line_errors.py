@@ -39,6 +39,9 @@ def _refusal(tmp_path, capsys, **rc) -> str:
     ({"fail-rate": "often"}, "'fail-rate' must be float"),
     ({"lr": float("nan")}, "'lr'"),
     ({"lora-rnk": 4}, "did you mean 'lora-rank'"),
+    ({"secure-aggregation": True, "method": "topk"}, "cannot run method 'topk': its updates are not aligned"),
+    ({"secure-aggregation": True, "aggregator": "median"}, "cannot run aggregator 'median': it needs each client's"),
+    ({"secure-aggregation": True, "secagg-modulus-range": 3 * 2**30}, "'secagg-modulus-range' must be a power of two"),
 ])
 def test_bad_knobs(tmp_path, capsys, rc, needle):
     assert needle in _refusal(tmp_path, capsys, **rc)

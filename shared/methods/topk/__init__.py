@@ -35,4 +35,4 @@ def build_topk(base: BaseModel, cfg: RunConfig, digest: str) -> TopkTuner:
 
 
 METHOD = Method(name="topk", help="dense local training; upload = the k largest |delta| with int32 positions",
-                build=build_topk, lr=2e-4, head_lr=5e-3)
+                build=build_topk, lr=2e-4, head_lr=5e-3, aligned=False)

@@ -35,7 +35,7 @@ from wire.protocol import unflatten_head
 from wire.records import message_bytes, message_parts
 
 NODES = 3
-CHECKS = 9  # test cases per method below (the closing note reports methods x checks)
+CHECKS = 10  # test cases per method below (the closing note reports methods x checks)
 
 
 @dataclass
@@ -184,3 +184,9 @@ def test_bytes_are_measured_from_the_messages(fed):
     assert s.current.bytes_up == sum(sizes)
     payload = fed.rt.tuner.payload_bytes(4)
     assert all(payload <= size <= payload + 16_384 for size in sizes), (payload, sizes)
+
+
+def test_the_method_declares_the_alignment_of_its_codec(fed):
+    """``Method.aligned`` (read at start, before any model loads, to refuse secure aggregation) is the codec's."""
+    method = methods()[fed.strategy.cfg.method]
+    assert method.aligned == fed.rt.tuner.codec.aligned
