@@ -8,18 +8,19 @@ sends and encodes the reply; a method's per-node state lives in ``context.state`
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from shared.config import RunConfig
+from shared.device import to_cpu
 from shared.faults import act_before_training, planned_fault, poison
 from shared.masks import MaskMismatchError
 from shared.methods import methods
 from shared.methods.base import ClientCall, ClientRoute, Method
-from shared.runtime import Runtime, client_partition, get_runtime
+from shared.runtime import Runtime, client_partition, client_partition_size, get_runtime
 from shared.settings import parse_run_config
 from shared.training import evaluate as evaluate_model
 from shared.training import train_local
@@ -53,9 +54,22 @@ def _keep_state(context: Context, state: dict[str, Any]) -> None:
     context.state[STATE_CONFIG] = ConfigRecord({k: v for k, v in state.items() if not isinstance(v, np.ndarray)})
 
 
+_PARSED: dict[tuple, RunConfig] = {}  # run config -> parsed settings; one entry per run a worker serves
+
+
+def _config(run_config: Mapping[str, Any]) -> RunConfig:
+    """``parse_run_config`` once per distinct run config (every message of a run carries the same one)."""
+    key = tuple(sorted((k, repr(v)) for k, v in run_config.items()))
+    if key not in _PARSED:
+        if len(_PARSED) >= 4:
+            _PARSED.clear()
+        _PARSED[key] = parse_run_config(run_config)
+    return _PARSED[key]
+
+
 def _runtime(context: Context, state: dict[str, Any] | None = None) -> tuple[RunConfig, Runtime]:
     """The parsed config and this process's runtime, with the method's node state (read once) re-installed."""
-    cfg = parse_run_config(context.run_config)
+    cfg = _config(context.run_config)
     rt = get_runtime(cfg)
     if rt.method.restore is not None:
         rt.method.restore(rt.tuner, _node_state(context) if state is None else state)
@@ -92,9 +106,10 @@ def train(msg: Message, context: Context) -> Message:
     lr, head_lr = rt.method.learning_rates(cfg)
     groups = [{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": head_lr}]
     result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
-                         seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay)
-    delta = rt.tuner.values.detach() - values
-    head_delta = flatten_head(rt.tuner.head_state(), rt.base.head_names) - head_vec
+                         seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay,
+                         precision=cfg.precision)
+    delta = rt.tuner.values.detach().cpu() - values  # the wire is on the CPU, whatever the device
+    head_delta = flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names) - head_vec
     arrays = rt.tuner.codec.encode_up(delta, head_delta, dtype, cfg.int8_block_size)
     if fault == "nan":
         arrays = poison(arrays, UP_KEYS[0])
@@ -111,7 +126,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _receive(msg, cfg, rt)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
-    loss, acc = evaluate_model(rt.base.model, data, cfg.eval_batch_size)
+    loss, acc = evaluate_model(rt.base.model, data, cfg.eval_batch_size, cfg.precision)
     metrics = {"num-examples": len(data), "eval-loss": loss, "eval-acc": acc}
     return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)
 
@@ -121,7 +136,7 @@ def query(msg: Message, context: Context) -> Message:
     """Handshake: this node's partition, its size and the mask fingerprint (derived locally, never sent)."""
     cfg, rt = _runtime(context)
     pid, nparts = _node_partition(context)
-    size = len(client_partition(cfg, rt.base.tokenizer, pid, nparts))  # the cap on what its replies may claim
+    size = client_partition_size(cfg, pid, nparts)  # the cap on what its replies may claim; counted, not tokenized
     metrics = {"partition-id": pid, "num-partitions": nparts, "num-examples": size, "k": rt.tuner.k}
     return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)
 

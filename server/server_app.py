@@ -11,6 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointError
+from server.linkstate_index import install as install_linkstate_index
 from server.outputs import save_final_model, write_json
 from server.recovery import (checkpoint_round, prepare_output_dir, resume_from_checkpoint, run_identity,
                              saved_selection)
@@ -19,6 +20,7 @@ from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.validation import Expected
 from shared.config import ConfigError, RunConfig
 from shared.data import DataLoadError, load_splits
+from shared.device import resolve_device, to_cpu
 from shared.masks import MaskError
 from shared.model import ModelLoadError
 from shared.runtime import Runtime, get_runtime, test_split
@@ -26,6 +28,7 @@ from shared.settings import parse_run_config
 from shared.training import evaluate
 from wire.protocol import BYTES_PER_VALUE, flatten_head, unflatten_head
 
+install_linkstate_index()  # the Simulation Engine's hand-out: O(messages), not O(nodes x messages)
 app = ServerApp()
 log = logging.getLogger("fedsparse.server")
 
@@ -42,7 +45,7 @@ class RunRecorder:
     def evaluate(self, state: GlobalState) -> tuple[float, float]:
         head = unflatten_head(state.head, self.rt.tuner.head_state(), self.rt.base.head_names)
         self.rt.tuner.load(state.values, head)
-        return evaluate(self.rt.base.model, self.test, self.cfg.eval_batch_size)
+        return evaluate(self.rt.base.model, self.test, self.cfg.eval_batch_size, self.cfg.precision)  # on the device
 
     def record(self, rl: RoundLog, state: GlobalState, seconds: float) -> dict:
         t0 = time.perf_counter()
@@ -104,6 +107,7 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     prepare_output_dir(cfg, out)  # before any model loads
     load_splits(cfg.dataset, cfg.data_dir)  # a bad data folder or file fails here, in one line, before any model
+    resolve_device(cfg.device)  # so does a device this machine lacks (device=cuda on a CPU-only host)
     rt = get_runtime(cfg)
     rt.tuner.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
     strategy = _strategy(cfg, rt)
@@ -129,7 +133,7 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
 
 def _strategy(cfg: RunConfig, rt: Runtime) -> SparseStrategy:
     """The strategy at round 0: the tuner's initial values and head, and what a valid reply looks like."""
-    head0 = flatten_head(rt.tuner.head_state(), rt.base.head_names)
+    head0 = flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names)  # the global state lives on the CPU
     expected = Expected(fingerprint=rt.tuner.fingerprint, value_dtype=cfg.value_dtype, k=rt.tuner.k,
                         head_size=int(head0.numel()), block=cfg.int8_block_size, max_bytes=cfg.max_reply_bytes,
                         codec=rt.tuner.codec)
@@ -146,7 +150,7 @@ def _finish(cfg: RunConfig, rt: Runtime, out: Path, recorder: RunRecorder, strat
     merged = save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
     summary.update(rt.tuner.describe())  # method-specific figures (topk k, LoRA rank, ...)
-    accuracy = lambda m: evaluate(m, recorder.test, cfg.eval_batch_size)[1]  # noqa: E731
+    accuracy = lambda m: evaluate(m, recorder.test, cfg.eval_batch_size, cfg.precision)[1]  # noqa: E731
     summary.update(rt.tuner.finalize(merged, final.values, accuracy, out))  # e.g. DSEE pruning
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "

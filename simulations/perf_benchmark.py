@@ -90,8 +90,12 @@ def bench_steps(args) -> dict:
             "density": cfg.mask_density, "model": rt.base.source}
 
 
-def run_with_peak_rss(run_config: dict, num_supernodes: int, timeout: float) -> dict:
-    """Run one simulation; sample the summed RSS of this process's descendants every 0.2 s."""
+def run_with_peak_rss(run_config: dict, num_supernodes: int, timeout: float, **launch) -> dict:
+    """Run one simulation; sample the summed RSS of this process's descendants every 0.2 s.
+
+    ``launch``: further keywords of :func:`simulations.launcher.run_simulation` (client resources,
+    ``ray_address``, ``quiet``).
+    """
     from simulations.launcher import run_simulation
 
     me, peak, stop = psutil.Process(), [0, 0], threading.Event()
@@ -113,7 +117,7 @@ def run_with_peak_rss(run_config: dict, num_supernodes: int, timeout: float) -> 
     sampler.start()
     t0 = time.perf_counter()
     try:
-        rc = run_simulation(run_config, num_supernodes=num_supernodes, timeout=timeout, quiet=True)
+        rc = run_simulation(run_config, num_supernodes=num_supernodes, timeout=timeout, **{"quiet": True, **launch})
     finally:
         stop.set()
         sampler.join()
