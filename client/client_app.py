@@ -8,6 +8,7 @@ sends and encodes the reply; a method's per-node state lives in ``context.state`
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -115,8 +116,24 @@ def train(msg: Message, context: Context) -> Message:
         arrays = poison(arrays, UP_KEYS[0])
     metrics = {"num-examples": len(data), "train-loss": result.loss, "train-seconds": result.seconds,
                "examples-seen": result.num_examples}
-    content = to_recorddict(arrays, {"fingerprint": rt.tuner.fingerprint, "partition-id": pid}, metrics)
+    config = {"fingerprint": rt.tuner.fingerprint, "partition-id": pid}
+    config.update(_worker_node())
+    content = to_recorddict(arrays, config, metrics)
     return Message(content, reply_to=msg)
+
+
+def _worker_node() -> dict[str, str]:
+    """``{"worker-node": <Ray node id>}`` when this client runs in a Ray worker (simulation), else ``{}``.
+
+    Diagnostic only (which machine of a Ray cluster ran the client); the server counts it, never needs it.
+    """
+    ray = sys.modules.get("ray")  # never import Ray here: a SuperNode of the Deployment Engine has none
+    try:
+        if ray is not None and ray.is_initialized():
+            return {"worker-node": str(ray.get_runtime_context().get_node_id())}
+    except Exception:  # noqa: BLE001 - a diagnostic must not fail a round
+        pass
+    return {}
 
 
 @app.evaluate()

@@ -54,7 +54,7 @@ class RunRecorder:
                "sampled": rl.sampled, "replied": rl.replied, "rejected": rl.rejected, "failed": rl.failed,
                "rejected_reasons": rl.reasons, "aggregated": rl.aggregated,
                "bytes_up": rl.bytes_up, "bytes_down": rl.bytes_down, "codec_rel_error": rl.codec_rel_error,
-               "round_seconds": seconds, "train_seconds": rl.train_seconds,
+               "round_seconds": seconds, "train_seconds": rl.train_seconds, "worker_nodes": rl.worker_nodes,
                "eval_seconds": time.perf_counter() - t0}
         self.history.append(rec)
         write_json(self.out / "history.json", self.history)
