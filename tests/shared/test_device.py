@@ -227,3 +227,19 @@ def test_a_whole_run_with_device_and_bf16_keeps_the_wire_and_outputs_on_cpu(tmp_
                 assert arr.numpy().dtype.kind in "fiu"
     from safetensors.torch import load_file
     assert all(t.device.type == "cpu" for t in load_file(str(tmp_path / "run" / "delta.safetensors")).values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU")
+def test_the_server_refuses_an_absent_device_in_one_line(tmp_path, tiny_model_dir, sst2_dir, capsys):
+    from client.client_app import app as client_app
+    from server.server_app import main
+    from tests.support.local_grid import LocalGrid
+
+    cfg = {"model": str(tiny_model_dir), "data-dir": str(sst2_dir), "output-dir": str(tmp_path / "run"),
+           "device": "cuda:1"}
+    with pytest.raises(SystemExit) as exit_:
+        main(LocalGrid(client_app, cfg, 2), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                                     run_config=cfg))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedsparse: error: device=cuda:1") and "\n" not in err
