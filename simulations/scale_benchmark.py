@@ -4,7 +4,8 @@ For each federation size N (``--clients 1000,10000``) it runs a real simulation 
 ``simulations.launcher`` with ``fraction-train = sampled / N`` (100 clients per round by default),
 ``--local-steps`` local steps and ``--rounds`` rounds on the bundled MiniLM and SST-2, and reports:
 the handshake (round 0: every node is asked for its partition once), each round's wall time
-(``round_seconds`` in history.json), the whole run's wall time and the peak RSS of the whole
+(``round_seconds`` in history.json) split into the sampled clients' summed local-training seconds
+(``train_seconds``, which a loaded machine stretches) and the rest (the federation's own cost), the whole run's wall time and the peak RSS of the whole
 process tree (SuperLink, SuperExec, simulation process with the ServerApp, Ray GCS/raylet/workers;
 RSS summed over processes, sampled every 0.2 s by psutil). Figures go to ``--out/scale.json``.
 
@@ -51,15 +52,20 @@ def run_size(args, clients: int) -> dict:
 
 def show(results: dict) -> None:
     table = Table(title="scale: s/round and peak RSS vs clients that exist (sampled per round fixed)")
-    for col in ("clients", "sampled/round", "rc", "handshake s", "rounds s", "s/round", "wall s", "peak RSS GiB"):
+    cols = ("clients", "sampled/round", "rc", "handshake s", "rounds s", "s/round", "clients' training s/round",
+            "rest s/round", "wall s", "peak RSS GiB")
+    for col in cols:
         table.add_column(col, justify="right")
     for key in sorted(results, key=int):
         r = results[key]
         per = " / ".join(f"{x['seconds']:.1f}" for x in r["rounds"] if x["round"] >= 1)
         spr = f"{r['seconds_per_round']:.1f}" if r["seconds_per_round"] is not None else "-"
         hs = f"{r['handshake_seconds']:.1f}" if r["handshake_seconds"] is not None else "-"
-        table.add_row(f"{r['clients']:,}", str(r["sampled_per_round"]), str(r["rc"]), hs, per, spr,
-                      f"{r['wall_seconds']:.0f}", f"{r['peak_rss_gib']:.2f}")
+        trained = [x for x in r["rounds"] if x["round"] >= 1]
+        train = sum(x["train_seconds"] for x in trained) / max(1, len(trained))
+        rest = sum(x["seconds"] - x["train_seconds"] for x in trained) / max(1, len(trained))
+        table.add_row(f"{r['clients']:,}", str(r["sampled_per_round"]), str(r["rc"]), hs, per, spr, f"{train:.1f}",
+                      f"{rest:.1f}", f"{r['wall_seconds']:.0f}", f"{r['peak_rss_gib']:.2f}")
     Console().print(table)
 
 
