@@ -83,12 +83,17 @@ def _wait_nodes(address: str, count: int, procs: list[subprocess.Popen], logs: l
 @contextmanager
 def ray_cluster(workers: int = 1, cpus_per_node: int = 1, timeout: float = 120.0,
                 keep_dir: Path | None = None) -> Iterator[str]:
-    """A head and ``workers`` worker nodes of ``cpus_per_node`` CPUs each; yields ``IP:PORT``; stops all by PID."""
-    root = Path(tempfile.mkdtemp(prefix="fedsparse-ray-", dir=keep_dir))
+    """A head and ``workers`` worker nodes of ``cpus_per_node`` CPUs each; yields ``IP:PORT``; stops all by PID.
+
+    Ray's temp dirs go under a short private folder in the system temp dir (Ray's socket paths must
+    stay under 107 bytes) and are removed afterwards; the ``ray start`` logs go to ``keep_dir`` if given.
+    """
+    root = Path(tempfile.mkdtemp(prefix="fsray-"))
+    logs_dir = Path(tempfile.mkdtemp(prefix="fedsparse-ray-", dir=keep_dir)) if keep_dir else root
     ip, port = host_ip(), free_port()
     address = f"{ip}:{port}"
     procs: list[subprocess.Popen] = []
-    logs = [root / "head.log"] + [root / f"worker{i}.log" for i in range(workers)]
+    logs = [logs_dir / "head.log"] + [logs_dir / f"worker{i}.log" for i in range(workers)]
     try:
         procs.append(_start(["ray", "start", "--head", "--block", "--node-ip-address", ip, "--port", str(port),
                              "--num-cpus", str(cpus_per_node), "--num-gpus", "0", "--include-dashboard", "false",
@@ -104,8 +109,7 @@ def ray_cluster(workers: int = 1, cpus_per_node: int = 1, timeout: float = 120.0
     finally:
         for proc in reversed(procs):  # workers first, then the head; every process each one started
             stop_tree(proc.pid, timeout=15.0)
-        if keep_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def worker_counts(history: list[dict]) -> dict[str, int]:
