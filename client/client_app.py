@@ -9,7 +9,8 @@ sends and encodes the reply; a method's per-node state lives in ``context.state`
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import sys
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -20,11 +21,12 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from shared.config import RunConfig
+from shared.device import to_cpu
 from shared.faults import act_before_training, planned_fault, poison
 from shared.masks import MaskMismatchError
 from shared.methods import methods
 from shared.methods.base import ClientCall, ClientRoute, Method
-from shared.runtime import Runtime, client_partition, get_runtime
+from shared.runtime import Runtime, client_partition, client_partition_size, get_runtime
 from shared.settings import parse_run_config
 from shared.training import evaluate as evaluate_model
 from shared.training import train_local
@@ -60,9 +62,22 @@ def _keep_state(context: Context, state: dict[str, Any]) -> None:
     context.state[STATE_CONFIG] = ConfigRecord({k: v for k, v in state.items() if not isinstance(v, np.ndarray)})
 
 
+_PARSED: dict[tuple, RunConfig] = {}  # run config -> parsed settings; one entry per run a worker serves
+
+
+def _config(run_config: Mapping[str, Any]) -> RunConfig:
+    """``parse_run_config`` once per distinct run config (every message of a run carries the same one)."""
+    key = tuple(sorted((k, repr(v)) for k, v in run_config.items()))
+    if key not in _PARSED:
+        if len(_PARSED) >= 4:
+            _PARSED.clear()
+        _PARSED[key] = parse_run_config(run_config)
+    return _PARSED[key]
+
+
 def _runtime(context: Context, state: dict[str, Any] | None = None) -> tuple[RunConfig, Runtime]:
     """The parsed config and this process's runtime, with the method's node state (read once) re-installed."""
-    cfg = parse_run_config(context.run_config)
+    cfg = _config(context.run_config)
     rt = get_runtime(cfg)
     if rt.method.restore is not None:
         rt.method.restore(rt.tuner, _node_state(context) if state is None else state)
@@ -110,9 +125,10 @@ def train(msg: Message, context: Context) -> Message:
     lr, head_lr = rt.method.learning_rates(cfg)
     groups = [{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": head_lr}]
     result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
-                         seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay)
-    delta = rt.tuner.values.detach() - values
-    head_delta = flatten_head(rt.tuner.head_state(), rt.base.head_names) - head_vec
+                         seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay,
+                         precision=cfg.precision)
+    delta = rt.tuner.values.detach().cpu() - values  # the wire is on the CPU, whatever the device
+    head_delta = flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names) - head_vec
     if secure:
         vector = _secure_update(cfg, pid, server_round, delta, head_delta, result.loss, fault)
         clear = {"fingerprint": rt.tuner.fingerprint, "train-seconds": result.seconds}
@@ -122,7 +138,9 @@ def train(msg: Message, context: Context) -> Message:
         arrays = poison(arrays, UP_KEYS[0])
     metrics = {"num-examples": len(data), "train-loss": result.loss, "train-seconds": result.seconds,
                "examples-seen": result.num_examples}
-    content = to_recorddict(arrays, {"fingerprint": rt.tuner.fingerprint, "partition-id": pid}, metrics)
+    config = {"fingerprint": rt.tuner.fingerprint, "partition-id": pid}
+    config.update(_worker_node())
+    content = to_recorddict(arrays, config, metrics)
     return Message(content, reply_to=msg)
 
 
@@ -145,6 +163,20 @@ def _secure_update(cfg: RunConfig, pid: int, server_round: int, delta: torch.Ten
     return vector
 
 
+def _worker_node() -> dict[str, str]:
+    """``{"worker-node": <Ray node id>}`` when this client runs in a Ray worker (simulation), else ``{}``.
+
+    Diagnostic only (which machine of a Ray cluster ran the client); the server counts it, never needs it.
+    """
+    ray = sys.modules.get("ray")  # never import Ray here: a SuperNode of the Deployment Engine has none
+    try:
+        if ray is not None and ray.is_initialized():
+            return {"worker-node": str(ray.get_runtime_context().get_node_id())}
+    except Exception:  # noqa: BLE001 - a diagnostic must not fail a round
+        pass
+    return {}
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Client-side evaluation of the global model on this node's partition (metrics only)."""
@@ -152,7 +184,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _receive(msg, cfg, rt)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
-    loss, acc = evaluate_model(rt.base.model, data, cfg.eval_batch_size)
+    loss, acc = evaluate_model(rt.base.model, data, cfg.eval_batch_size, cfg.precision)
     metrics = {"num-examples": len(data), "eval-loss": loss, "eval-acc": acc}
     return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)
 
@@ -162,7 +194,7 @@ def query(msg: Message, context: Context) -> Message:
     """Handshake: this node's partition, its size and the mask fingerprint (derived locally, never sent)."""
     cfg, rt = _runtime(context)
     pid, nparts = _node_partition(context)
-    size = len(client_partition(cfg, rt.base.tokenizer, pid, nparts))  # the cap on what its replies may claim
+    size = client_partition_size(cfg, pid, nparts)  # the cap on what its replies may claim; counted, not tokenized
     metrics = {"partition-id": pid, "num-partitions": nparts, "num-examples": size, "k": rt.tuner.k}
     return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)
 

@@ -35,6 +35,7 @@ class RoundLog:
     codec_rel_error: float | None = None  # |dec(enc(agg)) - agg| / |agg| of the aggregated values update
     train_seconds: float = 0.0  # sum of the replies' local-training seconds (client compute)
     secagg: dict | None = None  # secure rounds: measured bytes per SecAgg+ stage, survivors, dropouts
+    worker_nodes: dict[str, int] = field(default_factory=dict)  # replies per reported worker node (Ray node id)
 
 
 def send_and_receive(grid: Grid, msgs: list[Message], timeout: float, poll_s: float = 0.05,

@@ -11,6 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointError
+from server.linkstate_index import install as install_linkstate_index
 from server.outputs import save_final_model, write_json
 from server.recovery import (checkpoint_round, prepare_output_dir, resume_from_checkpoint, run_identity,
                              saved_selection)
@@ -20,6 +21,7 @@ from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.validation import Expected
 from shared.config import ConfigError, RunConfig
 from shared.data import DataLoadError, load_splits
+from shared.device import resolve_device, to_cpu
 from shared.masks import MaskError
 from shared.model import ModelLoadError
 from shared.runtime import Runtime, get_runtime, test_split
@@ -27,6 +29,7 @@ from shared.settings import parse_run_config
 from shared.training import evaluate
 from wire.protocol import BYTES_PER_VALUE, flatten_head, unflatten_head
 
+install_linkstate_index()  # the Simulation Engine's hand-out: O(messages), not O(nodes x messages)
 app = ServerApp()
 log = logging.getLogger("fedsparse.server")
 
@@ -43,7 +46,7 @@ class RunRecorder:
     def evaluate(self, state: GlobalState) -> tuple[float, float]:
         head = unflatten_head(state.head, self.rt.tuner.head_state(), self.rt.base.head_names)
         self.rt.tuner.load(state.values, head)
-        return evaluate(self.rt.base.model, self.test, self.cfg.eval_batch_size)
+        return evaluate(self.rt.base.model, self.test, self.cfg.eval_batch_size, self.cfg.precision)  # on the device
 
     def record(self, rl: RoundLog, state: GlobalState, seconds: float) -> dict:
         t0 = time.perf_counter()
@@ -52,7 +55,7 @@ class RunRecorder:
                "sampled": rl.sampled, "replied": rl.replied, "rejected": rl.rejected, "failed": rl.failed,
                "rejected_reasons": rl.reasons, "aggregated": rl.aggregated,
                "bytes_up": rl.bytes_up, "bytes_down": rl.bytes_down, "codec_rel_error": rl.codec_rel_error,
-               "round_seconds": seconds, "train_seconds": rl.train_seconds,
+               "round_seconds": seconds, "train_seconds": rl.train_seconds, "worker_nodes": rl.worker_nodes,
                "eval_seconds": time.perf_counter() - t0}
         if rl.secagg is not None:
             rec["secagg"] = rl.secagg
@@ -108,6 +111,7 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     prepare_output_dir(cfg, out)  # before any model loads
     load_splits(cfg.dataset, cfg.data_dir)  # a bad data folder or file fails here, in one line, before any model
+    resolve_device(cfg.device)  # so does a device this machine lacks (device=cuda on a CPU-only host)
     rt = get_runtime(cfg)
     rt.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
     strategy = _strategy(cfg, rt)
@@ -133,7 +137,7 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
 
 def _strategy(cfg: RunConfig, rt: Runtime) -> SparseStrategy:
     """The strategy at round 0: the tuner's initial values and head, and what a valid reply looks like."""
-    head0 = flatten_head(rt.tuner.head_state(), rt.base.head_names)
+    head0 = flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names)  # the global state lives on the CPU
     expected = Expected(fingerprint=rt.tuner.fingerprint, value_dtype=cfg.value_dtype, k=rt.tuner.k,
                         head_size=int(head0.numel()), block=cfg.int8_block_size, max_bytes=cfg.max_reply_bytes,
                         codec=rt.tuner.codec)
@@ -155,7 +159,7 @@ def _finish(cfg: RunConfig, rt: Runtime, out: Path, recorder: RunRecorder, strat
     merged = save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
     summary.update(rt.tuner.describe())  # method-specific figures (topk k, LoRA rank, ...)
-    accuracy = lambda m: evaluate(m, recorder.test, cfg.eval_batch_size)[1]  # noqa: E731
+    accuracy = lambda m: evaluate(m, recorder.test, cfg.eval_batch_size, cfg.precision)[1]  # noqa: E731
     summary.update(rt.tuner.finalize(merged, final.values, accuracy, out))  # e.g. DSEE pruning
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "

@@ -220,6 +220,9 @@ class SparseStrategy(Strategy):
             seconds = parts[1].get("train-seconds", 0.0)  # diagnostic only: ignored unless a finite number
             if isinstance(seconds, (int, float)) and math.isfinite(seconds):
                 self.current.train_seconds += float(seconds)
+            worker = parts[2].get("worker-node")  # diagnostic only: the Ray node a simulated client ran on
+            if isinstance(worker, str) and 0 < len(worker) <= 128:
+                self.current.worker_nodes[worker] = self.current.worker_nodes.get(worker, 0) + 1
             return update
         except Exception as exc:  # the wall: any malformed reply is a rejection, never a crash
             self._reject(node, f"{exc.__class__.__name__}: {str(exc)[:200]}")

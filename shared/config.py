@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from shared.device import PRECISIONS, check_device_name
 from shared.faults import FAIL_MODES
 from shared.knobs import ConfigError, build, knob, knobs, validate
 
@@ -34,6 +35,10 @@ class RunConfig:
     mask_density: float = knob(0.005, "fraction of candidate entries that train", low=0, high=1, low_open=True)
     mask_scope: str = knob("global", "top-k over all candidates or the same fraction per matrix", choices=MASK_SCOPES)
     sparse_grad: bool = knob(True, "masked linears form the weight gradient only at the mask (false: dense reference)")
+    device: str = knob("auto", "where models, batches and value vectors live: auto (CUDA, else MPS, else CPU), cpu, "
+                       "cuda, cuda:N or mps; what travels is always on the CPU")
+    precision: str = knob("fp32", "training/eval compute: fp32, or bf16 autocast (values and optimizer state stay "
+                          "fp32)", choices=PRECISIONS)
     num_server_rounds: int = knob(10, "federated rounds", low=0)
     fraction_train: float = knob(0.5, "share of the nodes sampled per round", low=0, high=1, low_open=True)
     min_train_replies: int = knob(1, "valid replies needed to update the global model", low=1)
@@ -107,6 +112,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        check_device_name(self.device)  # availability is checked where the device is used (resolve_device)
         if self.dp_noise_multiplier > 0 and self.dp_clip_norm <= 0:
             raise ConfigError("run-config key 'dp-noise-multiplier' > 0 needs dp-clip-norm > 0 "
                               "(the noise std is z*C/n); set dp-clip-norm")

@@ -14,9 +14,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, InnerDirichletPartitioner
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
 
 class DataLoadError(RuntimeError):
@@ -122,6 +123,17 @@ def partition(train: Dataset, num_partitions: int, partition_id: int, partitione
     return _partitioner(train, num_partitions, partitioner, alpha, seed).load_partition(partition_id)
 
 
+def partition_size(train: Dataset, num_partitions: int, partition_id: int, partitioner: str, alpha: float,
+                   seed: int) -> int:
+    """Rows of client ``partition_id``'s share of ``train``, without building or tokenizing it."""
+    if not 0 <= partition_id < num_partitions or num_partitions > len(train):
+        return len(partition(train, num_partitions, partition_id, partitioner, alpha, seed))  # the one-line error
+    part = _partitioner(train, num_partitions, partitioner, alpha, seed)
+    if isinstance(part, EqualDirichletPartitioner):
+        return part.partition_size(partition_id)
+    return len(part.load_partition(partition_id))
+
+
 _PARTITIONERS: dict[tuple, object] = {}
 
 
@@ -146,9 +158,13 @@ def _dirichlet(train: Dataset, num_partitions: int, alpha: float, seed: int):
 
     With many partitions (e.g. 1000 clients on SST-2's 60k rows, alpha 0.5) the Dirichlet draw
     leaves some partitions (nearly) empty and the partitioner gives up after 10 attempts; then
-    every client gets an equal share whose label mix is drawn from Dirichlet(alpha) instead
-    (``InnerDirichletPartitioner``), so no client is empty and the skew stays controlled by alpha.
+    every client gets an (almost) equal share whose label mix is drawn from Dirichlet(alpha)
+    (:class:`EqualDirichletPartitioner`), so no client is empty and the skew stays controlled by
+    alpha. Below ``FALLBACK_ROWS_PER_PARTITION`` rows per partition the draw is not attempted:
+    it fails there, and its ten attempts cost O(partitions) each (26 s at 10,000 partitions).
     """
+    if len(train) < FALLBACK_ROWS_PER_PARTITION * num_partitions:
+        return EqualDirichletPartitioner(train, num_partitions, alpha, seed)
     min_size = max(1, min(10, len(train) // (4 * num_partitions)))
     p = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed,
                              min_partition_size=min_size, self_balancing=False)
@@ -159,10 +175,47 @@ def _dirichlet(train: Dataset, num_partitions: int, alpha: float, seed: int):
             p.load_partition(0)  # the draw happens here, once per partitioner
         return p
     except ValueError:
-        sizes = [len(train) // num_partitions + (i < len(train) % num_partitions) for i in range(num_partitions)]
-        inner = InnerDirichletPartitioner(partition_sizes=sizes, partition_by="label", alpha=alpha, seed=seed)
-        inner.dataset = train
-        return inner
+        return EqualDirichletPartitioner(train, num_partitions, alpha, seed)
+
+
+FALLBACK_ROWS_PER_PARTITION = 100
+
+
+class EqualDirichletPartitioner:
+    """Equal-size partitions (within the number of classes) with Dirichlet(alpha) label mixes, vectorized.
+
+    Each partition i wants ``s_i * p_i`` rows of each class (s_i = n / num_partitions, p_i ~
+    Dirichlet(alpha)); Sinkhorn scaling makes that (P, C) table match both the partition sizes and
+    the class supplies, and rounding each class's cumulative sum gives integer counts that use
+    every row exactly once. O(P·C) work: 10,000 partitions take well under a second, where
+    flwr-datasets' ``InnerDirichletPartitioner`` took 150 s. Deterministic under ``seed``.
+    """
+
+    def __init__(self, train: Dataset, num_partitions: int, alpha: float, seed: int):
+        labels = np.asarray(train["label"])
+        classes = np.unique(labels)
+        rng = np.random.default_rng(int(seed))
+        sizes = np.full(num_partitions, len(labels) / num_partitions)
+        supply = np.array([(labels == c).sum() for c in classes], dtype=np.float64)
+        table = sizes[:, None] * rng.dirichlet(np.full(len(classes), float(alpha)), size=num_partitions)
+        table += 1e-9  # a class no partition wants still has to go somewhere
+        for _ in range(200):
+            table *= (supply / table.sum(0))[None, :]
+            table *= (sizes / table.sum(1))[:, None]
+        edges = np.rint(np.vstack([np.zeros((1, len(classes))), np.cumsum(table, 0)])).astype(np.int64)
+        edges[-1] = supply.astype(np.int64)  # every row used exactly once
+        counts = np.diff(edges, axis=0)  # (P, C) >= 0
+        rows_of = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+        self.num_partitions = num_partitions
+        self.dataset = train
+        self._indices = [np.sort(np.concatenate([rows_of[j][edges[i, j]:edges[i, j] + counts[i, j]]
+                                                 for j in range(len(classes))])) for i in range(num_partitions)]
+
+    def partition_size(self, partition_id: int) -> int:
+        return int(self._indices[partition_id].size)
+
+    def load_partition(self, partition_id: int) -> Dataset:
+        return self.dataset.select(self._indices[partition_id].tolist())
 
 
 @dataclass

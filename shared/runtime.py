@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from shared.config import RunConfig
-from shared.data import dataset_spec, encode, load_splits, partition, Encoded
+from shared.device import resolve_device
+from shared.data import dataset_spec, encode, load_splits, partition, partition_size, Encoded
 from shared.knobs import knobs
 from shared.methods import get_method
 from shared.methods.base import Method, Tuner
@@ -62,7 +63,7 @@ def runtime_key(cfg: RunConfig) -> tuple:
     method = get_method(cfg.method)
     own = tuple((key, repr(cfg.options.get(key))) for key in knobs(method.settings))
     return (cfg.model, num_labels_for(cfg), cfg.seed, cfg.method, cfg.mask_density, cfg.mask_scope, cfg.sparse_grad,
-            cfg.batch_size, own)
+            cfg.batch_size, own, str(resolve_device(cfg.device)))
 
 
 def get_runtime(cfg: RunConfig) -> Runtime:
@@ -76,14 +77,24 @@ def get_runtime(cfg: RunConfig) -> Runtime:
 
 
 def build_runtime(cfg: RunConfig) -> Runtime:
-    """Load the base model, derive the method's tuner from its weights and install it (uncached)."""
+    """Load the base model, derive the method's tuner from its weights and install it (uncached).
+
+    The mask is derived on the CPU (the same bytes on every node, whatever its device); then the
+    model and the tuner's compute tensors move to ``device``. The mask itself stays on the CPU:
+    merges, artifacts and checkpoints are made there.
+    """
+    device = resolve_device(cfg.device)  # an unavailable device is refused before any model loads
     method = get_method(cfg.method)
     n_labels = num_labels_for(cfg)
     base = load_base_model(cfg.model, n_labels, cfg.seed)
     digest = base_weights_digest(base.model, base.head_names)
     params = dict(base.model.named_parameters())
     head0 = {n: (params[n], params[n].detach().clone()) for n in base.head_names}  # before a tuner wraps the model
-    return Runtime(base=base, tuner=method.build(base, cfg, digest), num_labels=n_labels, method=method, head0=head0)
+    tuner = method.build(base, cfg, digest)
+    if device.type != "cpu":
+        base.model.to(device)  # in place: the head's parameters in head0 stay the live ones
+        tuner.to(device)
+    return Runtime(base=base, tuner=tuner, num_labels=n_labels, method=method, head0=head0)
 
 
 def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partitions: int) -> Encoded:
@@ -100,6 +111,12 @@ def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partition
         while len(_PARTITIONS) > 1 and sum(map(_encoded_bytes, _PARTITIONS.values())) > PARTITION_CACHE_BYTES:
             _PARTITIONS.popitem(last=False)
         return _PARTITIONS[key]
+
+
+def client_partition_size(cfg: RunConfig, partition_id: int, num_partitions: int) -> int:
+    """Rows of one client's training partition, counted without tokenizing it (the handshake's figure)."""
+    train = load_splits(cfg.dataset, cfg.data_dir)["train"]
+    return partition_size(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
 
 
 def test_split(cfg: RunConfig, tokenizer) -> Encoded:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from shared.data import Encoded, batch_indices
+from shared.device import autocast, model_device, to_device
 
 
 @dataclass
@@ -22,23 +23,27 @@ class TrainResult:
 
 
 def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps: int, batch_size: int,
-                seed: int, weight_decay: float = 0.0) -> TrainResult:
+                seed: int, weight_decay: float = 0.0, precision: str = "fp32") -> TrainResult:
     """Run ``steps`` Adam steps on seeded batches of ``data``; only ``param_groups`` change.
 
     ``param_groups``: torch optimizer groups, each ``{"params": [...], "lr": float}``. Dropout is on
-    (train mode) for the duration and restored afterwards.
+    (train mode) for the duration and restored afterwards. Batches go to the model's device;
+    ``precision="bf16"`` runs forward and loss under bf16 autocast (parameters, gradients and the
+    optimizer state stay float32).
     """
     if len(data) == 0:
         raise ValueError("this client's partition is empty; use fewer clients or a larger dataset")
     opt = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
-    torch.manual_seed(int(seed))  # dropout masks
+    device = model_device(model)
+    torch.manual_seed(int(seed))  # dropout masks (seeds every device's generator)
     was_training = model.training
     model.train()
     total, seen, t0 = 0.0, 0, time.perf_counter()
     try:
         for idx in batch_indices(len(data), batch_size, steps, seed):
-            batch = data.batch(idx)
-            out = model(**batch)
+            batch = to_device(data.batch(idx), device)
+            with autocast(device, precision):
+                out = model(**batch)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
@@ -56,15 +61,17 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Encoded, batch_size: int = 64) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (eval mode)."""
+def evaluate(model: nn.Module, data: Encoded, batch_size: int = 64, precision: str = "fp32") -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (eval mode, on the model's device)."""
+    device = model_device(model)
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, len(data)
     try:
         for s in range(0, n, batch_size):
-            batch = data.batch(torch.arange(s, min(s + batch_size, n)))
-            out = model(**batch)
+            batch = to_device(data.batch(torch.arange(s, min(s + batch_size, n))), device)
+            with autocast(device, precision):
+                out = model(**batch)
             loss_sum += float(out.loss) * len(batch["labels"])
             correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
     finally:

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from shared.artifacts import head_tensors, read_delta, save_delta
+from shared.device import model_device, sampled_addmm_works
 from shared.masks import Mask, MaskMismatchError
 from shared.methods.base import Tuner
 from shared.sparse import gather_values, merge_into
@@ -38,7 +39,11 @@ class _MaskedLinearFn(torch.autograd.Function):
     zeros elsewhere; (3) the value gradient is the sampled product (g^T x) at the mask's
     positions, fed to ``sampled_addmm`` in the row-major-over-tokens layout its CPU kernel reads
     without copying (mat1 (d_out, T) contiguous, mat2 given as the transpose of a (d_in, T)
-    contiguous tensor). Never forms a d_out x d_in gradient.
+    contiguous tensor). Never forms a d_out x d_in gradient. ``sampled_addmm`` over a CSR pattern
+    has CPU and CUDA kernels (CUDA: cuSPARSE SDDMM, float32/float64); where a device has none
+    (probed once, :func:`shared.device.sampled_addmm_works`, e.g. MPS) the dense path is used.
+    Under bf16 autocast the forward matmul and the input gradient run in bfloat16, the sampled
+    value gradient in float32.
     """
 
     @staticmethod
@@ -47,12 +52,12 @@ class _MaskedLinearFn(torch.autograd.Function):
         w.view(-1).index_add_(0, flat_idx, vals.detach().to(w.dtype))
         ctx.save_for_backward(x, w)
         ctx.pattern = pattern  # a constant of the layer, not an activation
-        return F.linear(x, w, bias)
+        ctx.vals_dtype = vals.dtype
+        return F.linear(x, w, bias)  # under autocast (precision=bf16) this matmul runs in bfloat16
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        pattern = ctx.pattern if ctx.pattern.dtype == g.dtype else ctx.pattern.to(g.dtype)
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
         live = g2.abs().amax(dim=1) != 0  # (T,) rows not exactly zero; NaN rows stay live
         n_live = int(live.sum())
@@ -60,13 +65,15 @@ class _MaskedLinearFn(torch.autograd.Function):
         gs = g2 if sub is None else g2.index_select(0, sub)
         gx = gvals = None
         if ctx.needs_input_grad[0]:
-            gx_s = gs @ w
+            gx_s = gs @ (w if w.dtype == gs.dtype else w.to(gs.dtype))  # bf16 under autocast
             gx = gx_s if sub is None else g2.new_zeros(g2.shape[0], w.shape[1]).index_copy_(0, sub, gx_s)
-            gx = gx.view(x.shape)
+            gx = gx.view(x.shape).to(x.dtype)
         if ctx.needs_input_grad[5]:
+            # The sampled product is O(T·k): always in float32 (the value gradient's dtype), also under bf16.
             xs = x2 if sub is None else x2.index_select(0, sub)
-            gvals = torch.sparse.sampled_addmm(pattern, gs.t().contiguous(), xs.t().contiguous().t(),
-                                               beta=0.0).values()
+            pattern = ctx.pattern if ctx.pattern.dtype == torch.float32 else ctx.pattern.float()
+            gvals = torch.sparse.sampled_addmm(pattern, gs.float().t().contiguous(), xs.float().t().contiguous().t(),
+                                               beta=0.0).values().to(ctx.vals_dtype)
         return gx, None, None, None, None, gvals
 
 
@@ -103,9 +110,12 @@ class SparseTuner(Tuner):
     def __init__(self, model: nn.Module, mask: Mask, head_names: tuple[str, ...], sparse_grad: bool = True):
         self.model, self.mask, self.head_names = model, mask, tuple(head_names)
         self.sparse_grad = sparse_grad
+        device = model_device(model)  # the CPU at build time; a SAM mask installed later: the model's device
+        self.sparse_kernel = sampled_addmm_works(device)  # else masked linears take the dense path
         params = dict(model.named_parameters())
-        self.base_values = gather_values(params, mask)  # (k,) base weights at the mask
-        self.values = nn.Parameter(torch.zeros(mask.k))
+        self.base_values = gather_values(params, mask)  # (k,) base weights at the mask (CPU)
+        self.values = nn.Parameter(torch.zeros(mask.k, device=device))
+        self._linears: list[dict[str, torch.Tensor]] = []  # per wrapped linear: its flat index and CSR pattern
         self._head = {n: params[n] for n in self.head_names}
         modules = dict(model.named_modules())
         for name, idx, start, stop in mask.items():
@@ -114,8 +124,8 @@ class SparseTuner(Tuner):
             if isinstance(module, nn.Linear) and attr == "weight":
                 self._wrap_linear(module, idx, start, stop)
             else:
-                parametrize.register_parametrization(module, attr, _AddScattered(self, idx, start, stop),
-                                                     unsafe=True)
+                scattered = _AddScattered(self, idx.to(self.values.device), start, stop)
+                parametrize.register_parametrization(module, attr, scattered, unsafe=True)
 
     def _wrap_linear(self, module: nn.Linear, idx: torch.Tensor, start: int, stop: int) -> None:
         d_in = module.in_features
@@ -128,15 +138,27 @@ class SparseTuner(Tuner):
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel()),
                                               (module.out_features, d_in), check_invariants=True)
+        device = self.values.device
+        layer = {"idx": idx.to(device), "pattern": pattern.to(device)}
+        self._linears.append(layer)
         tuner = self
 
         def forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             vals = tuner.values[start:stop]
-            if tuner.sparse_grad:
-                return _MaskedLinearFn.apply(x, mod.weight, mod.bias, idx, pattern, vals)
-            return _dense_masked_linear(x, mod.weight, mod.bias, idx, vals)
+            if tuner.sparse_grad and tuner.sparse_kernel:
+                return _MaskedLinearFn.apply(x, mod.weight, mod.bias, layer["idx"], layer["pattern"], vals)
+            return _dense_masked_linear(x, mod.weight, mod.bias, layer["idx"], vals)
 
         module.forward = types.MethodType(forward, module)
+
+    def to(self, device: torch.device) -> "SparseTuner":
+        """Move the value vector and every wrapped linear's index and CSR pattern (the mask stays on the CPU)."""
+        super().to(device)
+        for layer in self._linears:
+            for key, t in layer.items():
+                layer[key] = t.to(device)
+        self.sparse_kernel = sampled_addmm_works(torch.device(device))
+        return self
 
     # ---- state exchange -------------------------------------------------------------------
     @property

@@ -97,6 +97,7 @@ def attack_matrix(deltas: torch.Tensor, weights: torch.Tensor, attackers: int,
 
 def train_honest(run_config: dict, num_clients: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-1 deltas of ``num_clients`` clients trained with the project's own code; (n, d), (n,)."""
+    from shared.device import to_cpu
     from shared.runtime import build_runtime, client_partition
     from shared.settings import parse_run_config
     from shared.training import train_local
@@ -104,7 +105,7 @@ def train_honest(run_config: dict, num_clients: int) -> tuple[torch.Tensor, torc
 
     cfg = parse_run_config(run_config)
     rt = build_runtime(cfg)
-    names, head0 = rt.base.head_names, rt.tuner.head_state()
+    names, head0 = rt.base.head_names, to_cpu(rt.tuner.head_state())  # deltas are built on the CPU
     head_vec0 = flatten_head(head0, names)
     lr, head_lr = rt.method.learning_rates(cfg)
     rows, counts = [], []
@@ -115,8 +116,8 @@ def train_honest(run_config: dict, num_clients: int) -> tuple[torch.Tensor, torc
         groups = [{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": head_lr}]
         res = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
                           seed=cfg.seed * 100_003 + pid * 1_009 + 1, weight_decay=cfg.weight_decay)
-        delta = rt.tuner.values.detach().clone()
-        rows.append(torch.cat([delta, flatten_head(rt.tuner.head_state(), names) - head_vec0]))
+        delta = rt.tuner.values.detach().cpu().clone()
+        rows.append(torch.cat([delta, flatten_head(to_cpu(rt.tuner.head_state()), names) - head_vec0]))
         counts.append(float(len(data)))
         print(f"client {pid}: {len(data)} examples, loss {res.loss:.4f}, {res.seconds:.1f}s", flush=True)
     return torch.stack(rows).float(), torch.tensor(counts, dtype=torch.float64)

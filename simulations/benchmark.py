@@ -75,7 +75,8 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
     progress.reset(task, total=int(config.get("num-server-rounds", 10)), description=f"{spec.name}: starting")
     sim = preset.simulation
     cmd = [sys.executable, "-m", "simulations.launcher", "--num-supernodes", str(sim.num_supernodes),
-           "--cpus-per-client", str(sim.cpus_per_client), "--flwr-home", str(run_dir / ".flwr"),
+           "--cpus-per-client", str(sim.cpus_per_client), "--gpus-per-client", str(sim.gpus_per_client),
+           "--flwr-home", str(run_dir / ".flwr"),
            "-c", format_run_config(config)]
     proc = None
     try:
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-c", "--run-config", default="", help="overrides for every run, e.g. \"num-server-rounds=3\"")
     ap.add_argument("--num-supernodes", type=int, default=None)
     ap.add_argument("--cpus-per-client", type=int, default=None)
+    ap.add_argument("--gpus-per-client", type=float, default=None,
+                    help="GPUs per virtual client (fractional: 0.25 = four clients per GPU)")
     ap.add_argument("--only", default=None, help="comma-separated name globs of the runs to make, e.g. \"pafi-*,magnitude-*\"")
     ap.add_argument("--rerun", action="store_true", help="run again even where results exist")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report and plots")
@@ -162,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     target = overrides.pop("target-accuracy", None)
     try:
         preset = load_preset(args.preset, overrides, {"num_supernodes": args.num_supernodes,
-                                                      "cpus_per_client": args.cpus_per_client})
+                                                      "cpus_per_client": args.cpus_per_client,
+                                                      "gpus_per_client": args.gpus_per_client})
     except PresetError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2

@@ -5,6 +5,10 @@ or leak a SuperLink), submits the app with ``flwr run <app> <connection> --strea
 the run to end and stops the SuperLink and everything it spawned by process id.
 
     python -m simulations.launcher --num-supernodes 10 -c "num-server-rounds=3 data-dir='../shared/data/sst2'"
+
+Client resources: ``--cpus-per-client`` (an integer, Flower's default 2) and ``--gpus-per-client``
+(fractional: 0.25 runs four clients per GPU). ``--ray-address HOST:PORT`` attaches the Simulation
+Engine to a running Ray cluster instead of starting a local Ray (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -74,17 +78,26 @@ def stop_tree(pid: int, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def simulation_superlink(flwr_home: Path) -> Iterator[str]:
-    """A private simulation SuperLink; yields its Control API address, stops it on exit."""
+def simulation_superlink(flwr_home: Path, ray_address: str | None = None) -> Iterator[str]:
+    """A private simulation SuperLink; yields its Control API address, stops it on exit.
+
+    ``ray_address``: Flower's Ray backend calls ``ray.init()`` without an address, so it attaches to
+    the cluster named by ``RAY_ADDRESS`` in the environment of the SuperLink (which its SuperExec and
+    simulation process inherit); the federation then must not set ``init-args`` num-cpus/num-gpus.
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(2)]
     control = f"127.0.0.1:{ports[0]}"  # flwr 1.41 serves Control, Runtime and Fleet APIs on one port
     log_file = flwr_home / "superlink.log"
     cmd = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
            "--host", "127.0.0.1", "--port", str(ports[0]), "--health-server-address", f"127.0.0.1:{ports[1]}"]
+    env = flower_env(flwr_home)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    else:
+        env.pop("RAY_ADDRESS", None)  # a stray RAY_ADDRESS must not send a local run to some cluster
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, env=flower_env(flwr_home), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_port(ports[0], proc, log_file)
         yield control
@@ -110,9 +123,21 @@ def write_connection(flwr_home: Path, name: str, address: str) -> None:
     )
 
 
+def federation_config(num_supernodes: int, cpus_per_client: int = 2, gpus_per_client: float = 0.0) -> str:
+    """``--federation-config`` of a simulation: the nodes and each virtual client's Ray resources."""
+    if cpus_per_client < 1 or int(cpus_per_client) != cpus_per_client:
+        raise ValueError(f"cpus-per-client must be a positive integer (Flower's federation config), got {cpus_per_client}")
+    if gpus_per_client < 0:
+        raise ValueError(f"gpus-per-client must be >= 0 (a fraction shares a GPU), got {gpus_per_client}")
+    fed = f"num_supernodes={num_supernodes} client_resources_num_cpus={int(cpus_per_client)}"
+    if gpus_per_client:
+        fed += f" client_resources_num_gpus={float(gpus_per_client)!r}"
+    return fed
+
+
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus_per_client: int = 2,
                    app_dir: Path = REPO, flwr_home: Path | None = None, timeout: float = 3600.0,
-                   quiet: bool = False) -> int:
+                   quiet: bool = False, gpus_per_client: float = 0.0, ray_address: str | None = None) -> int:
     """Run the app once in the Simulation Engine; 0 only if the run ended and wrote its summary.
 
     ``flwr run --stream`` exits 0 even when the ServerApp fails, so success is judged by the run's
@@ -122,7 +147,8 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus
     # Resolve output-dir here: the ServerApp runs in another process with another working directory.
     run_config = {**run_config, "output-dir": str(Path(str(run_config.get("output-dir", "outputs/run"))).resolve())}
     started = time.time()
-    rc = _flwr_run(run_config, num_supernodes, cpus_per_client, app_dir, flwr_home, timeout, quiet)
+    fed = federation_config(num_supernodes, cpus_per_client, gpus_per_client)
+    rc = _flwr_run(run_config, fed, app_dir, flwr_home, timeout, quiet, ray_address)
     summary = Path(run_config["output-dir"]) / "summary.json"
     if rc == 0 and (not summary.is_file() or summary.stat().st_mtime < started):
         print(f"fedsparse: the run ended without writing {summary}; see the log above", file=sys.stderr)
@@ -130,11 +156,10 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus
     return rc
 
 
-def _flwr_run(run_config: Mapping[str, Any], num_supernodes: int, cpus_per_client: int, app_dir: Path,
-              flwr_home: Path, timeout: float, quiet: bool) -> int:
-    with simulation_superlink(flwr_home) as control:
+def _flwr_run(run_config: Mapping[str, Any], fed: str, app_dir: Path, flwr_home: Path, timeout: float,
+              quiet: bool, ray_address: str | None) -> int:
+    with simulation_superlink(flwr_home, ray_address) as control:
         write_connection(flwr_home, "fedsparse-sim", control)
-        fed = f"num_supernodes={num_supernodes} client_resources_num_cpus={cpus_per_client}"
         cmd = ["flwr", "run", str(app_dir), "fedsparse-sim", "--stream", "--federation-config", fed]
         if run_config:
             cmd += ["--run-config", format_run_config(run_config)]
@@ -158,12 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-c", "--run-config", default="", help="run-config overrides, e.g. \"lr=0.01 method='pafi'\"")
     ap.add_argument("--num-supernodes", type=int, default=10)
-    ap.add_argument("--cpus-per-client", type=int, default=2)
+    ap.add_argument("--cpus-per-client", type=int, default=2, help="CPUs per virtual client (integer)")
+    ap.add_argument("--gpus-per-client", type=float, default=0.0,
+                    help="GPUs per virtual client; a fraction shares one (0.25 = four clients per GPU)")
+    ap.add_argument("--ray-address", default=None,
+                    help="attach to a running Ray cluster (HOST:PORT of its head, as `ray start` prints)")
     ap.add_argument("--flwr-home", type=Path, default=None)
     args = ap.parse_args(argv)
+    try:
+        federation_config(args.num_supernodes, args.cpus_per_client, args.gpus_per_client)
+    except ValueError as exc:
+        print(f"fedsparse: error: {exc}", file=sys.stderr)
+        return 2
     overrides = _parse_overrides(args.run_config)
     print("flwr run with --run-config", shlex.quote(format_run_config(overrides)), flush=True)
-    return run_simulation(overrides, args.num_supernodes, args.cpus_per_client, flwr_home=args.flwr_home)
+    return run_simulation(overrides, args.num_supernodes, args.cpus_per_client, flwr_home=args.flwr_home,
+                          gpus_per_client=args.gpus_per_client, ray_address=args.ray_address)
 
 
 if __name__ == "__main__":

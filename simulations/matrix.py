@@ -44,6 +44,7 @@ class Simulation:
 
     num_supernodes: int = 10
     cpus_per_client: int = 1
+    gpus_per_client: float = 0.0  # Ray GPUs per virtual client; fractional shares a GPU (0.25 = four per GPU)
     timeout: float = 3600.0
 
 
@@ -131,7 +132,7 @@ def load_preset(name_or_path: str, overrides: Mapping[str, Any] | None = None,
         simulation = Simulation(**sim)
     except TypeError as exc:
         raise PresetError(f"{path}: unknown [simulation] key ({exc}); use num-supernodes, cpus-per-client, "
-                          f"timeout") from exc
+                          f"gpus-per-client, timeout") from exc
     target = doc.get("target-accuracy")
     return Preset(path.stem, str(doc.get("description", "")), float(target) if target is not None else None,
                   simulation, build_runs(doc, dict(overrides or {})))

@@ -41,9 +41,13 @@ def _median_spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def _timed_steps(rt, head0: dict, batches, sparse: bool, lr: float) -> tuple[list[float], torch.Tensor]:
-    """Train from zero values on ``batches``; per-step wall seconds and the final values."""
+def _timed_steps(rt, head0: dict, batches, sparse: bool, lr: float,
+                 precision: str = "fp32") -> tuple[list[float], torch.Tensor]:
+    """Train from zero values on ``batches`` (on the runtime's device); per-step wall seconds and the final values."""
+    from shared.device import autocast, model_device, to_device
+
     tuner, model = rt.tuner, rt.base.model
+    device = model_device(model)
     tuner.sparse_grad = sparse
     tuner.load(torch.zeros(tuner.k), head0)
     params = tuner.trainable()
@@ -53,13 +57,16 @@ def _timed_steps(rt, head0: dict, batches, sparse: bool, lr: float) -> tuple[lis
     times = []
     for batch in batches:
         t0 = time.perf_counter()
-        out = model(**batch)
+        with autocast(device, precision):
+            out = model(**to_device(batch, device))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     model.eval()
-    return times, tuner.values.detach().clone()
+    return times, tuner.values.detach().cpu().clone()
 
 
 def bench_steps(args) -> dict:
@@ -70,7 +77,8 @@ def bench_steps(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = RunConfig(model=args.model, data_dir=str(args.data_dir), mask_density=args.density)
+    cfg = RunConfig(model=args.model, data_dir=str(args.data_dir), mask_density=args.density, device=args.device,
+                    precision=args.precision)
     rt = build_runtime(cfg)
     head0 = rt.tuner.head_state()
     train = load_splits(cfg.dataset, cfg.data_dir)["train"].shuffle(seed=0).select(range(4096))
@@ -80,18 +88,24 @@ def bench_steps(args) -> dict:
     finals = {}
     for rep in range(args.repeats):  # alternate the order so drifting machine load hits both alike
         for sparse in ((False, True) if rep % 2 == 0 else (True, False)):
-            times, finals[sparse] = _timed_steps(rt, head0, batches, sparse, rt.method.learning_rates(cfg)[0])
+            times, finals[sparse] = _timed_steps(rt, head0, batches, sparse, rt.method.learning_rates(cfg)[0],
+                                                 cfg.precision)
             res[sparse] += times[2:]  # the first two steps are warm-up
     dense, sparse = _median_spread(res[False]), _median_spread(res[True])
     return {"dense": dense, "sparse": sparse, "ratio": dense["median"] / sparse["median"],
             "max_abs_value_diff": float((finals[True] - finals[False]).abs().max()),
             "max_abs_value": float(finals[False].abs().max()), "k": rt.tuner.k,
             "threads": torch.get_num_threads(), "batch_size": cfg.batch_size, "max_length": cfg.max_length,
-            "density": cfg.mask_density, "model": rt.base.source}
+            "density": cfg.mask_density, "model": rt.base.source, "device": str(rt.tuner.values.device),
+            "precision": cfg.precision}
 
 
-def run_with_peak_rss(run_config: dict, num_supernodes: int, timeout: float) -> dict:
-    """Run one simulation; sample the summed RSS of this process's descendants every 0.2 s."""
+def run_with_peak_rss(run_config: dict, num_supernodes: int, timeout: float, **launch) -> dict:
+    """Run one simulation; sample the summed RSS of this process's descendants every 0.2 s.
+
+    ``launch``: further keywords of :func:`simulations.launcher.run_simulation` (client resources,
+    ``ray_address``, ``quiet``).
+    """
     from simulations.launcher import run_simulation
 
     me, peak, stop = psutil.Process(), [0, 0], threading.Event()
@@ -113,7 +127,7 @@ def run_with_peak_rss(run_config: dict, num_supernodes: int, timeout: float) -> 
     sampler.start()
     t0 = time.perf_counter()
     try:
-        rc = run_simulation(run_config, num_supernodes=num_supernodes, timeout=timeout, quiet=True)
+        rc = run_simulation(run_config, num_supernodes=num_supernodes, timeout=timeout, **{"quiet": True, **launch})
     finally:
         stop.set()
         sampler.join()
@@ -261,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per block (after 2 warm-up steps)")
     ap.add_argument("--repeats", type=int, default=4, help="alternating dense/sparse blocks")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for the step section (0 = default)")
+    ap.add_argument("--device", default="auto", help="device of the step section (auto, cpu, cuda, cuda:N, mps)")
+    ap.add_argument("--precision", default="fp32", help="precision of the step section (fp32 or bf16)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the round-split simulation")
     ap.add_argument("--round-clients", type=int, default=10)
     ap.add_argument("--agg-k", type=int, default=54_000)

@@ -84,6 +84,16 @@ class Tuner(ABC):
         """Global values before round 1 (default: no change from the base)."""
         return torch.zeros(self.k)
 
+    def to(self, device: torch.device) -> "Tuner":
+        """Move the tuner's own compute tensors to ``device`` (the runtime moves the model).
+
+        The value vector keeps its identity (its ``.data`` moves); what serves merges, artifacts and
+        the wire (masks, initial values) stays on the CPU. A method with more device tensors overrides.
+        """
+        with torch.no_grad():
+            self.values.data = self.values.data.to(device)
+        return self
+
     def load(self, values: torch.Tensor, head: dict[str, torch.Tensor] | None = None) -> None:
         """Set the value vector (k,) and, if given, the dense head tensors (both checked before writing)."""
         load_values_and_head(self.values, self._head, values, head)

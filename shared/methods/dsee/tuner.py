@@ -114,13 +114,16 @@ class DseeTuner(Tuner):
 
     def _wrap(self, module: nn.Linear, t: Target) -> None:
         tuner, scale = self, self.settings.scale
+        positions = {t.positions.device: t.positions}  # per device: the mask's copy stays on the CPU
 
         def forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+            if mod.weight.device not in positions:
+                positions[mod.weight.device] = t.positions.to(mod.weight.device)
             a, b, s = t.factors(tuner.values)
             # S enters through the weight: autograd forms the (out, in) weight gradient and gathers
             # S's N entries from it (affordable for the few query/value matrices); the low-rank
             # path never forms the (out, in) product.
-            w = mod.weight.reshape(-1).index_add(0, t.positions, s * scale).view_as(mod.weight)
+            w = mod.weight.reshape(-1).index_add(0, positions[mod.weight.device], s * scale).view_as(mod.weight)
             return F.linear(x, w, mod.bias) + F.linear(F.linear(x, a), b) * scale
 
         module.forward = types.MethodType(forward, module)

@@ -27,6 +27,7 @@ from torch import nn
 
 from shared.config import RunConfig
 from shared.data import Encoded, batch_indices
+from shared.device import model_device, to_device
 from shared.masks import encoder_matrix_names, select_by_score
 from shared.methods.sam.config import SamSettings
 
@@ -65,8 +66,8 @@ def accumulate_gradients(model: nn.Module, names: list[str], data: Encoded, batc
     model.train()
     try:
         for idx in batch_indices(len(data), batch_size, batches, seed):
-            model(**data.batch(idx)).loss.backward()  # .grad accumulates: the raw sum over batches
-        return torch.cat([p.grad.detach().reshape(-1).float() for p in chosen])
+            model(**to_device(data.batch(idx), model_device(model))).loss.backward()  # .grad: the raw sum
+        return torch.cat([p.grad.detach().reshape(-1).float().cpu() for p in chosen])
     finally:
         model.train(was_training)
         for p, flag in zip(model.parameters(), saved):

@@ -21,6 +21,7 @@ from shared.masks import Mask, MaskError, MaskMismatchError, build_mask
 from shared.methods.base import Tuner
 from shared.methods.sam.config import SamSettings
 from shared.methods.sam.statistic import candidate_shapes, from_flat_index, recipe_fingerprint
+from shared.device import model_device
 from shared.model import BaseModel, load_base_model
 from shared.sparse import gather_values, merge_into
 from shared.tuner import SparseTuner
@@ -70,11 +71,19 @@ class SamTuner(Tuner):
         (a SparseTuner wires the model in place and cannot be unwired)."""
         if self.inner is not None and self.inner.fingerprint != mask.fingerprint:
             fresh = load_base_model(self.cfg.model, int(self.base.model.config.num_labels), self.cfg.seed)
-            self.base.model = fresh.model  # the Runtime shares this BaseModel object
+            self.base.model = fresh.model.to(model_device(self.base.model))  # the Runtime shares this BaseModel
             self.inner = None
         if self.inner is None:
             self.inner = SparseTuner(self.base.model, mask, self.base.head_names, sparse_grad=self.cfg.sparse_grad)
         self.active = True
+
+    def to(self, device: torch.device) -> "SamTuner":
+        """Move the pending placeholder and, once installed, the inner tuner (built on the model's device)."""
+        with torch.no_grad():
+            self._empty.data = self._empty.data.to(device)
+        if self.inner is not None:
+            self.inner.to(device)
+        return self
 
     def reset(self) -> None:
         """Back to pending (a new run on this process): fingerprint = recipe until the next install."""

@@ -1,0 +1,54 @@
+"""Launcher: client resources (CPUs, fractional GPUs) reach Flower's federation config; --ray-address reaches Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.common.config import parse_config_args
+from flwr.supercore.utils import simulation_config_from_json
+
+import simulations.launcher as launcher
+from simulations.launcher import federation_config
+
+
+def test_fractional_gpus_reach_flowers_simulation_config():
+    text = federation_config(8, cpus_per_client=1, gpus_per_client=0.25)
+    sim = simulation_config_from_json(parse_config_args([text]))  # what `flwr run --federation-config` builds
+    assert sim.num_supernodes == 8 and sim.client_resources_num_cpus == 1
+    assert sim.client_resources_num_gpus == pytest.approx(0.25)
+    assert not sim.HasField("init_args_num_cpus") and not sim.HasField("init_args_num_gpus")  # attachable
+    assert "gpus" not in federation_config(8)  # no GPU asked for unless set
+
+
+@pytest.mark.parametrize("cpus,gpus", [(0, 0.0), (1.5, 0.0), (1, -0.5)])
+def test_bad_client_resources_are_refused_in_one_line(cpus, gpus, capsys):
+    with pytest.raises(ValueError):
+        federation_config(4, cpus, gpus)
+    argv = ["--cpus-per-client", str(cpus), "--gpus-per-client", str(gpus)]
+    if isinstance(cpus, float):
+        with pytest.raises(SystemExit):  # argparse: an integer is required
+            launcher.main(argv)
+        return
+    assert launcher.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedsparse: error:") and "\n" not in err
+
+
+class _Proc:
+    pid, returncode = 0, None
+
+    def poll(self):
+        return None
+
+
+@pytest.mark.parametrize("address", ["192.0.2.7:6379", None])
+def test_ray_address_goes_to_the_superlinks_environment_only_when_asked(tmp_path, monkeypatch, address):
+    seen = {}
+    monkeypatch.setenv("RAY_ADDRESS", "stray:1")
+    monkeypatch.setattr(launcher.subprocess, "Popen", lambda cmd, env, **kw: (seen.update(env=env), _Proc())[1])
+    monkeypatch.setattr(launcher, "_wait_port", lambda *a, **k: None)
+    monkeypatch.setattr(launcher, "stop_tree", lambda *a, **k: None)
+    with launcher.simulation_superlink(Path(tmp_path), ray_address=address):
+        pass
+    assert seen["env"].get("RAY_ADDRESS") == address
