@@ -92,7 +92,8 @@ def train(msg: Message, context: Context) -> Message:
     lr, head_lr = rt.method.learning_rates(cfg)
     groups = [{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": head_lr}]
     result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
-                         seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay)
+                         seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay,
+                         group_by_length=cfg.group_by_length)
     delta = rt.tuner.values.detach() - values
     head_delta = flatten_head(rt.tuner.head_state(), rt.base.head_names) - head_vec
     arrays = rt.tuner.codec.encode_up(delta, head_delta, dtype, cfg.int8_block_size)

@@ -22,11 +22,12 @@ class TrainResult:
 
 
 def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps: int, batch_size: int,
-                seed: int, weight_decay: float = 0.0) -> TrainResult:
+                seed: int, weight_decay: float = 0.0, group_by_length: bool = True) -> TrainResult:
     """Run ``steps`` Adam steps on seeded batches of ``data``; only ``param_groups`` change.
 
     ``param_groups``: torch optimizer groups, each ``{"params": [...], "lr": float}``. Dropout is on
-    (train mode) for the duration and restored afterwards.
+    (train mode) for the duration and restored afterwards. ``group_by_length``: batches of rows of
+    similar length (:func:`shared.data.grouped_pass`), so a step pays for little padding.
     """
     if len(data) == 0:
         raise ValueError("this client's partition is empty; use fewer clients or a larger dataset")
@@ -36,7 +37,8 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
     model.train()
     total, seen, t0 = 0.0, 0, time.perf_counter()
     try:
-        for idx in batch_indices(len(data), batch_size, steps, seed):
+        lengths = data.lengths if group_by_length else None
+        for idx in batch_indices(len(data), batch_size, steps, seed, lengths):
             batch = data.batch(idx)
             out = model(**batch)
             opt.zero_grad(set_to_none=True)
@@ -57,13 +59,13 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Encoded, batch_size: int = 64) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (eval mode)."""
+    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (eval mode; batches sorted by length)."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, len(data)
     try:
-        for s in range(0, n, batch_size):
-            batch = data.batch(torch.arange(s, min(s + batch_size, n)))
+        for idx in data.eval_batches(batch_size):  # length-sorted: same examples, less padding
+            batch = data.batch(idx)
             out = model(**batch)
             loss_sum += float(out.loss) * len(batch["labels"])
             correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
