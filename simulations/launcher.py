@@ -162,8 +162,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flwr-home", type=Path, default=None)
     args = ap.parse_args(argv)
     overrides = _parse_overrides(args.run_config)
+    problem = check_data(overrides)
+    if problem:
+        print(f"fedsparse: {problem}", file=sys.stderr)
+        return 2
     print("flwr run with --run-config", shlex.quote(format_run_config(overrides)), flush=True)
     return run_simulation(overrides, args.num_supernodes, args.cpus_per_client, flwr_home=args.flwr_home)
+
+
+def check_data(overrides: Mapping[str, Any]) -> str | None:
+    """Load the run's dataset once before any SuperLink starts (from the Hub this also fills the local cache,
+    so the nodes do not all download it); the one-line reason it cannot be loaded, or None."""
+    from shared.data import DataLoadError, held_out, load_splits
+
+    dataset, data_dir = str(overrides.get("dataset", "sst2")), str(overrides.get("data-dir", ""))
+    try:
+        held_out(load_splits(dataset, data_dir), str(overrides.get("eval-split", "test")), data_dir)
+    except DataLoadError as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":
