@@ -156,12 +156,15 @@ def _parse_overrides(text: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-c", "--run-config", default="", help="run-config overrides, e.g. \"lr=0.01 method='pafi'\"")
+    ap.add_argument("-c", "--run-config", action="append", default=[],
+                    help="run-config overrides, e.g. \"lr=0.01 method='pafi'\"; may repeat, a later -c wins")
     ap.add_argument("--num-supernodes", type=int, default=10)
     ap.add_argument("--cpus-per-client", type=int, default=2)
     ap.add_argument("--flwr-home", type=Path, default=None)
     args = ap.parse_args(argv)
-    overrides = _parse_overrides(args.run_config)
+    overrides: dict[str, Any] = {}
+    for text in args.run_config:
+        overrides.update(_parse_overrides(text))
     problem = check_data(overrides)
     if problem:
         print(f"fedsparse: {problem}", file=sys.stderr)
