@@ -20,7 +20,7 @@ from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.validation import Expected
 from shared.config import ConfigError, RunConfig
-from shared.data import DataLoadError, load_splits
+from shared.data import DataLoadError, held_out, load_splits
 from shared.device import resolve_device, to_cpu
 from shared.masks import MaskError
 from shared.model import ModelLoadError
@@ -110,7 +110,8 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     out = Path(cfg.output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     prepare_output_dir(cfg, out)  # before any model loads
-    load_splits(cfg.dataset, cfg.data_dir)  # a bad data folder or file fails here, in one line, before any model
+    # a bad data folder or file (or a missing eval split) fails here, in one line, before any model
+    held_out(load_splits(cfg.dataset, cfg.data_dir), cfg.eval_split, cfg.data_dir)
     resolve_device(cfg.device)  # so does a device this machine lacks (device=cuda on a CPU-only host)
     rt = get_runtime(cfg)
     rt.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)

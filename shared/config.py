@@ -45,6 +45,8 @@ class RunConfig:
     local_steps: int = knob(10, "local AdamW steps per round", low=1)
     batch_size: int = knob(32, "local batch size", low=1)
     max_length: int = knob(64, "tokens per example (truncation)", low=8)
+    group_by_length: bool = knob(True, "local batches from length-sorted chunks of 50 batches, in random order "
+                                 "(less padding; false: uniformly random batches)")
     lr: float = knob(0.0, "local learning rate; 0 = the method's default", low=0)
     head_lr: float = knob(0.0, "learning rate of the dense task head; 0 = the method's (or lr)", low=0)
     weight_decay: float = knob(0.0, "AdamW weight decay", low=0)
@@ -102,6 +104,9 @@ class RunConfig:
     crash_after_round: int = knob(0, "tests only: exit hard after this round's checkpoint; 0 = never", low=0)
     fail_rate: float = knob(0.0, "fault injection: share of client rounds that fail", low=0, high=1)
     fail_mode: str = knob("raise", "fault injection: how a client fails", choices=FAIL_MODES)
+    eval_split: str = knob("test", "split the server scores on: test (SST-2: the GLUE dev set papers report) or "
+                           "validation (the data folder's validation.tsv: choose learning rates here)",
+                           choices=("test", "validation"))
     max_eval_examples: int = knob(0, "server-side evaluation rows; 0 = the whole held-out split", low=0)
     eval_batch_size: int = knob(64, "evaluation batch size", low=1)
     round_timeout: float = knob(3600.0, "seconds to wait for a round's replies", low=0, low_open=True)

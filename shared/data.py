@@ -1,15 +1,18 @@
 """Datasets: load (Hub or local GLUE-style TSV), partition (flwr-datasets), tokenize, batch.
 
 Splits used: ``train`` (partitioned among clients) and ``test`` (held out, evaluated by the server;
-for SST-2 the labelled GLUE validation set, the split papers report on).
+for SST-2 the labelled GLUE validation set, the split papers report on). A local folder may also hold
+``validation.tsv`` (for SST-2: rows of the GLUE training set kept out of train.tsv), the split to choose
+learning rates on (run-config ``eval-split = "validation"``) so that ``test`` is never tuned on.
 """
 
 from __future__ import annotations
 
 import csv
-import re
 import functools
 import os
+import re
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,21 +92,39 @@ def load_splits(dataset: str, data_dir: str) -> dict[str, Dataset]:
             raise DataLoadError(
                 f"data-dir {root} must hold train.tsv and test.tsv (GLUE TSV layout); e.g. data-dir=../shared/data/{dataset}"
             )
-        return {"train": read_tsv(train, spec.label_names), "test": read_tsv(test, spec.label_names)}
+        out = {"train": read_tsv(train, spec.label_names), "test": read_tsv(test, spec.label_names)}
+        if (root / "validation.tsv").is_file():
+            out["validation"] = read_tsv(root / "validation.tsv", spec.label_names)
+        return out
     return _load_from_hub(dataset, spec)
+
+
+def held_out(splits: dict[str, Dataset], name: str, data_dir: str) -> Dataset:
+    """The split the server scores on: ``test`` or ``validation`` (only where the data folder has one)."""
+    if name not in splits:
+        where = f"data-dir {data_dir}" if data_dir else "the Hugging Face Hub copy"
+        raise DataLoadError(f"eval-split={name!r} but {where} has no {name}.tsv; pass a data-dir that holds one "
+                            f"(e.g. ../shared/data/sst2) or use eval-split='test'")
+    return splits[name]
 
 
 def _load_from_hub(dataset: str, spec: DatasetSpec) -> dict[str, Dataset]:
     from datasets import load_dataset
 
-    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
     hint = f"pass data-dir=<folder with train.tsv and test.tsv>, e.g. --run-config \"data-dir='../shared/data/{dataset}'\""
-    if offline:
-        raise DataLoadError(f"dataset {dataset!r} needs the Hugging Face Hub but HF offline mode is set; {hint}")
-    try:
-        ds = load_dataset(*spec.hub_path)
-    except Exception as exc:  # network errors come in many types
-        raise DataLoadError(f"cannot load dataset {dataset!r} from the Hugging Face Hub ({exc.__class__.__name__}); {hint}") from exc
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if offline or not _hub_reachable():  # only the local cache can serve; fail in one line, not after retries
+        why = "HF offline mode is set" if offline else "the Hugging Face Hub cannot be reached from here"
+        try:
+            ds = _load_cached(spec.hub_path)
+        except Exception:  # noqa: BLE001 - any cache miss
+            raise DataLoadError(f"dataset {dataset!r} is not in the local Hugging Face cache and {why}; {hint}") from None
+    else:
+        try:
+            ds = load_dataset(*spec.hub_path)
+        except Exception as exc:  # network errors come in many types
+            raise DataLoadError(f"cannot load dataset {dataset!r} from the Hugging Face Hub "
+                                f"({exc.__class__.__name__}); {hint}") from exc
     out = {}
     for ours, theirs in (("train", "train"), ("test", spec.hub_test_split)):
         split = ds[theirs]
@@ -111,6 +132,33 @@ def _load_from_hub(dataset: str, spec: DatasetSpec) -> dict[str, Dataset]:
             split = split.rename_column(spec.text_column, "text")
         out[ours] = split.select_columns(["text", "label"])
     return out
+
+
+def _load_cached(hub_path: tuple[str, ...]):
+    """``load_dataset`` from the local cache only (offline for this call)."""
+    import datasets
+    import huggingface_hub.constants as hub
+
+    from datasets import load_dataset
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        return load_dataset(*hub_path)
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hub's host resolves and accepts a connection (HF_ENDPOINT if set)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def partition(train: Dataset, num_partitions: int, partition_id: int, partitioner: str, alpha: float,
@@ -229,6 +277,19 @@ class Encoded:
     def __len__(self) -> int:
         return int(self.labels.numel())
 
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(n,) int64: each row's real tokens (its attention mask's sum)."""
+        return self.attention_mask.sum(1)
+
+    def eval_batches(self, batch_size: int) -> list[torch.Tensor]:
+        """Every row once, in batches of rows of similar length (longest first), so little padding is run.
+
+        The rows' order does not change any per-example loss or prediction, only the batches' widths.
+        """
+        order = torch.argsort(self.lengths, descending=True, stable=True)
+        return list(order.split(max(1, batch_size)))
+
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         ids, am = self.input_ids[idx], self.attention_mask[idx]
         width = int(am.sum(1).max()) if len(idx) else 1  # trim padding shared by the whole batch
@@ -244,14 +305,46 @@ def encode(ds: Dataset, tokenizer, max_length: int, limit: int = 0) -> Encoded:
     return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor(ds["label"], dtype=torch.long))
 
 
-def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> list[torch.Tensor]:
-    """``steps`` batches of row indices drawn by walking seeded permutations of 0..n-1."""
+MEGA_BATCH = 50  # batches per length-sorted chunk (Hugging Face Trainer's ``group_by_length``)
+
+
+def batch_indices(n: int, batch_size: int, steps: int, seed: int,
+                  lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """``steps`` batches of row indices drawn by walking seeded passes over 0..n-1.
+
+    ``lengths`` None: each pass is a seeded permutation cut into full batches (the tail that does not
+    fill a batch is left to a later pass). ``lengths`` given ((n,) tokens per row): length-grouped
+    passes (:func:`grouped_pass`), every row exactly once per pass, so a batch pads to a width
+    close to its rows' own lengths.
+    """
     gen = torch.Generator().manual_seed(int(seed))
-    out, perm, pos = [], torch.randperm(n, generator=gen), 0
     size = min(batch_size, n)
+    if lengths is not None:
+        out: list[torch.Tensor] = []
+        while len(out) < steps:
+            out += grouped_pass(lengths, size, gen)
+        return out[:steps]
+    out, perm, pos = [], torch.randperm(n, generator=gen), 0
     for _ in range(steps):
         if pos + size > n:
             perm, pos = torch.randperm(n, generator=gen), 0
         out.append(perm[pos:pos + size])
         pos += size
     return out
+
+
+def grouped_pass(lengths: torch.Tensor, batch_size: int, gen: torch.Generator,
+                 mega_batch: int = MEGA_BATCH) -> list[torch.Tensor]:
+    """One pass over all rows: shuffle, cut into chunks of ``mega_batch`` batches, sort each chunk by
+    length (longest first, stable), cut it into batches, then shuffle the batches' order.
+
+    Every row appears exactly once; only the last batch of a chunk may be short. Deterministic
+    under ``gen``'s state.
+    """
+    n = int(lengths.numel())
+    perm = torch.randperm(n, generator=gen)
+    batches: list[torch.Tensor] = []
+    for chunk in perm.split(mega_batch * batch_size):
+        order = torch.argsort(lengths[chunk], descending=True, stable=True)
+        batches += list(chunk[order].split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]

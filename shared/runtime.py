@@ -14,7 +14,7 @@ import torch
 
 from shared.config import RunConfig
 from shared.device import resolve_device
-from shared.data import dataset_spec, encode, load_splits, partition, partition_size, Encoded
+from shared.data import dataset_spec, encode, held_out, load_splits, partition, partition_size, Encoded
 from shared.knobs import knobs
 from shared.methods import get_method
 from shared.methods.base import Method, Tuner
@@ -121,5 +121,5 @@ def client_partition_size(cfg: RunConfig, partition_id: int, num_partitions: int
 
 def test_split(cfg: RunConfig, tokenizer) -> Encoded:
     """Tokenized held-out split (first ``max-eval-examples`` rows if set)."""
-    test = load_splits(cfg.dataset, cfg.data_dir)["test"]
+    test = held_out(load_splits(cfg.dataset, cfg.data_dir), cfg.eval_split, cfg.data_dir)
     return encode(test, tokenizer, cfg.max_length, limit=cfg.max_eval_examples)

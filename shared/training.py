@@ -23,13 +23,15 @@ class TrainResult:
 
 
 def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps: int, batch_size: int,
-                seed: int, weight_decay: float = 0.0, precision: str = "fp32") -> TrainResult:
+                seed: int, weight_decay: float = 0.0, precision: str = "fp32",
+                group_by_length: bool = True) -> TrainResult:
     """Run ``steps`` Adam steps on seeded batches of ``data``; only ``param_groups`` change.
 
     ``param_groups``: torch optimizer groups, each ``{"params": [...], "lr": float}``. Dropout is on
     (train mode) for the duration and restored afterwards. Batches go to the model's device;
     ``precision="bf16"`` runs forward and loss under bf16 autocast (parameters, gradients and the
-    optimizer state stay float32).
+    optimizer state stay float32). ``group_by_length``: batches of rows of similar length
+    (:func:`shared.data.grouped_pass`), so a step pays for little padding.
     """
     if len(data) == 0:
         raise ValueError("this client's partition is empty; use fewer clients or a larger dataset")
@@ -40,7 +42,8 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
     model.train()
     total, seen, t0 = 0.0, 0, time.perf_counter()
     try:
-        for idx in batch_indices(len(data), batch_size, steps, seed):
+        lengths = data.lengths if group_by_length else None
+        for idx in batch_indices(len(data), batch_size, steps, seed, lengths):
             batch = to_device(data.batch(idx), device)
             with autocast(device, precision):
                 out = model(**batch)
@@ -62,14 +65,15 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Encoded, batch_size: int = 64, precision: str = "fp32") -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (eval mode, on the model's device)."""
+    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (eval mode, on the model's device; batches
+    sorted by length)."""
     device = model_device(model)
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, len(data)
     try:
-        for s in range(0, n, batch_size):
-            batch = to_device(data.batch(torch.arange(s, min(s + batch_size, n))), device)
+        for idx in data.eval_batches(batch_size):  # length-sorted: same examples, less padding
+            batch = to_device(data.batch(idx), device)
             with autocast(device, precision):
                 out = model(**batch)
             loss_sum += float(out.loss) * len(batch["labels"])

@@ -3,7 +3,8 @@
     python -m simulations.benchmark --preset quick [--out DIR] [-c "num-server-rounds=5 lr=0.01"]
 
 Each run goes to ``<out>/runs/<name>/`` (history.json, summary.json, run.log, run_config.json);
-a rerun skips runs whose summary.json exists (resumable). At the end ``<out>`` holds runs.csv,
+a rerun skips runs whose summary.json exists and continues a stopped run from its last round's
+checkpoint (``resume``), so a preset of many seeds resumes where it stopped. At the end ``<out>`` holds runs.csv,
 rounds.csv, results.json, results.md and three PNG plots. ``-c`` overrides any run-config key for
 every run (and ``target-accuracy``).
 """
@@ -23,6 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from server.checkpoint import CHECKPOINT_NAME
 from simulations.launcher import REPO, _parse_overrides, flower_env, format_run_config, stop_tree
 from simulations.matrix import Preset, PresetError, RunSpec, load_preset
 from simulations.plots import write_plots
@@ -55,6 +57,19 @@ def is_done(spec: RunSpec, run_dir: Path) -> bool:
     return True
 
 
+def _same_config(spec: RunSpec, run_dir: Path) -> bool:
+    stored = _stored_config(run_dir)
+    if stored is None:
+        return False
+    stored.pop("output-dir", None)
+    return stored == dict(spec.run_config)
+
+
+def can_resume(spec: RunSpec, run_dir: Path) -> bool:
+    """A stopped run of the same config left a checkpoint: continue it instead of starting over."""
+    return (run_dir / CHECKPOINT_NAME).is_file() and (run_dir / "history.json").is_file() and _same_config(spec, run_dir)
+
+
 def _history_rounds(run_dir: Path) -> tuple[int, float | None]:
     """(training rounds recorded so far, latest accuracy) from a run's history.json, read while it runs."""
     try:
@@ -69,9 +84,15 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
     """Launch one run (``simulations.launcher`` in a child process, output to run.log) and follow its
     history.json on the round bar; returns the launcher's exit code (124 on timeout)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    resume = can_resume(spec, run_dir)
     config = dict(spec.run_config, **{"output-dir": str(run_dir)})
     (run_dir / "run_config.json").write_text(json.dumps(config, indent=2))
-    (run_dir / "history.json").unlink(missing_ok=True)
+    if resume:
+        config["resume"] = True
+        progress.console.print(f"[dim]resume {spec.name} from its checkpoint[/dim]")
+    else:
+        (run_dir / "history.json").unlink(missing_ok=True)
+        (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     progress.reset(task, total=int(config.get("num-server-rounds", 10)), description=f"{spec.name}: starting")
     sim = preset.simulation
     cmd = [sys.executable, "-m", "simulations.launcher", "--num-supernodes", str(sim.num_supernodes),
@@ -123,7 +144,8 @@ def run_matrix(preset: Preset, out: Path, only: str | None = None, rerun: bool =
 
 def write_results(preset: Preset, out: Path) -> Path | None:
     """Report and plots over every finished run of the preset; returns results.md (None if no run finished)."""
-    done = [load_run(out / "runs" / s.name) for s in preset.runs if (out / "runs" / s.name / "summary.json").is_file()]
+    done = [load_run(out / "runs" / s.name, s.group) for s in preset.runs
+            if (out / "runs" / s.name / "summary.json").is_file()]
     if not done:
         return None
     meta = {"preset": preset.name, "description": preset.description,

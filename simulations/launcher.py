@@ -181,7 +181,8 @@ def _parse_overrides(text: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-c", "--run-config", default="", help="run-config overrides, e.g. \"lr=0.01 method='pafi'\"")
+    ap.add_argument("-c", "--run-config", action="append", default=[],
+                    help="run-config overrides, e.g. \"lr=0.01 method='pafi'\"; may repeat, a later -c wins")
     ap.add_argument("--num-supernodes", type=int, default=10)
     ap.add_argument("--cpus-per-client", type=int, default=2, help="CPUs per virtual client (integer)")
     ap.add_argument("--gpus-per-client", type=float, default=0.0,
@@ -195,10 +196,29 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"fedsparse: error: {exc}", file=sys.stderr)
         return 2
-    overrides = _parse_overrides(args.run_config)
+    overrides: dict[str, Any] = {}
+    for text in args.run_config:
+        overrides.update(_parse_overrides(text))
+    problem = check_data(overrides)
+    if problem:
+        print(f"fedsparse: {problem}", file=sys.stderr)
+        return 2
     print("flwr run with --run-config", shlex.quote(format_run_config(overrides)), flush=True)
     return run_simulation(overrides, args.num_supernodes, args.cpus_per_client, flwr_home=args.flwr_home,
                           gpus_per_client=args.gpus_per_client, ray_address=args.ray_address)
+
+
+def check_data(overrides: Mapping[str, Any]) -> str | None:
+    """Load the run's dataset once before any SuperLink starts (from the Hub this also fills the local cache,
+    so the nodes do not all download it); the one-line reason it cannot be loaded, or None."""
+    from shared.data import DataLoadError, held_out, load_splits
+
+    dataset, data_dir = str(overrides.get("dataset", "sst2")), str(overrides.get("data-dir", ""))
+    try:
+        held_out(load_splits(dataset, data_dir), str(overrides.get("eval-split", "test")), data_dir)
+    except DataLoadError as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":

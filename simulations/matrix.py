@@ -16,6 +16,11 @@ A preset file (``simulations/presets/<name>.toml``)::
     method = "lora"
     [methods.full]                  # overrides for every run of a method (e.g. its learning rate)
     lr = 3e-5
+    seeds = [42, 43, 44]            # optional, top level, per method or per run: one run per seed
+
+With ``seeds`` (a list of ints, at the top level, in ``methods.<m>`` or in a run, the most specific
+wins), a run becomes one run per seed, named ``<name>-s<seed>`` with ``seed`` set; the report groups
+them back by ``<name>`` (mean and spread over seeds). Without it a run is one run, as before.
 
 Precedence, lowest first: base ``run-config`` < ``methods.<m>`` < the run's own keys < command-line
 overrides (``-c``; they apply to every run). A relative ``data-dir`` is resolved against the repo.
@@ -54,6 +59,8 @@ class RunSpec:
 
     name: str
     run_config: dict[str, Any]
+    group: str = ""  # the run's name without its seed suffix (the report's row over seeds)
+    seed: int | None = None  # set when the preset lists seeds
 
 
 @dataclass(frozen=True)
@@ -106,16 +113,33 @@ def _resolve_paths(config: dict[str, Any]) -> dict[str, Any]:
 def build_runs(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> list[RunSpec]:
     """Expand the preset's matrix and runs into complete run-configs (see module docstring)."""
     base = dict(doc.get("run-config", {}))
-    methods = doc.get("methods", {})
+    methods = {m: dict(v) for m, v in doc.get("methods", {}).items()}
+    top_seeds = doc.get("seeds")
     runs, seen = [], set()
     for own in _expand(doc):
-        name = str(own.pop("name", "")) or run_name(own)
+        name = str(own.pop("name", "")) or run_name({k: v for k, v in own.items() if k != "seeds"})
         if name in seen:
             raise PresetError(f"two runs are both named {name!r}; give one a distinct 'name' key")
         seen.add(name)
-        config = {**base, **methods.get(own.get("method", base.get("method", "pafi")), {}), **own, **overrides}
-        runs.append(RunSpec(name, _resolve_paths(config)))
+        method = dict(methods.get(own.get("method", base.get("method", "pafi")), {}))
+        seeds = _seeds(own.pop("seeds", method.pop("seeds", top_seeds)), name)
+        config = {**base, **method, **own, **overrides}
+        if seeds is None:
+            runs.append(RunSpec(name, _resolve_paths(config), group=name))
+            continue
+        for seed in seeds:
+            runs.append(RunSpec(f"{name}-s{seed}", _resolve_paths({**config, "seed": seed}), group=name, seed=seed))
     return runs
+
+
+def _seeds(value: Any, name: str) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and v >= 0 for v in value) \
+            or len(set(value)) != len(value):
+        raise PresetError(f"run {name!r}: 'seeds' must be a non-empty list of distinct non-negative ints, "
+                          f"got {value!r}")
+    return list(value)
 
 
 def load_preset(name_or_path: str, overrides: Mapping[str, Any] | None = None,

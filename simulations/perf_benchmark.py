@@ -8,6 +8,9 @@ Four sections, printed side by side in one rich table (see docs/performance.md):
 - ``round``: a real simulation (``simulations.launcher``, default settings, few rounds); each
   round's wall time split into the clients' local training (``train_seconds`` in history.json)
   and everything else (the federated overhead);
+- ``grouping``: padding and step time of uniformly random batches vs length-grouped ones
+  (``group-by-length``): real tokens / processed tokens over one pass of 8,000 SST-2 training
+  sentences, and the mean step time (sparse path) in alternating random/grouped blocks;
 - ``aggregate``: server-side stacking + FedAvg + state update for 10/100/1000 synthetic replies;
 - ``rss``: peak resident memory of the whole simulation process tree (SuperLink, ServerApp,
   Ray workers; RSS summed, sampled by psutil) for 10/100/1000 virtual clients, fraction-train 0.1.
@@ -16,6 +19,7 @@ Each section stores its figures in ``--out/<section>.json``; the table shows eve
 so sections can run separately (each under the shared lock) and still print side by side:
 
     python -m simulations.perf_benchmark --sections steps,aggregate
+    python -m simulations.perf_benchmark --sections grouping
     python -m simulations.perf_benchmark --sections round
     python -m simulations.perf_benchmark --sections rss --rss-clients 10,100,1000
     python -m simulations.perf_benchmark --sections none     # just print the stored table
@@ -98,6 +102,45 @@ def bench_steps(args) -> dict:
             "threads": torch.get_num_threads(), "batch_size": cfg.batch_size, "max_length": cfg.max_length,
             "density": cfg.mask_density, "model": rt.base.source, "device": str(rt.tuner.values.device),
             "precision": cfg.precision}
+
+
+def real_token_share(lengths: torch.Tensor, batches: list[torch.Tensor]) -> float:
+    """Real tokens / processed tokens: a batch runs ``len(batch) x its longest row`` positions."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    return real / sum(len(b) * int(lengths[b].max()) for b in batches)
+
+
+def bench_grouping(args) -> dict:
+    """Random vs length-grouped local batches on the real model: padding share and step time."""
+    from shared.config import RunConfig
+    from shared.data import batch_indices, encode, load_splits
+    from shared.runtime import build_runtime
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = RunConfig(model=args.model, data_dir=str(args.data_dir), mask_density=args.density)
+    rt = build_runtime(cfg)
+    head0 = rt.tuner.head_state()
+    train = load_splits(cfg.dataset, cfg.data_dir)["train"].shuffle(seed=0).select(range(8000))
+    data = encode(train, rt.base.tokenizer, cfg.max_length)
+    lengths, bs = data.lengths, cfg.batch_size
+    one_pass = len(data) // bs
+    plans = {"random": batch_indices(len(data), bs, one_pass, seed=1),
+             "grouped": batch_indices(len(data), bs, one_pass, seed=1, lengths=lengths)}
+    share = {m: real_token_share(lengths, b) for m, b in plans.items()}
+    width = {m: statistics.mean(int(lengths[i].max()) for i in b) for m, b in plans.items()}
+    per_block = args.group_steps + 2
+    times: dict[str, list[float]] = {"random": [], "grouped": []}
+    lr = rt.method.learning_rates(cfg)[0]
+    for rep in range(args.repeats):  # alternate the order so drifting machine load hits both alike
+        for mode in (("random", "grouped") if rep % 2 == 0 else ("grouped", "random")):
+            block = [data.batch(i) for i in plans[mode][rep * per_block:(rep + 1) * per_block]]
+            times[mode] += _timed_steps(rt, head0, block, True, lr)[0][2:]  # two warm-up steps
+    mean = {m: statistics.mean(t) for m, t in times.items()}
+    return {"real_token_share": share, "mean_width": width, "mean_length": float(lengths.float().mean()),
+            "step": {m: {**_median_spread(t), "mean": mean[m]} for m, t in times.items()},
+            "ratio": mean["random"] / mean["grouped"], "rows": len(data), "batch_size": bs,
+            "threads": torch.get_num_threads(), "model": rt.base.source, "method": cfg.method}
 
 
 def run_with_peak_rss(run_config: dict, num_supernodes: int, timeout: float, **launch) -> dict:
@@ -204,7 +247,7 @@ def bench_rss(args) -> dict:
     return {"clients": out, "rounds": args.rss_rounds, "local_steps": args.rss_local_steps}
 
 
-SECTIONS = {"steps": bench_steps, "round": bench_round, "aggregate": bench_aggregate, "rss": bench_rss}
+SECTIONS = {"steps": bench_steps, "grouping": bench_grouping, "round": bench_round, "aggregate": bench_aggregate, "rss": bench_rss}
 
 
 def _fmt_spread(d: dict, unit: float = 1.0, suffix: str = " s") -> str:
@@ -225,6 +268,20 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                  ("local step", "speed-up dense/sparse", f"{r['ratio']:.2f}x", ">= 1.3x", _verdict(r["ratio"] >= 1.3)),
                  ("local step", "max |values_sparse - values_dense|",
                   f"{r['max_abs_value_diff']:.2e} (of max |v| {r['max_abs_value']:.2e})", "float32 tolerance", "")]
+    if "grouping" in results:
+        r = results["grouping"]
+        sh, w, st = r["real_token_share"], r["mean_width"], r["step"]
+        where = f"{r['rows']:,} SST-2 rows, batch {r['batch_size']}, mean length {r['mean_length']:.1f}"
+        rows += [("grouping", f"real / processed tokens, random batches ({where})",
+                  f"{sh['random']:.3f} (mean width {w['random']:.1f})", "", ""),
+                 ("grouping", "real / processed tokens, length-grouped batches",
+                  f"{sh['grouped']:.3f} (mean width {w['grouped']:.1f})", ">= 0.9", _verdict(sh["grouped"] >= 0.9)),
+                 ("grouping", f"step, random batches ({r['method']}, {r['threads']} threads)",
+                  f"mean {st['random']['mean']:.3f} s; " + _fmt_spread(st["random"]), "", ""),
+                 ("grouping", "step, length-grouped batches",
+                  f"mean {st['grouped']['mean']:.3f} s; " + _fmt_spread(st["grouped"]), "", ""),
+                 ("grouping", "speed-up random/grouped (mean step)", f"{r['ratio']:.2f}x", ">= 2.5x",
+                  _verdict(r["ratio"] >= 2.5))]
     if "round" in results:
         r = results["round"]
         for rd in r["rounds"]:
@@ -267,13 +324,14 @@ def render(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="steps,round,aggregate,rss", help="comma list of " + ",".join(SECTIONS) + " or none")
+    ap.add_argument("--sections", default="steps,grouping,round,aggregate,rss", help="comma list of " + ",".join(SECTIONS) + " or none")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "perf")
     ap.add_argument("--data-dir", type=Path, default=DATA)
     ap.add_argument("--model", default="", help="model for steps/round/rss (default: the bundled MiniLM)")
     ap.add_argument("--density", type=float, default=0.005)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per block (after 2 warm-up steps)")
     ap.add_argument("--repeats", type=int, default=4, help="alternating dense/sparse blocks")
+    ap.add_argument("--group-steps", type=int, default=24, help="timed steps per grouping block (after 2 warm-up)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for the step section (0 = default)")
     ap.add_argument("--device", default="auto", help="device of the step section (auto, cpu, cuda, cuda:N, mps)")
     ap.add_argument("--precision", default="fp32", help="precision of the step section (fp32 or bf16)")

@@ -1,7 +1,8 @@
 """Benchmark plots (matplotlib, PNG): accuracy vs cumulative MB, accuracy vs round, bytes per client-round.
 
-Each run is one line, coloured by method and dashed by value-dtype, so a plot reads without the
-table: the legend names method and dtype, axes carry units, the target accuracy is a grey line.
+Each run (or each run over its seeds: the mean, with a band of ± one standard deviation) is one line,
+coloured by method and dashed by value-dtype, so a plot reads without the table: the legend names
+method and dtype, axes carry units, the target accuracy is a grey line.
 """
 
 from __future__ import annotations
@@ -13,25 +14,44 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from simulations.report import MB, RunResult, cumulative_bytes  # noqa: E402
+from simulations.runs import RunResult  # noqa: E402
+from simulations.seeds import band, group_runs  # noqa: E402
 
 LINESTYLES = {"float32": "-", "float16": "--", "bfloat16": "-.", "int8": ":"}
 
 
 def _style(runs: list[RunResult]) -> dict[str, dict]:
-    """Run name -> matplotlib line kwargs (colour per method, line style per value-dtype)."""
+    """Group name -> matplotlib line kwargs (colour per method, line style per value-dtype)."""
+    groups = group_runs(runs)
     methods = sorted({r.summary.get("method", "?") for r in runs})
     cmap = plt.get_cmap("tab10")
     colour = {m: cmap(i % 10) for i, m in enumerate(methods)}
-    return {r.name: {"color": colour[r.summary.get("method", "?")],
-                     "linestyle": LINESTYLES.get(r.summary.get("value_dtype"), "-"), "marker": "o",
-                     "markersize": 3, "label": f"{r.summary.get('method')} · {r.summary.get('value_dtype')}"
-                     + (f" ({r.name})" if _ambiguous(runs, r) else "")} for r in runs}
+    out = {}
+    for name, members in groups.items():
+        s = members[0].summary
+        label = f"{s.get('method')} · {s.get('value_dtype')}" + (f" ({name})" if _ambiguous(groups, name) else "")
+        out[name] = {"color": colour[s.get("method", "?")], "linestyle": LINESTYLES.get(s.get("value_dtype"), "-"),
+                     "marker": "o", "markersize": 3,
+                     "label": label + (f", mean of {len(members)} seeds" if len(members) > 1 else "")}
+    return out
 
 
-def _ambiguous(runs: list[RunResult], run: RunResult) -> bool:
-    key = (run.summary.get("method"), run.summary.get("value_dtype"))
-    return sum((r.summary.get("method"), r.summary.get("value_dtype")) == key for r in runs) > 1
+def _ambiguous(groups: dict[str, list[RunResult]], name: str) -> bool:
+    key = lambda g: (groups[g][0].summary.get("method"), groups[g][0].summary.get("value_dtype"))  # noqa: E731
+    return sum(key(g) == key(name) for g in groups) > 1
+
+
+def _plot_bands(ax, runs: list[RunResult], x: str) -> None:
+    """One line per group (mean over its seeds) and a ± std band where it has several seeds."""
+    style = _style(runs)
+    for name, members in group_runs(runs).items():
+        b = band(members)
+        xs = b[x]
+        ax.plot(xs, [100 * m for m in b["mean"]], **style[name])
+        if len(members) > 1:
+            lo = [100 * (m - sd) for m, sd in zip(b["mean"], b["std"])]
+            hi = [100 * (m + sd) for m, sd in zip(b["mean"], b["std"])]
+            ax.fill_between(xs, lo, hi, color=style[name]["color"], alpha=0.18, linewidth=0)
 
 
 def _finish(ax, fig, path: Path, target: float | None, title: str) -> None:
@@ -49,11 +69,7 @@ def _finish(ax, fig, path: Path, target: float | None, title: str) -> None:
 def plot_accuracy_vs_bytes(runs: list[RunResult], path: Path, target: float | None) -> None:
     """Accuracy (%) against cumulative up + down megabytes (log x); round 0 = before training."""
     fig, ax = plt.subplots(figsize=(8, 5))
-    style = _style(runs)
-    for r in runs:
-        cum = [c / MB for c in cumulative_bytes(r.history)]
-        acc = [100 * (h.get("accuracy") or 0.0) for h in r.history]
-        ax.plot(cum, acc, **style[r.name])
+    _plot_bands(ax, runs, "mb")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative communication, MB (up + down, all clients; log scale)")
     ax.set_ylabel("server-side accuracy (%)")
@@ -63,10 +79,7 @@ def plot_accuracy_vs_bytes(runs: list[RunResult], path: Path, target: float | No
 def plot_accuracy_vs_round(runs: list[RunResult], path: Path, target: float | None) -> None:
     """Accuracy (%) per round (round 0 = the untrained global model)."""
     fig, ax = plt.subplots(figsize=(8, 5))
-    style = _style(runs)
-    for r in runs:
-        ax.plot([h["round"] for h in r.history], [100 * (h.get("accuracy") or 0.0) for h in r.history],
-                **style[r.name])
+    _plot_bands(ax, runs, "round")
     ax.set_xlabel("server round")
     ax.set_ylabel("server-side accuracy (%)")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -74,7 +87,10 @@ def plot_accuracy_vs_round(runs: list[RunResult], path: Path, target: float | No
 
 
 def plot_bytes_per_client_round(runs: list[RunResult], path: Path) -> None:
-    """Grouped bars: measured bytes up and down per client-round, per run (log y, values printed)."""
+    """Grouped bars: measured bytes up and down per client-round, per run (log y, values printed).
+
+    Seeds of one run send the same payloads: one pair of bars per group (its first seed)."""
+    runs = [members[0] for members in group_runs(runs).values()]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(runs) + 2), 5))
     xs = range(len(runs))
     width = 0.38

@@ -2,19 +2,22 @@
 
 Input: ``<out>/runs/<name>/{summary.json,history.json}`` as the ServerApp writes them (byte
 counts there are measured from the serialized messages). Output in ``<out>``: ``runs.csv``,
-``rounds.csv``, ``results.json`` and ``results.md``. Pure functions over dicts; no Flower.
+``groups.csv`` (one row over the seeds of each run, see :mod:`simulations.seeds`), ``rounds.csv``,
+``results.json`` and ``results.md``. Pure functions over dicts; no Flower.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-MB = 1e6
+from simulations.seeds import GROUP_COLUMNS, group_rows, markdown_groups
+from simulations.runs import MB, ReportError, RunResult, fmt_cell, cumulative_bytes, load_run, reach_target
+
+__all__ = ["MB", "ReportError", "RunResult", "cumulative_bytes", "load_run", "reach_target", "run_row",
+           "write_report"]
 
 RUN_COLUMNS = ("name", "method", "value_dtype", "mask_density", "num_params", "num_trainable",
                "bytes_up_per_client_round", "bytes_down_per_client_round", "reduction_up", "reduction_down",
@@ -26,51 +29,10 @@ ROUND_COLUMNS = ("name", "method", "value_dtype", "round", "accuracy", "loss", "
                  "failed", "round_seconds")
 
 
-class ReportError(ValueError):
-    """A run folder lacks the files the report needs."""
-
-
-@dataclass
-class RunResult:
-    """One finished run: its name, summary.json and history.json (round 0 = handshake)."""
-
-    name: str
-    summary: dict[str, Any]
-    history: list[dict[str, Any]]
-
-
-def load_run(run_dir: Path) -> RunResult:
-    """Read a run folder written by the ServerApp."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        history = json.loads((run_dir / "history.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{run_dir} has no readable summary.json/history.json ({exc}); rerun the benchmark") from exc
-    return RunResult(run_dir.name, summary, sorted(history, key=lambda r: r["round"]))
-
-
-def cumulative_bytes(history: list[dict[str, Any]]) -> list[int]:
-    """Up + down bytes of all rounds so far (round 0's handshake included), per history record."""
-    total, out = 0, []
-    for rec in history:
-        total += int(rec.get("bytes_up", 0)) + int(rec.get("bytes_down", 0))
-        out.append(total)
-    return out
-
-
-def reach_target(history: list[dict[str, Any]], target: float | None) -> tuple[int | None, int | None]:
-    """(first round with accuracy >= target, cumulative bytes through that round), or (None, None)."""
-    if target is None:
-        return None, None
-    for rec, cum in zip(history, cumulative_bytes(history)):
-        if rec.get("round", 0) >= 1 and rec.get("accuracy") is not None and rec["accuracy"] >= target:
-            return int(rec["round"]), cum
-    return None, None
-
-
 def pick_reference(runs: Iterable[RunResult]) -> RunResult | None:
-    """The ``full`` run to compare against: float32 if there is one, else the first ``full`` run."""
+    """The ``full`` run to compare against: non-IID and float32 if there is one, else the first ``full`` run."""
     fulls = [r for r in runs if r.summary.get("method") == "full"]
+    fulls = [r for r in fulls if r.config.get("partitioner") != "iid"] or fulls
     f32 = [r for r in fulls if r.summary.get("value_dtype") == "float32"]
     return (f32 or fulls or [None])[0]
 
@@ -131,26 +93,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) 
         writer.writerows(rows)
 
 
-def _fmt(value: Any, kind: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if kind == "bytes":
-        return f"{value:,.0f}"
-    if kind == "mb":
-        return f"{value / MB:,.3f}"
-    if kind == "pct":
-        return f"{100 * value:.2f}"
-    if kind == "x":
-        return f"{value:,.0f}×" if value >= 10 else f"{value:.2f}×"
-    if kind == "pts":
-        return f"{100 * value:+.2f}"
-    if kind == "sci":
-        return f"{value:.1e}"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
 TABLE = (  # (header, column, format)
     ("run", "name", ""), ("trainable", "num_trainable", ""), ("up B/client-round", "bytes_up_per_client_round", "bytes"),
     ("down B/client-round", "bytes_down_per_client_round", "bytes"), ("up reduction", "reduction_up", "x"),
@@ -165,17 +107,26 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The run table as GitHub Markdown."""
     lines = ["| " + " | ".join(h for h, _, _ in TABLE) + " |", "|" + "---|" * len(TABLE)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(col), kind) for _, col, kind in TABLE) + " |")
+        lines.append("| " + " | ".join(fmt_cell(row.get(col), kind) for _, col, kind in TABLE) + " |")
     return "\n".join(lines)
 
 
-def markdown_report(rows: list[dict[str, Any]], checks: list[dict[str, Any]], title: str) -> str:
-    """The whole results.md: the table, what the columns mean, and the target checks."""
+def markdown_report(rows: list[dict[str, Any]], checks: list[dict[str, Any]], title: str,
+                    groups: list[dict[str, Any]] | None = None) -> str:
+    """The whole results.md: the table over seeds (if any run has several), the run table, what the columns
+    mean, and the target checks."""
     target = next((r["target_accuracy"] for r in rows if r.get("target_accuracy") is not None), None)
     ref = rows[0]["reduction_reference"] if rows else "–"
-    parts = [f"# {title}", "", markdown_table(rows), "",
+    parts = [f"# {title}", ""]
+    if groups and any(g["seeds"] > 1 for g in groups):
+        parts += ["## Over seeds", "", markdown_groups(groups), "",
+                  "Mean ± sample standard deviation over the seeds of each run; MB to target is the mean over the "
+                  "seeds that reached the target (seeds at target counts them); Δ final vs full is against the "
+                  "mean of the non-IID full run's seeds. The target checks below are made on these means.", "",
+                  "## Every run", ""]
+    parts += [markdown_table(rows), "",
              f"Bytes are measured from the serialized Flower messages (per sampled client and round, rounds ≥ 1). "
-             f"Reductions are against {ref}. Target accuracy: {_fmt(target, 'pct')} %; MB to target and total MB "
+             f"Reductions are against {ref}. Target accuracy: {fmt_cell(target, 'pct')} %; MB to target and total MB "
              f"count up + down traffic of every client, handshake included. Codec rel. error: mean over rounds of "
              f"|dec(enc(u)) − u| / |u| for the aggregated update u with the run's value-dtype.", ""]
     if checks:
@@ -192,12 +143,14 @@ def write_report(out: Path, runs: list[RunResult], target: float | None, title: 
 
     ref = pick_reference(runs)
     rows = [run_row(r, ref, target) for r in runs]
+    groups = group_rows(runs, ref, target)
     per_round = [row for r in runs for row in round_rows(r)]
-    checks = check_targets(rows)
+    checks = check_targets([g for g in groups if g.get("partitioner") != "iid"])  # on the means, non-IID
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "runs.csv", rows, RUN_COLUMNS)
+    write_csv(out / "groups.csv", groups, GROUP_COLUMNS)
     write_csv(out / "rounds.csv", per_round, ROUND_COLUMNS)
-    (out / "results.json").write_text(json.dumps({"runs": rows, "rounds": per_round, "targets": checks,
-                                                  **(extra or {})}, indent=2))
-    (out / "results.md").write_text(markdown_report(rows, checks, title))
+    (out / "results.json").write_text(json.dumps({"runs": rows, "groups": groups, "rounds": per_round,
+                                                  "targets": checks, **(extra or {})}, indent=2))
+    (out / "results.md").write_text(markdown_report(rows, checks, title, groups))
     return rows

@@ -3,9 +3,13 @@
 - PaFi at density 0.005 sends >= 800x fewer bytes up per client-round than ``full`` in float16,
   >= 1500x in int8;
 - PaFi's final accuracy is within 1.0 point of ``full``'s;
-- PaFi needs >= 2x fewer total bytes than LoRA to reach the target accuracy.
+- PaFi needs >= 2x fewer total bytes than LoRA to reach the target accuracy, and >= 500x fewer than full;
+- the PaFi paper's ordering of the masks: smallest |w| (pafi) > random > largest |w| (magnitude),
+  each gap measured with its spread.
 
-A check appears only when the runs it needs are in the results.
+Rows may be single runs or rows over seeds (``simulations.seeds.group_row``: means, with ``final_std``
+and ``reached``); the checks read the same keys either way. A check appears only when the runs it needs
+are in the results.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any
 UPLINK_REDUCTION = {"float16": 800.0, "int8": 1500.0}  # value-dtype -> required reduction vs full
 TARGET_DENSITY = 0.005
 MAX_ACCURACY_GAP = 0.01  # 1.0 point
-MIN_BYTES_ADVANTAGE = 2.0
+MIN_BYTES_ADVANTAGE = 2.0  # vs lora
+MIN_BYTES_ADVANTAGE_FULL = 500.0
+ORDERING = ("pafi", "random", "magnitude")  # the PaFi paper: smallest > random > largest magnitude
 
 
 def _check(target: str, run: str, measured: str, required: str, met: bool) -> dict[str, Any]:
@@ -35,18 +41,30 @@ def uplink_checks(pafi: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _spread(row: dict[str, Any]) -> str:
+    """`` ± s (n seeds)`` for a row over several seeds, else nothing."""
+    n = row.get("seeds", 1)
+    return f" ± {100 * row['final_std']:.2f} ({n} seeds)" if n > 1 and row.get("final_std") is not None else ""
+
+
 def accuracy_checks(pafi: list[dict[str, Any]], has_full: bool) -> list[dict[str, Any]]:
     if not has_full:
         return []
-    return [_check("final accuracy vs full", row["name"], f"{100 * row['accuracy_vs_reference']:+.2f} pts",
+    return [_check("final accuracy vs full", row["name"], f"{100 * row['accuracy_vs_reference']:+.2f} pts"
+                   + (f" (pafi {100 * row['final_accuracy']:.2f}{_spread(row)})" if _spread(row) else ""),
                    f"≥ {-100 * MAX_ACCURACY_GAP:.1f} pts", row["accuracy_vs_reference"] >= -MAX_ACCURACY_GAP)
             for row in pafi if row.get("accuracy_vs_reference") is not None]
 
 
-def lora_checks(pafi: list[dict[str, Any]], lora: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _reached(row: dict[str, Any]) -> str:
+    return f", {row['reached']}/{row['seeds']} seeds reached it" if row.get("seeds", 1) > 1 else ""
+
+
+def bytes_checks(pafi: list[dict[str, Any]], others: list[dict[str, Any]], need: float) -> list[dict[str, Any]]:
+    """pafi's (mean) bytes to the target vs another method's, same value-dtype where there is one."""
     out = []
     for row in pafi:
-        same = [r for r in lora if r["value_dtype"] == row["value_dtype"]] or lora
+        same = [r for r in others if r["value_dtype"] == row["value_dtype"]] or others
         if not same or row.get("target_accuracy") is None:
             continue
         other, mine = same[0], row["bytes_to_target"]
@@ -54,18 +72,37 @@ def lora_checks(pafi: list[dict[str, Any]], lora: list[dict[str, Any]]) -> list[
         if mine is None:
             measured, met = "pafi did not reach the target", False
         elif theirs is None:
-            measured, met = f"{other['name']} did not reach the target; pafi {mine / 1e6:,.2f} MB", True
+            measured, met = f"{other['name']} did not reach the target; pafi {mine / 1e6:,.2f} MB{_reached(row)}", True
         else:
-            measured, met = f"{theirs / mine:,.1f}× ({theirs / 1e6:,.2f} vs {mine / 1e6:,.2f} MB)", \
-                theirs / mine >= MIN_BYTES_ADVANTAGE
-        out.append(_check(f"bytes to target vs {other['name']}", row["name"], measured,
-                          f"≥ {MIN_BYTES_ADVANTAGE:.0f}× fewer", met))
+            measured, met = (f"{theirs / mine:,.1f}× ({theirs / 1e6:,.2f} vs {mine / 1e6:,.2f} MB{_reached(row)})",
+                             theirs / mine >= need)
+        out.append(_check(f"bytes to target vs {other['name']}", row["name"], measured, f"≥ {need:,.0f}× fewer", met))
     return out
 
 
+def ordering_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """smallest |w| > random > largest |w| on the (mean) final accuracy, each with its spread."""
+    first = {}
+    for r in rows:
+        if r.get("method") in ORDERING and r.get("final_accuracy") is not None:
+            first.setdefault(r["method"], r)
+    if len(first) < len(ORDERING):
+        return []
+    chain = [first[m] for m in ORDERING]
+    measured = " > ".join(f"{r['method']} {100 * r['final_accuracy']:.2f}{_spread(r)}" for r in chain)
+    met = all(a["final_accuracy"] > b["final_accuracy"] for a, b in zip(chain, chain[1:]))
+    return [_check("mask ordering (final accuracy)", ", ".join(r["name"] for r in chain), measured,
+                   "pafi > random > magnitude", met)]
+
+
+def lora_checks(pafi: list[dict[str, Any]], lora: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return bytes_checks(pafi, lora, MIN_BYTES_ADVANTAGE)
+
+
 def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """All applicable target checks for the run rows."""
+    """All applicable target checks for the rows (single runs or means over seeds)."""
     pafi = [r for r in rows if r.get("method") == "pafi"]
     lora = [r for r in rows if r.get("method") == "lora"]
-    has_full = any(r.get("method") == "full" for r in rows)
-    return uplink_checks(pafi) + accuracy_checks(pafi, has_full) + lora_checks(pafi, lora)
+    full = [r for r in rows if r.get("method") == "full"]
+    return (uplink_checks(pafi) + accuracy_checks(pafi, bool(full)) + lora_checks(pafi, lora)
+            + bytes_checks(pafi, full, MIN_BYTES_ADVANTAGE_FULL) + ordering_checks(rows))

@@ -10,7 +10,7 @@ hook                     what it is                                           de
 =======================  ===================================================  ======================
 ``build``                ``(base, cfg, digest) -> Tuner`` (required)          -
 ``settings``             the method's typed, frozen knobs (``config.py``)     no knobs
-``lr`` / ``head_lr``     the method's learning rates (``lr = 0`` uses them)    5e-3 / same as lr
+``lr`` / ``head_lr``     the method's learning rates (``lr = 0`` uses them)    5e-3 / 1e-3 (0: = lr)
 ``selector``             mask methods: positions from the base weights        none
 ``select``               a phase after the handshake, before round 1          none
 ``client_routes``        the client side of that phase (``query.<route>``)    none
@@ -181,6 +181,8 @@ class ClientCall:
     state: dict[str, Any] = field(default_factory=dict)  # per-node state kept across messages (arrays, str)
 
 
+HEAD_LR = 1e-3  # default learning rate of the dense task head (see Method.head_lr)
+
 Selector = Callable[[nn.Module, float, RunConfig], dict[str, torch.Tensor]]
 ClientRoute = Callable[[ClientCall], Parts]
 
@@ -194,7 +196,11 @@ class Method:
     build: Callable[[BaseModel, RunConfig, str], Tuner]
     settings: type = NoSettings
     lr: float = 5e-3
-    head_lr: float = 0.0
+    # The dense head's rate, apart from the values': a fresh AdamW each round moves every head weight by
+    # ~lr per step whatever its gradient, and at 5e-3 ten steps on a label-skewed client shift the test
+    # logits ~1.5 toward that client's majority class from the head alone (0.3 at 1e-3), so the global
+    # head swung between the classes for the first rounds (docs/benchmark.md). 0 = the same as ``lr``.
+    head_lr: float = HEAD_LR
     selector: Selector | None = None
     select: Callable[[PhaseContext], dict[str, torch.Tensor]] | None = None
     client_routes: Mapping[str, ClientRoute] = field(default_factory=dict)

@@ -42,6 +42,16 @@ def test_ci_preset_end_to_end_and_resume(tmp_path, tiny_model_dir, capsys):
     assert (out / "runs" / "pafi-float32" / "run.log").stat().st_mtime == log_mtime
     assert "skip pafi-float32" in capsys.readouterr().err
 
+    # A run stopped before its summary continues from its checkpoint instead of starting over.
+    pafi_dir = out / "runs" / "pafi-float32"
+    before = json.loads((pafi_dir / "history.json").read_text())
+    (pafi_dir / "summary.json").unlink()
+    capsys.readouterr()
+    assert benchmark.main(args) == 0
+    assert "resume pafi-float32 from its checkpoint" in capsys.readouterr().err
+    assert [r["accuracy"] for r in json.loads((pafi_dir / "history.json").read_text())] == [r["accuracy"] for r in before]
+    assert "resumed from" in (pafi_dir / "run.log").read_text()
+
     # A different config for the same folder is refused instead of silently mixing results.
     with pytest.raises(benchmark.StaleResultError, match="different config"):
         benchmark.main(args[:-1] + [f"model='{tiny_model_dir}' lr=0.1"])

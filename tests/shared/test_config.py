@@ -70,7 +70,8 @@ def test_method_knobs_are_typed_and_defaulted_in_their_settings():
 
 def test_each_method_has_its_own_learning_rate_and_an_explicit_lr_wins():
     assert get_method("full").learning_rates(parse_run_config({"method": "full"})) == (3e-5, 3e-5)
-    assert get_method("pafi").learning_rates(parse_run_config({})) == (5e-3, 5e-3)
+    assert get_method("pafi").learning_rates(parse_run_config({})) == (5e-3, 1e-3)  # the head apart (head swing)
+    assert get_method("pafi").learning_rates(parse_run_config({"lr": 1e-2})) == (1e-2, 1e-3)
     assert get_method("topk").learning_rates(parse_run_config({"method": "topk"})) == (2e-4, 5e-3)
     assert get_method("full").learning_rates(parse_run_config({"method": "full", "lr": 1e-4})) == (1e-4, 1e-4)
     assert get_method("topk").learning_rates(parse_run_config({"method": "topk", "head-lr": 1e-3}))[1] == 1e-3

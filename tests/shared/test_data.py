@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from shared.data import DataLoadError, batch_indices, load_splits, partition
+from shared.data import DataLoadError, batch_indices, encode, load_splits, partition
 
 
 def test_sst2_local_tsv(sst2_dir):
@@ -44,3 +45,56 @@ def test_errors_say_what_to_pass(tmp_path, monkeypatch):
 def test_batches_are_seeded():
     assert [b.tolist() for b in batch_indices(10, 4, 5, seed=1)] == [b.tolist() for b in batch_indices(10, 4, 5, 1)]
     assert [b.tolist() for b in batch_indices(10, 4, 5, 1)] != [b.tolist() for b in batch_indices(10, 4, 5, 2)]
+
+
+def test_grouped_passes_hold_every_row_once_and_are_seeded():
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (1000,), generator=gen)
+    batches = batch_indices(1000, 8, 2 * 125, seed=5, lengths=lengths)  # two passes of 125 batches
+    for one_pass in (batches[:125], batches[125:]):
+        rows = torch.cat(one_pass)
+        assert sorted(rows.tolist()) == list(range(1000))
+    assert [b.tolist() for b in batches] == [b.tolist() for b in batch_indices(1000, 8, 250, 5, lengths)]
+    assert [b.tolist() for b in batches] != [b.tolist() for b in batch_indices(1000, 8, 250, 6, lengths)]
+    assert [b.tolist() for b in batches[:125]] != [b.tolist() for b in batches[125:]]  # a new draw per pass
+
+
+def test_grouped_pass_keeps_a_ragged_tail_and_walks_on():
+    lengths = torch.arange(21)
+    batches = batch_indices(21, 4, 12, seed=0, lengths=lengths)  # 6 batches per pass (5 x 4 + 1)
+    assert len(batches) == 12 and sorted(len(b) for b in batches[:6]) == [1, 4, 4, 4, 4, 4]
+    assert sorted(torch.cat(batches[6:]).tolist()) == list(range(21))
+
+
+def test_grouping_shrinks_sst2_batch_widths(sst2_dir):
+    """On 8,000 real SST-2 sentences at batch 32: random batches are mostly padding, grouped ones are not."""
+    from shared.model import load_base_model
+
+    train = load_splits("sst2", str(sst2_dir))["train"].shuffle(seed=0).select(range(8000))
+    data = encode(train, load_base_model("", 2, seed=0).tokenizer, 64)
+    lengths = data.lengths
+
+    def real_share(batches):
+        return sum(int(lengths[b].sum()) for b in batches) / sum(len(b) * int(lengths[b].max()) for b in batches)
+
+    steps = 8000 // 32
+    plain = real_share(batch_indices(len(data), 32, steps, seed=1))
+    grouped = real_share(batch_indices(len(data), 32, steps, seed=1, lengths=lengths))
+    assert plain < 0.45 and grouped >= 0.9, (plain, grouped)
+
+
+def test_length_sorted_evaluation_equals_row_order(tiny_cfg):
+    """Same examples, per-example loss: the sorted batches give the unsorted accuracy and loss."""
+    from shared.model import load_base_model
+    from shared.training import evaluate
+
+    base = load_base_model(tiny_cfg.model, 2, seed=0)
+    test = load_splits(tiny_cfg.dataset, tiny_cfg.data_dir)["test"]
+    data = encode(test, base.tokenizer, 32, limit=100)
+    assert sorted(torch.cat(data.eval_batches(16)).tolist()) == list(range(100))
+    loss, acc = evaluate(base.model, data, batch_size=16)
+    base.model.eval()
+    with torch.no_grad():
+        out = base.model(**data.batch(torch.arange(100)))  # one unsorted batch
+    assert acc == int((out.logits.argmax(-1) == data.labels).sum()) / 100
+    assert loss == pytest.approx(float(out.loss), abs=1e-5)

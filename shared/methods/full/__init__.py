@@ -17,4 +17,5 @@ def build_full(base: BaseModel, cfg: RunConfig, digest: str) -> DenseTuner:
     return DenseTuner(base, "full", digest)
 
 
-METHOD = Method(name="full", help="every non-head parameter (dense FedAvg)", build=build_full, lr=3e-5)
+METHOD = Method(name="full", help="every non-head parameter (dense FedAvg)", build=build_full, lr=3e-5,
+                head_lr=0.0)  # the head at the encoder's rate, as in full fine-tuning

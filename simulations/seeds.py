@@ -1,0 +1,125 @@
+"""The report over seeds: the runs of one preset entry (``<name>-s<seed>``) folded into one row.
+
+Pure functions over :class:`simulations.report.RunResult`: mean ± sample standard deviation of the
+final and best accuracy, bytes per client-round, megabytes to the target accuracy (mean over the
+seeds that reached it, and how many did), and per-round bands (mean ± std) for the plots.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from simulations.runs import MB, RunResult, fmt_cell, cumulative_bytes, reach_target
+
+GROUP_COLUMNS = ("name", "method", "value_dtype", "partitioner", "mask_density", "num_trainable", "seeds",
+                 "final_accuracy", "final_std", "best_accuracy", "best_std", "bytes_up_per_client_round",
+                 "bytes_down_per_client_round", "reduction_up", "reduction_down", "reduction_reference",
+                 "total_bytes", "target_accuracy", "bytes_to_target", "reached", "round_to_target",
+                 "accuracy_vs_reference", "seconds_per_round")
+
+
+def mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample std with n - 1; 0.0 for one value), or (None, None) for no values."""
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def group_runs(runs: list[RunResult]) -> dict[str, list[RunResult]]:
+    """Runs by their group, in the order the groups first appear."""
+    out: dict[str, list[RunResult]] = {}
+    for r in runs:
+        out.setdefault(r.group, []).append(r)
+    return out
+
+
+def _trained(history: list[dict[str, Any]]) -> list[float]:
+    return [r["accuracy"] for r in history if r.get("round", 0) >= 1 and r.get("accuracy") is not None]
+
+
+def band(runs: list[RunResult]) -> dict[str, list[float]]:
+    """Per round present in every run (round 0 included): round, mean/std accuracy, mean cumulative MB."""
+    per_run = [{h["round"]: (h.get("accuracy"), c) for h, c in zip(r.history, cumulative_bytes(r.history))}
+               for r in runs]
+    rounds = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
+    out: dict[str, list[float]] = {"round": [], "mean": [], "std": [], "mb": []}
+    for rnd in rounds:
+        accs = [d[rnd][0] for d in per_run]
+        if any(a is None for a in accs):
+            continue
+        mean, std = mean_std(accs)
+        out["round"].append(rnd)
+        out["mean"].append(mean)
+        out["std"].append(std)
+        out["mb"].append(sum(d[rnd][1] for d in per_run) / len(per_run) / MB)
+    return out
+
+
+def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, target: float | None) -> dict[str, Any]:
+    """One row over the seeds of ``runs``; reductions and Δ accuracy against the mean of ``ref``'s runs."""
+    s = runs[0].summary
+    finals = [r.summary["final_accuracy"] for r in runs if r.summary.get("final_accuracy") is not None]
+    bests = [max(acc) for acc in (_trained(r.history) for r in runs) if acc]
+    final, final_std = mean_std(finals)
+    best, best_std = mean_std(bests)
+    up = mean_std([r.summary.get("bytes_up_per_client_round") or 0 for r in runs])[0]
+    down = mean_std([r.summary.get("bytes_down_per_client_round") or 0 for r in runs])[0]
+    reached = [reach_target(r.history, target) for r in runs]
+    hits = [(rnd, b) for rnd, b in reached if rnd is not None]
+    if ref:
+        ref_up = mean_std([r.summary["bytes_up_per_client_round"] for r in ref])[0]
+        ref_down = mean_std([r.summary["bytes_down_per_client_round"] for r in ref])[0]
+        ref_final = mean_std([r.summary["final_accuracy"] for r in ref])[0]
+        reference = f"{ref[0].group} (measured, mean of {len(ref)})"
+    else:
+        ref_up = ref_down = s.get("dense_bytes_per_client_round")
+        ref_final, reference = None, "dense N*4 bytes (no full run)"
+    return {
+        "name": name, "method": s.get("method"), "value_dtype": s.get("value_dtype"),
+        "partitioner": runs[0].config.get("partitioner"), "mask_density": s.get("mask_density"),
+        "num_trainable": s.get("num_trainable"), "seeds": len(runs),
+        "seed_list": [r.config.get("seed") for r in runs],
+        "final_accuracy": final, "final_std": final_std, "best_accuracy": best, "best_std": best_std,
+        "bytes_up_per_client_round": up, "bytes_down_per_client_round": down,
+        "reduction_up": ref_up / up if ref_up and up else None,
+        "reduction_down": ref_down / down if ref_down and down else None, "reduction_reference": reference,
+        "total_bytes": mean_std([cumulative_bytes(r.history)[-1] for r in runs if r.history])[0],
+        "target_accuracy": target, "bytes_to_target": mean_std([b for _, b in hits])[0],
+        "reached": len(hits), "round_to_target": mean_std([rnd for rnd, _ in hits])[0],
+        "accuracy_vs_reference": final - ref_final if final is not None and ref_final is not None else None,
+        "seconds_per_round": mean_std([r.summary["seconds_per_round"] for r in runs
+                                       if r.summary.get("seconds_per_round") is not None])[0],
+    }
+
+
+def group_rows(runs: list[RunResult], ref: RunResult | None, target: float | None) -> list[dict[str, Any]]:
+    """One row per group; the reference is ``ref``'s whole group (all its seeds)."""
+    groups = group_runs(runs)
+    ref_runs = groups.get(ref.group) if ref is not None else None
+    return [group_row(name, members, ref_runs, target) for name, members in groups.items()]
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
+
+
+def markdown_groups(rows: list[dict[str, Any]]) -> str:
+    """The table over seeds as GitHub Markdown."""
+    head = ("run", "seeds", "trainable", "up B/client-round", "down B/client-round", "up reduction",
+            "final acc % (mean ± std)", "best acc % (mean ± std)", "Δ final vs full (pts)",
+            "MB to target (mean)", "seeds at target", "total MB (mean)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = (r["name"], str(r["seeds"]), fmt_cell(r["num_trainable"]), fmt_cell(r["bytes_up_per_client_round"], "bytes"),
+                 fmt_cell(r["bytes_down_per_client_round"], "bytes"), fmt_cell(r["reduction_up"], "x"),
+                 _pm(r["final_accuracy"], r["final_std"]), _pm(r["best_accuracy"], r["best_std"]),
+                 fmt_cell(r["accuracy_vs_reference"], "pts"), fmt_cell(r["bytes_to_target"], "mb"),
+                 f"{r['reached']}/{r['seeds']}", fmt_cell(r["total_bytes"], "mb"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
