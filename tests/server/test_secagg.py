@@ -23,7 +23,6 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from safetensors.torch import load_file
 from scipy import stats
 
-import shared.runtime
 from client.client_app import app as client_app
 from server.secagg import SecAggParams, check_capacity, neighbour_graph, protocol_sizes
 from server.server_app import main
@@ -45,7 +44,6 @@ def _config(tiny_model_dir: Path, sst2_dir: Path, out: Path, nodes: int, **extra
 
 
 def _run(cfg: dict, nodes: int, grid_cls=LocalGrid, **grid_kw) -> tuple[LocalGrid, list[dict], dict]:
-    shared.runtime._RUNTIMES.clear()  # a fresh base model: a cached one keeps the last run's trained head
     grid = grid_cls(client_app, cfg, nodes, error_replies=True, **grid_kw)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
     out = Path(cfg["output-dir"])
