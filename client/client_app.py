@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from shared.clipping import clip_rows
 from shared.config import RunConfig
 from shared.device import to_cpu
 from shared.faults import act_before_training, planned_fault, poison
@@ -131,7 +132,7 @@ def train(msg: Message, context: Context) -> Message:
     head_delta = flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names) - head_vec
     if secure:
         vector = _secure_update(cfg, pid, server_round, delta, head_delta, result.loss, fault)
-        clear = {"fingerprint": rt.tuner.fingerprint, "train-seconds": result.seconds}
+        clear = {"fingerprint": rt.tuner.fingerprint, "train-seconds": result.seconds, **_worker_node()}
         return Message(secure_train_reply(vector, clear), reply_to=msg)
     arrays = rt.tuner.codec.encode_up(delta, head_delta, dtype, cfg.int8_block_size)
     if fault == "nan":
@@ -148,9 +149,8 @@ def _secure_update(cfg: RunConfig, pid: int, server_round: int, delta: torch.Ten
                    loss: float, fault: str | None) -> np.ndarray:
     """The flat vector this client hands to SecAgg+ (clipped to dp-clip-norm here: the server never sees it)."""
     if cfg.dp_clip_norm > 0:  # central DP on a secure sum: each client clips its own update's L2 norm
-        both = torch.cat([delta, head_delta]).double()
-        scale = min(1.0, cfg.dp_clip_norm / max(float(both.norm()), 1e-300))
-        delta, head_delta = (delta.double() * scale).float(), (head_delta.double() * scale).float()
+        both = clip_rows(torch.cat([delta, head_delta]).unsqueeze(0), cfg.dp_clip_norm)[0].float()
+        delta, head_delta = both[:delta.numel()], both[delta.numel():]
     vector = secure_vector(delta, head_delta, loss)
     if fault == "nan":
         vector[0] = np.nan

@@ -15,19 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from shared.clipping import PrivacyError, clip_rows
 
-class PrivacyError(ValueError):
-    """DP settings are invalid (negative clipping norm or noise multiplier)."""
-
-
-def clip_rows(deltas: torch.Tensor, clip_norm: float) -> torch.Tensor:
-    """Scale each row of (n, d) ``deltas`` to L2 norm at most ``clip_norm``; float64 (n, d)."""
-    if clip_norm <= 0:
-        raise PrivacyError(f"dp-clip-norm must be > 0 to clip, got {clip_norm}")
-    d = deltas.double()
-    norms = d.norm(dim=1, keepdim=True)
-    scale = torch.clamp(clip_norm / torch.clamp(norms, min=1e-300), max=1.0)
-    return d * scale
+__all__ = ["PrivacyError", "clip_rows", "gaussian_noise", "noise_std"]
 
 
 def noise_std(noise_multiplier: float, clip_norm: float, num_clients: int) -> float:

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -130,15 +130,21 @@ class SparseStrategy(Strategy):
         self.current.secagg.update(survivors=len(outcome.survivors), dropped_after_keys=len(outcome.dropped))
         self.current.replied = len(outcome.survivors)
         for metrics in outcome.metrics.values():
-            seconds = metrics.get("train-seconds", 0.0)
-            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
-                self.current.train_seconds += float(seconds)
+            self._note_diagnostics(metrics.get("train-seconds"), metrics.get("worker-node"))
         if len(outcome.survivors) < self.cfg.min_train_replies:
             self._skip(server_round, f"{len(outcome.survivors)} survivors < min-train-replies {self.cfg.min_train_replies}")
             return
         delta, head, loss = split_secure(outcome.mean, k, h)
         self._apply(server_round, torch.cat([delta, head])[None], torch.ones(1, dtype=torch.float64), loss,
                     len(outcome.survivors))
+
+    def _note_diagnostics(self, seconds: Any, worker: Any) -> None:
+        """A reply's diagnostics (train seconds; the Ray node a simulated client ran on): counted when well-formed,
+        ignored otherwise; never trusted, never needed."""
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+            self.current.train_seconds += float(seconds)
+        if isinstance(worker, str) and 0 < len(worker) <= 128:
+            self.current.worker_nodes[worker] = self.current.worker_nodes.get(worker, 0) + 1
 
     def _secure_expect(self, metrics: dict) -> None:
         """The clear part of a masked reply: this run's fingerprint (nothing else is trusted or needed)."""
@@ -217,12 +223,7 @@ class SparseStrategy(Strategy):
                 raise MalformedUpdateError(f"reply is {size} bytes, over max-reply-mb ({self.expected.max_bytes} B)")
             parts = message_parts(msg)
             update = validate_reply(*parts, self.expected)
-            seconds = parts[1].get("train-seconds", 0.0)  # diagnostic only: ignored unless a finite number
-            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
-                self.current.train_seconds += float(seconds)
-            worker = parts[2].get("worker-node")  # diagnostic only: the Ray node a simulated client ran on
-            if isinstance(worker, str) and 0 < len(worker) <= 128:
-                self.current.worker_nodes[worker] = self.current.worker_nodes.get(worker, 0) + 1
+            self._note_diagnostics(parts[1].get("train-seconds"), parts[2].get("worker-node"))
             return update
         except Exception as exc:  # the wall: any malformed reply is a rejection, never a crash
             self._reject(node, f"{exc.__class__.__name__}: {str(exc)[:200]}")

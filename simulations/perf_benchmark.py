@@ -1,6 +1,6 @@
 """Performance benchmark: what a round costs, where the time goes, and what memory the clients take.
 
-Four sections, printed side by side in one rich table (see docs/performance.md):
+Six sections, printed side by side in one rich table (see docs/performance.md):
 
 - ``steps``: one local training step (forward, backward, AdamW) of the masked model, dense-gradient
   reference path (``sparse-grad=false``) vs the sparse weight-gradient path, same batches, median
@@ -11,6 +11,8 @@ Four sections, printed side by side in one rich table (see docs/performance.md):
 - ``grouping``: padding and step time of uniformly random batches vs length-grouped ones
   (``group-by-length``): real tokens / processed tokens over one pass of 8,000 SST-2 training
   sentences, and the mean step time (sparse path) in alternating random/grouped blocks;
+- ``optimizer``: one AdamW step on pafi's and full's value counts, torch's default (foreach) vs the fused
+  kernel the training loop uses (:func:`shared.training.adamw`), alternating blocks;
 - ``aggregate``: server-side stacking + FedAvg + state update for 10/100/1000 synthetic replies;
 - ``rss``: peak resident memory of the whole simulation process tree (SuperLink, ServerApp,
   Ray workers; RSS summed, sampled by psutil) for 10/100/1000 virtual clients, fraction-train 0.1.
@@ -49,13 +51,14 @@ def _timed_steps(rt, head0: dict, batches, sparse: bool, lr: float,
                  precision: str = "fp32") -> tuple[list[float], torch.Tensor]:
     """Train from zero values on ``batches`` (on the runtime's device); per-step wall seconds and the final values."""
     from shared.device import autocast, model_device, to_device
+    from shared.training import adamw
 
     tuner, model = rt.tuner, rt.base.model
     device = model_device(model)
     tuner.sparse_grad = sparse
     tuner.load(torch.zeros(tuner.k), head0)
     params = tuner.trainable()
-    opt = torch.optim.AdamW([{"params": params, "lr": lr}], weight_decay=0.0)
+    opt = adamw([{"params": params, "lr": lr}])
     torch.manual_seed(0)  # same dropout masks on both paths
     model.train()
     times = []
@@ -247,7 +250,39 @@ def bench_rss(args) -> dict:
     return {"clients": out, "rounds": args.rss_rounds, "local_steps": args.rss_local_steps}
 
 
-SECTIONS = {"steps": bench_steps, "grouping": bench_grouping, "round": bench_round, "aggregate": bench_aggregate, "rss": bench_rss}
+def bench_optimizer(args) -> dict:
+    """One AdamW step (values + a 770-entry head), torch's default (foreach) vs fused, in alternating blocks."""
+    from shared.training import adamw
+
+    torch.set_num_threads(args.threads or 1)
+    out = {}
+    for n in (int(x) for x in args.opt_sizes.split(",")):
+        values, head = torch.nn.Parameter(torch.zeros(n)), torch.nn.Parameter(torch.zeros(770))
+        gen = torch.Generator().manual_seed(0)
+        grads = (torch.randn(n, generator=gen), torch.randn(770, generator=gen))
+        times: dict[str, list[float]] = {"foreach": [], "fused": []}
+        finals = {}
+        for rep in range(args.repeats):  # alternate the order so drifting machine load hits both alike
+            for mode in (("foreach", "fused") if rep % 2 == 0 else ("fused", "foreach")):
+                with torch.no_grad():
+                    values.zero_(), head.zero_()
+                groups = [{"params": [values], "lr": 1e-3}, {"params": [head], "lr": 1e-3}]
+                opt = adamw(groups) if mode == "fused" else torch.optim.AdamW(groups, weight_decay=0.0, foreach=True)
+                values.grad, head.grad = grads[0].clone(), grads[1].clone()
+                opt.step()  # warm-up: allocates the moments
+                for _ in range(args.steps):
+                    t0 = time.perf_counter()
+                    opt.step()
+                    times[mode].append(time.perf_counter() - t0)
+                finals[mode] = values.detach().clone()
+        out[str(n)] = {"foreach": _median_spread(times["foreach"]), "fused": _median_spread(times["fused"]),
+                       "ratio": statistics.median(times["foreach"]) / statistics.median(times["fused"]),
+                       "max_abs_diff": float((finals["fused"] - finals["foreach"]).abs().max())}
+    return {"sizes": out, "threads": torch.get_num_threads()}
+
+
+SECTIONS = {"steps": bench_steps, "grouping": bench_grouping, "optimizer": bench_optimizer, "round": bench_round,
+            "aggregate": bench_aggregate, "rss": bench_rss}
 
 
 def _fmt_spread(d: dict, unit: float = 1.0, suffix: str = " s") -> str:
@@ -282,6 +317,14 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                   f"mean {st['grouped']['mean']:.3f} s; " + _fmt_spread(st["grouped"]), "", ""),
                  ("grouping", "speed-up random/grouped (mean step)", f"{r['ratio']:.2f}x", ">= 2.5x",
                   _verdict(r["ratio"] >= 2.5))]
+    if "optimizer" in results:
+        r = results["optimizer"]
+        for n, d in r["sizes"].items():
+            rows += [("optimizer", f"AdamW step, {int(n):,} values + head, foreach ({r['threads']} thread)",
+                      _fmt_spread(d["foreach"], 1e3, " ms"), "", ""),
+                     ("optimizer", "AdamW step, fused", _fmt_spread(d["fused"], 1e3, " ms"), "", ""),
+                     ("optimizer", "speed-up foreach/fused (median); max |values diff|",
+                      f"{d['ratio']:.2f}x; {d['max_abs_diff']:.1e}", "", "")]
     if "round" in results:
         r = results["round"]
         for rd in r["rounds"]:
@@ -324,7 +367,7 @@ def render(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="steps,grouping,round,aggregate,rss", help="comma list of " + ",".join(SECTIONS) + " or none")
+    ap.add_argument("--sections", default="steps,grouping,optimizer,round,aggregate,rss", help="comma list of " + ",".join(SECTIONS) + " or none")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "perf")
     ap.add_argument("--data-dir", type=Path, default=DATA)
     ap.add_argument("--model", default="", help="model for steps/round/rss (default: the bundled MiniLM)")
@@ -335,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads for the step section (0 = default)")
     ap.add_argument("--device", default="auto", help="device of the step section (auto, cpu, cuda, cuda:N, mps)")
     ap.add_argument("--precision", default="fp32", help="precision of the step section (fp32 or bf16)")
+    ap.add_argument("--opt-sizes", default="53084,22713986", help="value counts of the optimizer section (pafi's k, "
+                    "full's N on MiniLM)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the round-split simulation")
     ap.add_argument("--round-clients", type=int, default=10)
     ap.add_argument("--agg-k", type=int, default=54_000)

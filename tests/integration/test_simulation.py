@@ -78,6 +78,7 @@ def test_tiny_secure_aggregation_three_clients(tmp_path, tiny_model_dir, sst2_di
            "mask-density": 0.05, "max-eval-examples": 64, "secure-aggregation": True})
     for rec in history[1:]:
         assert rec["aggregated"] and rec["replied"] == 3 and rec["secagg"]["survivors"] == 3
+        assert sum(rec["worker_nodes"].values()) == 3  # the clear diagnostic of a masked reply: its Ray node
         assert all(b["down"] > 0 and b["up"] > 0 for b in rec["secagg"]["bytes"].values())
     stages = summary["secagg_bytes_per_client_round"]
     k, h = summary["k"], summary["head_size"]
