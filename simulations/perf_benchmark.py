@@ -1,6 +1,6 @@
 """Performance benchmark: what a round costs, where the time goes, and what memory the clients take.
 
-Six sections, printed side by side in one rich table (see docs/performance.md):
+Seven sections, printed side by side in one rich table (see docs/performance.md):
 
 - ``steps``: one local training step (forward, backward, AdamW) of the masked model, dense-gradient
   reference path (``sparse-grad=false``) vs the sparse weight-gradient path, same batches, median
@@ -13,6 +13,8 @@ Six sections, printed side by side in one rich table (see docs/performance.md):
   sentences, and the mean step time (sparse path) in alternating random/grouped blocks;
 - ``optimizer``: one AdamW step on pafi's and full's value counts, torch's default (foreach) vs the fused
   kernel the training loop uses (:func:`shared.training.adamw`), alternating blocks;
+- ``parallel``: one process on all the cores vs one single-thread process per core, the same pafi steps
+  (steps per second summed over the processes): what ``--cpus-per-client`` trades;
 - ``aggregate``: server-side stacking + FedAvg + state update for 10/100/1000 synthetic replies;
 - ``rss``: peak resident memory of the whole simulation process tree (SuperLink, ServerApp,
   Ray workers; RSS summed, sampled by psutil) for 10/100/1000 virtual clients, fraction-train 0.1.
@@ -250,6 +252,54 @@ def bench_rss(args) -> dict:
     return {"clients": out, "rounds": args.rss_rounds, "local_steps": args.rss_local_steps}
 
 
+def _steps_per_second(threads: int, steps: int, data_dir: str, model: str, barrier, queue) -> None:
+    """Child process of :func:`bench_parallel`: ``steps`` pafi steps on grouped SST-2 batches, steps per second."""
+    from shared.config import RunConfig
+    from shared.data import batch_indices, encode, load_splits
+    from shared.runtime import build_runtime
+
+    torch.set_num_threads(threads)
+    cfg = RunConfig(model=model, data_dir=data_dir)
+    rt = build_runtime(cfg)
+    train = load_splits(cfg.dataset, cfg.data_dir)["train"].shuffle(seed=0).select(range(4000))
+    data = encode(train, rt.base.tokenizer, cfg.max_length)
+    batches = [data.batch(i) for i in batch_indices(len(data), cfg.batch_size, steps + 2, seed=1, lengths=data.lengths)]
+    barrier.wait()  # every process has loaded its model: they time their steps together
+    times, _ = _timed_steps(rt, rt.tuner.head_state(), batches, True, rt.method.learning_rates(cfg)[0])
+    queue.put(len(times[2:]) / sum(times[2:]))
+
+
+def _run_children(threads: int, procs: int, steps: int, args) -> list[float]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue, barrier = ctx.Queue(), ctx.Barrier(procs)
+    children = [ctx.Process(target=_steps_per_second,
+                            args=(threads, steps, str(args.data_dir), args.model, barrier, queue)) for _ in range(procs)]
+    for c in children:
+        c.start()
+    results = [queue.get() for _ in range(procs)]
+    for c in children:
+        c.join()
+    return results
+
+
+def bench_parallel(args) -> dict:
+    """Throughput of one client on all cores vs one client per core: one process of ``--parallel-procs`` threads
+    vs ``--parallel-procs`` processes of one thread each, the same pafi steps, alternating (what cpus-per-client
+    decides in the Simulation Engine)."""
+    n = args.parallel_procs
+    out: dict[str, list[float]] = {"one_process": [], "processes": []}
+    for rep in range(args.repeats // 2 or 1):
+        for mode in (("one_process", "processes") if rep % 2 == 0 else ("processes", "one_process")):
+            if mode == "one_process":
+                out[mode].append(_run_children(n, 1, args.parallel_steps * n, args)[0])
+            else:
+                out[mode].append(sum(_run_children(1, n, args.parallel_steps, args)))
+    one, many = statistics.mean(out["one_process"]), statistics.mean(out["processes"])
+    return {"procs": n, "steps_per_second": out, "ratio": many / one, "steps": args.parallel_steps}
+
+
 def bench_optimizer(args) -> dict:
     """One AdamW step (values + a 770-entry head), torch's default (foreach) vs fused, in alternating blocks."""
     from shared.training import adamw
@@ -281,7 +331,8 @@ def bench_optimizer(args) -> dict:
     return {"sizes": out, "threads": torch.get_num_threads()}
 
 
-SECTIONS = {"steps": bench_steps, "grouping": bench_grouping, "optimizer": bench_optimizer, "round": bench_round,
+SECTIONS = {"steps": bench_steps, "grouping": bench_grouping, "optimizer": bench_optimizer, "parallel": bench_parallel,
+            "round": bench_round,
             "aggregate": bench_aggregate, "rss": bench_rss}
 
 
@@ -325,6 +376,14 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                      ("optimizer", "AdamW step, fused", _fmt_spread(d["fused"], 1e3, " ms"), "", ""),
                      ("optimizer", "speed-up foreach/fused (median); max |values diff|",
                       f"{d['ratio']:.2f}x; {d['max_abs_diff']:.1e}", "", "")]
+    if "parallel" in results:
+        r = results["parallel"]
+        sps = r["steps_per_second"]
+        rows += [("parallel", f"1 process x {r['procs']} threads (steps/s, pafi, grouped batches)",
+                  ", ".join(f"{x:.2f}" for x in sps["one_process"]), "", ""),
+                 ("parallel", f"{r['procs']} processes x 1 thread (summed steps/s)",
+                  ", ".join(f"{x:.2f}" for x in sps["processes"]), "", ""),
+                 ("parallel", "throughput ratio (means)", f"{r['ratio']:.2f}x", "", "")]
     if "round" in results:
         r = results["round"]
         for rd in r["rounds"]:
@@ -380,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="fp32", help="precision of the step section (fp32 or bf16)")
     ap.add_argument("--opt-sizes", default="53084,22713986", help="value counts of the optimizer section (pafi's k, "
                     "full's N on MiniLM)")
+    ap.add_argument("--parallel-procs", type=int, default=2, help="cores compared by the parallel section")
+    ap.add_argument("--parallel-steps", type=int, default=20, help="timed steps per process in the parallel section")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the round-split simulation")
     ap.add_argument("--round-clients", type=int, default=10)
     ap.add_argument("--agg-k", type=int, default=54_000)
