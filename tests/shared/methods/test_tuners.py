@@ -143,3 +143,31 @@ def test_lora_gradient_reaches_only_the_value_vector(lora_setup):
     assert params[0] is tuner.values and tuner.values.grad is not None
     assert float(tuner.values.grad.abs().sum()) > 0
     assert all(p.grad is None for n, p in base.model.named_parameters() if n not in base.head_names)
+
+
+def test_full_gradient_through_one_split_equals_the_per_parameter_slices(tiny_model_dir):
+    """A forward pass splits the value vector once (its backward is one concatenation); the gradient is exactly
+    the one the per-parameter slices give, and outside a forward pass a weight reads its own, current slice."""
+    base = _fresh(tiny_model_dir)
+    tuner = full_tuner(base, RunConfig(), base_weights_digest(base.model, base.head_names))
+    tuner.load(torch.randn(tuner.k) * 1e-2)
+    batch, labels = _batch(base), torch.tensor([1, 0, 1, 0])
+    base.model.eval()
+    base.model(**batch, labels=labels).loss.backward()
+    split_grad = tuner.values.grad.clone()
+    assert tuner._pieces is None  # dropped after the pass
+    tuner.values.grad = None
+    original, tuner.piece = tuner.piece, lambda i, a, b: tuner.values[a:b]  # the per-parameter slices
+    try:
+        base.model(**batch, labels=labels).loss.backward()
+    finally:
+        tuner.piece = original
+    assert torch.equal(tuner.values.grad, split_grad) and float(split_grad.abs().sum()) > 0
+    with torch.no_grad():  # outside a pass, after an in-place change of the values: the weight follows it
+        tuner.values.add_(1.0)
+    name = tuner.names[-1]
+    module = dict(base.model.named_modules())[name.rpartition(".")[0]]
+    weight = getattr(module, name.rpartition(".")[2])
+    pristine = dict(_fresh(tiny_model_dir).model.named_parameters())[name]
+    want = pristine + tuner.values.detach()[tuner.offsets[-2]:tuner.offsets[-1]].view_as(pristine)
+    assert torch.allclose(weight, want)
