@@ -1,6 +1,6 @@
 """Performance benchmark: what a round costs, where the time goes, and what memory the clients take.
 
-Seven sections, printed side by side in one rich table (see docs/performance.md):
+Eight sections, printed side by side in one rich table (see docs/performance.md):
 
 - ``steps``: one local training step (forward, backward, AdamW) of the masked model, dense-gradient
   reference path (``sparse-grad=false``) vs the sparse weight-gradient path, same batches, median
@@ -13,6 +13,8 @@ Seven sections, printed side by side in one rich table (see docs/performance.md)
   sentences, and the mean step time (sparse path) in alternating random/grouped blocks;
 - ``optimizer``: one AdamW step on pafi's and full's value counts, torch's default (foreach) vs the fused
   kernel the training loop uses (:func:`shared.training.adamw`), alternating blocks;
+- ``dense``: full's local step (every parameter trains), the value vector split once per forward pass vs one
+  slice per parameter, alternating blocks;
 - ``parallel``: one process on all the cores vs one single-thread process per core, the same pafi steps
   (steps per second summed over the processes): what ``--cpus-per-client`` trades;
 - ``aggregate``: server-side stacking + FedAvg + state update for 10/100/1000 synthetic replies;
@@ -300,6 +302,38 @@ def bench_parallel(args) -> dict:
     return {"procs": n, "steps_per_second": out, "ratio": many / one, "steps": args.parallel_steps}
 
 
+def bench_dense(args) -> dict:
+    """full's local step (every MiniLM parameter trains), the value vector split once per forward pass (what the
+    tuner does) vs one slice per parameter (what it did), alternating blocks on the same grouped batches."""
+    from shared.config import RunConfig
+    from shared.data import batch_indices, encode, load_splits
+    from shared.runtime import build_runtime
+
+    torch.set_num_threads(args.threads or 1)
+    cfg = RunConfig(model=args.model, data_dir=str(args.data_dir), method="full")
+    rt = build_runtime(cfg)
+    tuner, head0 = rt.tuner, rt.tuner.head_state()
+    train = load_splits(cfg.dataset, cfg.data_dir)["train"].shuffle(seed=0).select(range(4000))
+    data = encode(train, rt.base.tokenizer, cfg.max_length)
+    batches = [data.batch(i) for i in batch_indices(len(data), cfg.batch_size, args.steps + 2, seed=1, lengths=data.lengths)]
+    lr = rt.method.learning_rates(cfg)[0]
+    split_piece = tuner.piece
+    times: dict[str, list[float]] = {"split": [], "slices": []}
+    finals = {}
+    for rep in range(args.repeats):  # alternate the order so drifting machine load hits both alike
+        for mode in (("slices", "split") if rep % 2 == 0 else ("split", "slices")):
+            tuner.piece = split_piece if mode == "split" else (lambda i, a, b: tuner.values[a:b])
+            try:
+                t, finals[mode] = _timed_steps(rt, head0, batches, True, lr)
+            finally:
+                tuner.piece = split_piece
+            times[mode] += t[2:]
+    return {"split": _median_spread(times["split"]), "slices": _median_spread(times["slices"]),
+            "ratio": statistics.median(times["slices"]) / statistics.median(times["split"]),
+            "max_abs_value_diff": float((finals["split"] - finals["slices"]).abs().max()), "n": tuner.k,
+            "threads": torch.get_num_threads()}
+
+
 def bench_optimizer(args) -> dict:
     """One AdamW step (values + a 770-entry head), torch's default (foreach) vs fused, in alternating blocks."""
     from shared.training import adamw
@@ -331,7 +365,8 @@ def bench_optimizer(args) -> dict:
     return {"sizes": out, "threads": torch.get_num_threads()}
 
 
-SECTIONS = {"steps": bench_steps, "grouping": bench_grouping, "optimizer": bench_optimizer, "parallel": bench_parallel,
+SECTIONS = {"steps": bench_steps, "grouping": bench_grouping, "optimizer": bench_optimizer, "dense": bench_dense,
+            "parallel": bench_parallel,
             "round": bench_round,
             "aggregate": bench_aggregate, "rss": bench_rss}
 
@@ -376,6 +411,13 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                      ("optimizer", "AdamW step, fused", _fmt_spread(d["fused"], 1e3, " ms"), "", ""),
                      ("optimizer", "speed-up foreach/fused (median); max |values diff|",
                       f"{d['ratio']:.2f}x; {d['max_abs_diff']:.1e}", "", "")]
+    if "dense" in results:
+        r = results["dense"]
+        rows += [("full step", f"one slice per parameter ({r['n']:,} values, {r['threads']} thread)",
+                  _fmt_spread(r["slices"]), "", ""),
+                 ("full step", "one split per forward pass (the tuner)", _fmt_spread(r["split"]), "", ""),
+                 ("full step", "speed-up (median); max |values diff|", f"{r['ratio']:.2f}x; {r['max_abs_value_diff']:.1e}",
+                  "", "")]
     if "parallel" in results:
         r = results["parallel"]
         sps = r["steps_per_second"]
