@@ -6,8 +6,8 @@ RUN_CONFIG ?=
 # The first run's settings (<= 10 minutes on 2 cores, > 83 % on the SST-2 dev split; see README); RUN_CONFIG wins
 RUN_DEFAULTS ?= num-server-rounds=20 local-steps=15
 NUM_SUPERNODES ?= 10
-# One CPU per virtual client: two clients train at once on 2 cores, one thread each (38 % more steps per second
-# than one client on two threads, measured; see docs/performance.md)
+# One CPU per virtual client: two clients train at once on 2 cores, one thread each (1.45x the steps per second of
+# one client on two threads: python -m simulations.perf_benchmark --sections parallel; docs/performance.md)
 CPUS_PER_CLIENT ?= 1
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1

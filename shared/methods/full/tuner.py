@@ -68,12 +68,12 @@ class DenseTuner(Tuner):
         # split is one concatenation (O(N)), while ~100 separate slices would each scatter their gradient
         # into an N-long zero tensor (O(N) per parameter: most of a full step's time on MiniLM).
         self._pieces: tuple[torch.Tensor, ...] | None = None
+        self._sizes = [b - a for a, b in zip(self.offsets[:-1], self.offsets[1:])]
         model.register_forward_pre_hook(self._split_values)
         model.register_forward_hook(self._drop_pieces)
 
     def _split_values(self, module: nn.Module, args) -> None:
-        sizes = [b - a for a, b in zip(self.offsets[:-1], self.offsets[1:])]
-        self._pieces = self.values.split(sizes)
+        self._pieces = self.values.split(self._sizes)
 
     def _drop_pieces(self, module: nn.Module, args, output) -> None:
         self._pieces = None  # outside a forward pass a parameter reads its own slice (always current)
