@@ -122,7 +122,9 @@ def markdown_report(rows: list[dict[str, Any]], checks: list[dict[str, Any]], ti
         parts += ["## Over seeds", "", markdown_groups(groups), "",
                   "Mean ± sample standard deviation over the seeds of each run; MB to target is the mean over the "
                   "seeds that reached the target (seeds at target counts them); Δ final vs full is against the "
-                  "mean of the non-IID full run's seeds. The target checks below are made on these means.", "",
+                  "mean of the non-IID full run's seeds; gain in the last quarter is the mean accuracy of the last quarter "
+                  "of the rounds minus that of the quarter before (near zero: the run had plateaued). The target "
+                  "checks below are made on these means.", "",
                   "## Every run", ""]
     parts += [markdown_table(rows), "",
              f"Bytes are measured from the serialized Flower messages (per sampled client and round, rounds ≥ 1). "

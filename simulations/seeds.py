@@ -2,7 +2,8 @@
 
 Pure functions over :class:`simulations.report.RunResult`: mean ± sample standard deviation of the
 final and best accuracy, bytes per client-round, megabytes to the target accuracy (mean over the
-seeds that reached it, and how many did), and per-round bands (mean ± std) for the plots.
+seeds that reached it, and how many did), the plateau gain (how much the last quarter of the rounds
+still added), and per-round bands (mean ± std) for the plots.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ GROUP_COLUMNS = ("name", "method", "value_dtype", "partitioner", "mask_density",
                  "final_accuracy", "final_std", "best_accuracy", "best_std", "bytes_up_per_client_round",
                  "bytes_down_per_client_round", "reduction_up", "reduction_down", "reduction_reference",
                  "total_bytes", "target_accuracy", "bytes_to_target", "reached", "round_to_target",
-                 "accuracy_vs_reference", "seconds_per_round")
+                 "accuracy_vs_reference", "plateau_gain", "plateau_std", "plateau_window", "seconds_per_round")
 
 
 def mean_std(xs: list[float]) -> tuple[float | None, float | None]:
@@ -39,6 +40,19 @@ def group_runs(runs: list[RunResult]) -> dict[str, list[RunResult]]:
 
 def _trained(history: list[dict[str, Any]]) -> list[float]:
     return [r["accuracy"] for r in history if r.get("round", 0) >= 1 and r.get("accuracy") is not None]
+
+
+def plateau_gain(history: list[dict[str, Any]], window: int | None = None) -> tuple[float | None, int]:
+    """(mean accuracy of the last ``window`` trained rounds minus the mean of the ``window`` before, window).
+
+    ``window`` defaults to a quarter of the trained rounds (10 of 40), at least 1; the gain is None when the
+    history has fewer than two windows. Near zero (or negative): the run had plateaued before its last quarter.
+    """
+    accs = _trained(history)
+    w = window or max(1, len(accs) // 4)
+    if len(accs) < 2 * w:
+        return None, w
+    return sum(accs[-w:]) / w - sum(accs[-2 * w:-w]) / w, w
 
 
 def band(runs: list[RunResult]) -> dict[str, list[float]]:
@@ -69,6 +83,8 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
     up = mean_std([r.summary.get("bytes_up_per_client_round") or 0 for r in runs])[0]
     down = mean_std([r.summary.get("bytes_down_per_client_round") or 0 for r in runs])[0]
     reached = [reach_target(r.history, target) for r in runs]
+    plateaus = [plateau_gain(r.history) for r in runs]
+    gain, gain_std = mean_std([g for g, _ in plateaus if g is not None])
     hits = [(rnd, b) for rnd, b in reached if rnd is not None]
     if ref:
         ref_up = mean_std([r.summary["bytes_up_per_client_round"] for r in ref])[0]
@@ -91,6 +107,7 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
         "target_accuracy": target, "bytes_to_target": mean_std([b for _, b in hits])[0],
         "reached": len(hits), "round_to_target": mean_std([rnd for rnd, _ in hits])[0],
         "accuracy_vs_reference": final - ref_final if final is not None and ref_final is not None else None,
+        "plateau_gain": gain, "plateau_std": gain_std, "plateau_window": max((w for _, w in plateaus), default=None),
         "seconds_per_round": mean_std([r.summary["seconds_per_round"] for r in runs
                                        if r.summary.get("seconds_per_round") is not None])[0],
     }
@@ -109,17 +126,24 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
 
 
+def _gain(row: dict[str, Any]) -> str:
+    """``+0.12 ± 0.30`` points over the last ``plateau_window`` rounds, or – for a run too short to tell."""
+    if row.get("plateau_gain") is None:
+        return "–"
+    return f"{100 * row['plateau_gain']:+.2f} ± {100 * (row.get('plateau_std') or 0.0):.2f}"
+
+
 def markdown_groups(rows: list[dict[str, Any]]) -> str:
     """The table over seeds as GitHub Markdown."""
     head = ("run", "seeds", "trainable", "up B/client-round", "down B/client-round", "up reduction",
             "final acc % (mean ± std)", "best acc % (mean ± std)", "Δ final vs full (pts)",
-            "MB to target (mean)", "seeds at target", "total MB (mean)")
+            "MB to target (mean)", "seeds at target", "total MB (mean)", "gain in the last quarter (pts)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = (r["name"], str(r["seeds"]), fmt_cell(r["num_trainable"]), fmt_cell(r["bytes_up_per_client_round"], "bytes"),
                  fmt_cell(r["bytes_down_per_client_round"], "bytes"), fmt_cell(r["reduction_up"], "x"),
                  _pm(r["final_accuracy"], r["final_std"]), _pm(r["best_accuracy"], r["best_std"]),
                  fmt_cell(r["accuracy_vs_reference"], "pts"), fmt_cell(r["bytes_to_target"], "mb"),
-                 f"{r['reached']}/{r['seeds']}", fmt_cell(r["total_bytes"], "mb"))
+                 f"{r['reached']}/{r['seeds']}", fmt_cell(r["total_bytes"], "mb"), _gain(r))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -5,7 +5,9 @@
 - PaFi's final accuracy is within 1.0 point of ``full``'s;
 - PaFi needs >= 2x fewer total bytes than LoRA to reach the target accuracy, and >= 500x fewer than full;
 - the PaFi paper's ordering of the masks: smallest |w| (pafi) > random > largest |w| (magnitude),
-  each gap measured with its spread.
+  each gap measured with its spread;
+- PaFi and full had plateaued: the mean accuracy of the last quarter of the rounds is within 0.5 point
+  above the quarter before (issue 16: "enough rounds that pafi and full have plateaued, show it").
 
 Rows may be single runs or rows over seeds (``simulations.seeds.group_row``: means, with ``final_std``
 and ``reached``); the checks read the same keys either way. A check appears only when the runs it needs
@@ -22,6 +24,9 @@ MAX_ACCURACY_GAP = 0.01  # 1.0 point
 MIN_BYTES_ADVANTAGE = 2.0  # vs lora
 MIN_BYTES_ADVANTAGE_FULL = 500.0
 ORDERING = ("pafi", "random", "magnitude")  # the PaFi paper: smallest > random > largest magnitude
+PLATEAU_GAIN = 0.005  # 0.5 point: the most the last quarter of the rounds may still add
+PLATEAU_METHODS = ("pafi", "full")
+MIN_PLATEAU_WINDOW = 2  # a quarter of at least 8 rounds: shorter runs are too short to tell
 
 
 def _check(target: str, run: str, measured: str, required: str, met: bool) -> dict[str, Any]:
@@ -95,6 +100,21 @@ def ordering_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    "pafi > random > magnitude", met)]
 
 
+def plateau_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pafi and full: the (mean) gain of the last quarter of the rounds over the quarter before."""
+    out = []
+    for row in rows:
+        if (row.get("method") not in PLATEAU_METHODS or row.get("plateau_gain") is None
+                or row["plateau_window"] < MIN_PLATEAU_WINDOW):
+            continue
+        w, gain = row["plateau_window"], row["plateau_gain"]
+        spread = f" ± {100 * row['plateau_std']:.2f} ({row['seeds']} seeds)" if row.get("seeds", 1) > 1 else ""
+        out.append(_check("plateau (last quarter of the rounds)", row["name"],
+                          f"{100 * gain:+.2f} pts{spread}: mean of the last {w} rounds − the {w} before",
+                          f"< {100 * PLATEAU_GAIN:.1f} pts", gain < PLATEAU_GAIN))
+    return out
+
+
 def lora_checks(pafi: list[dict[str, Any]], lora: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return bytes_checks(pafi, lora, MIN_BYTES_ADVANTAGE)
 
@@ -105,4 +125,4 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lora = [r for r in rows if r.get("method") == "lora"]
     full = [r for r in rows if r.get("method") == "full"]
     return (uplink_checks(pafi) + accuracy_checks(pafi, bool(full)) + lora_checks(pafi, lora)
-            + bytes_checks(pafi, full, MIN_BYTES_ADVANTAGE_FULL) + ordering_checks(rows))
+            + bytes_checks(pafi, full, MIN_BYTES_ADVANTAGE_FULL) + ordering_checks(rows) + plateau_checks(rows))

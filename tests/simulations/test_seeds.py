@@ -14,7 +14,8 @@ from simulations.benchmark import can_resume
 from simulations.matrix import PresetError, RunSpec, load_preset
 from simulations.plots import write_plots
 from simulations.report import RunResult, pick_reference, write_report
-from simulations.seeds import band, group_rows, mean_std
+from simulations.seeds import band, group_rows, mean_std, plateau_gain
+from simulations.targets import check_targets
 
 N = 22_713_216
 PER_ROUND = {"full": 90_000_000, "pafi": 100_000, "lora": 300_000, "random": 100_000, "magnitude": 100_000}
@@ -140,3 +141,19 @@ def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
         assert len(groups[m]) == 3, m
     for m in ("sam", "topk", "dsee", "hiwi", "pafi-iid", "full-iid"):
         assert len(groups[m]) == 1, m
+
+
+def test_plateau_gain_compares_the_last_quarter_with_the_one_before():
+    climbing = _run("pafi", 1, [0.60 + 0.01 * i for i in range(8)])  # +1 pt a round
+    flat = _run("pafi", 2, [0.70, 0.80, 0.84, 0.85, 0.86, 0.85, 0.86, 0.85])
+    assert plateau_gain(climbing.history) == (pytest.approx(0.02), 2)  # rounds 7-8 vs 5-6
+    assert plateau_gain(flat.history)[0] == pytest.approx(0.855 - 0.855)
+    assert plateau_gain(flat.history, window=4)[0] == pytest.approx(0.855 - 0.7975)
+    assert plateau_gain(_run("pafi", 3, [0.7]).history) == (None, 1)  # one round: too short to tell
+    rows = {r["name"]: r for r in group_rows([climbing, flat, _run("full", 1, [0.8] * 8)], None, target=None)}
+    assert rows["pafi-float32"]["plateau_gain"] == pytest.approx(0.01)  # mean of +2 and 0 pts
+    assert rows["pafi-float32"]["plateau_std"] == pytest.approx(math.sqrt(2) * 0.01)
+    checks = {c["run"]: c for c in check_targets(list(rows.values())) if c["target"].startswith("plateau")}
+    assert checks["full-float32"]["met"] and checks["full-float32"]["measured"].startswith("+0.00 pts")
+    assert not checks["pafi-float32"]["met"]  # +1.00 pt on the mean: still climbing
+    assert "± 1.41 (2 seeds): mean of the last 2 rounds − the 2 before" in checks["pafi-float32"]["measured"]
