@@ -50,6 +50,8 @@ def is_done(spec: RunSpec, run_dir: Path) -> bool:
     want = dict(spec.run_config)
     if stored is not None:
         stored.pop("output-dir", None)  # the folder may have moved; only the settings matter
+    if can_extend(spec, run_dir):
+        return False  # finished with fewer rounds than the preset asks: run_one continues it from its checkpoint
     if stored is not None and stored != want:
         changed = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
         raise StaleResultError(f"{run_dir} holds results for a different config (keys {changed[:6]}); "
@@ -65,8 +67,30 @@ def _same_config(spec: RunSpec, run_dir: Path) -> bool:
     return stored == dict(spec.run_config)
 
 
+def can_extend(spec: RunSpec, run_dir: Path) -> bool:
+    """The run folder holds this run with fewer ``num-server-rounds`` (finished or not) and its checkpoint: the
+    preset now asks for more rounds, so the run continues from its last round instead of starting over. A
+    resumed run is bit-identical to one made in a single go (server/recovery.py), so 40 rounds extended to 80
+    equal 80 rounds run at once."""
+    stored = _stored_config(run_dir)
+    if stored is None or not (run_dir / CHECKPOINT_NAME).is_file() or not (run_dir / "history.json").is_file():
+        return False
+    stored.pop("output-dir", None)
+    want = dict(spec.run_config)
+    changed = {k for k in set(stored) | set(want) if stored.get(k) != want.get(k)}
+    if changed != {"num-server-rounds"}:
+        return False
+    try:
+        return int(stored["num-server-rounds"]) < int(want["num-server-rounds"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def can_resume(spec: RunSpec, run_dir: Path) -> bool:
-    """A stopped run of the same config left a checkpoint: continue it instead of starting over."""
+    """A stopped run of the same config left a checkpoint, or a run of fewer rounds is extended: continue it
+    instead of starting over."""
+    if can_extend(spec, run_dir):
+        return True
     return (run_dir / CHECKPOINT_NAME).is_file() and (run_dir / "history.json").is_file() and _same_config(spec, run_dir)
 
 

@@ -88,3 +88,17 @@ def test_sam_resume_reinstalls_the_checkpointed_mask_without_a_new_selection(tmp
     summary = json.loads((crashed / "summary.json").read_text())
     assert summary["mask_fingerprint"] == json.loads((ref / "summary.json").read_text())["mask_fingerprint"]
     assert summary["selection_resumed"] is True and summary["selection_bytes_up"] < 4096  # confirmations only
+
+
+def test_a_finished_run_extended_to_more_rounds_equals_one_run_of_that_many(tmp_path, tiny_model_dir, sst2_dir):
+    """The benchmark extends finished runs when a preset asks for more rounds (simulations.benchmark.can_extend)."""
+    ref, ext = tmp_path / "ref", tmp_path / "ext"
+    _run(_config(tiny_model_dir, sst2_dir, ref))
+    _run(_config(tiny_model_dir, sst2_dir, ext, **{"num-server-rounds": 2}))
+    assert json.loads((ext / "summary.json").read_text())["rounds"] == 2
+    _run(_config(tiny_model_dir, sst2_dir, ext, resume=True))  # the same run, now to 3 rounds
+    assert torch.equal(_final(ext), _final(ref))
+    h_ref, h_ext = (json.loads((d / "history.json").read_text()) for d in (ref, ext))
+    assert [r["round"] for r in h_ext] == [0, 1, 2, 3]
+    assert [r["accuracy"] for r in h_ext] == [r["accuracy"] for r in h_ref]
+    assert json.loads((ext / "summary.json").read_text())["rounds"] == 3

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.benchmark import can_resume
+from simulations.benchmark import StaleResultError, can_extend, can_resume, is_done
 from simulations.matrix import PresetError, RunSpec, load_preset
 from simulations.plots import write_plots
 from simulations.report import RunResult, pick_reference, write_report
@@ -129,6 +129,27 @@ def test_a_stopped_run_resumes_only_with_its_own_config(tmp_path):
     (run_dir / "checkpoint.safetensors").write_bytes(b"x")
     assert can_resume(spec, run_dir)
     assert not can_resume(RunSpec("pafi-s1", {"method": "pafi", "seed": 2}), run_dir)
+
+
+def test_a_finished_run_is_extended_when_the_preset_asks_for_more_rounds(tmp_path):
+    run_dir = tmp_path / "pafi-s1"
+    run_dir.mkdir()
+    stored = {"method": "pafi", "seed": 1, "num-server-rounds": 40, "output-dir": "x"}
+    (run_dir / "run_config.json").write_text(json.dumps(stored))
+    (run_dir / "history.json").write_text("[]")
+    (run_dir / "summary.json").write_text("{}")
+    (run_dir / "checkpoint.safetensors").write_bytes(b"x")
+    same = RunSpec("pafi-s1", {"method": "pafi", "seed": 1, "num-server-rounds": 40})
+    longer = RunSpec("pafi-s1", {"method": "pafi", "seed": 1, "num-server-rounds": 80})
+    assert is_done(same, run_dir) and not can_extend(same, run_dir)
+    assert can_extend(longer, run_dir) and not is_done(longer, run_dir) and can_resume(longer, run_dir)
+    for other in ({"method": "pafi", "seed": 1, "num-server-rounds": 20},  # fewer rounds: not a continuation
+                  {"method": "pafi", "seed": 1, "num-server-rounds": 80, "lr": 0.1}):  # another setting too
+        assert not can_extend(RunSpec("pafi-s1", other), run_dir)
+        with pytest.raises(StaleResultError, match="different config"):
+            is_done(RunSpec("pafi-s1", other), run_dir)
+    (run_dir / "checkpoint.safetensors").unlink()  # no checkpoint: nothing to continue from
+    assert not can_extend(longer, run_dir)
 
 
 def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
