@@ -42,29 +42,32 @@ def _stored_config(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _changed(spec: RunSpec, run_dir: Path) -> set[str] | None:
+    """Run-config keys whose stored value differs from the spec's (None: no stored config). ``output-dir`` is
+    ignored: the folder may have moved; only the settings matter."""
+    stored = _stored_config(run_dir)
+    if stored is None:
+        return None
+    stored.pop("output-dir", None)
+    want = dict(spec.run_config)
+    return {k for k in set(stored) | set(want) if stored.get(k) != want.get(k)}
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / CHECKPOINT_NAME).is_file() and (run_dir / "history.json").is_file()
+
+
 def is_done(spec: RunSpec, run_dir: Path) -> bool:
     """True if ``run_dir`` already has this run's results; raises if they were made differently."""
     if not (run_dir / "summary.json").is_file():
         return False
-    stored = _stored_config(run_dir)
-    want = dict(spec.run_config)
-    if stored is not None:
-        stored.pop("output-dir", None)  # the folder may have moved; only the settings matter
     if can_extend(spec, run_dir):
         return False  # finished with fewer rounds than the preset asks: run_one continues it from its checkpoint
-    if stored is not None and stored != want:
-        changed = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
-        raise StaleResultError(f"{run_dir} holds results for a different config (keys {changed[:6]}); "
+    changed = _changed(spec, run_dir)
+    if changed:
+        raise StaleResultError(f"{run_dir} holds results for a different config (keys {sorted(changed)[:6]}); "
                                f"use another --out, or --rerun to replace them")
     return True
-
-
-def _same_config(spec: RunSpec, run_dir: Path) -> bool:
-    stored = _stored_config(run_dir)
-    if stored is None:
-        return False
-    stored.pop("output-dir", None)
-    return stored == dict(spec.run_config)
 
 
 def can_extend(spec: RunSpec, run_dir: Path) -> bool:
@@ -72,26 +75,16 @@ def can_extend(spec: RunSpec, run_dir: Path) -> bool:
     preset now asks for more rounds, so the run continues from its last round instead of starting over. A
     resumed run is bit-identical to one made in a single go (server/recovery.py), so 40 rounds extended to 80
     equal 80 rounds run at once."""
-    stored = _stored_config(run_dir)
-    if stored is None or not (run_dir / CHECKPOINT_NAME).is_file() or not (run_dir / "history.json").is_file():
+    if _changed(spec, run_dir) != {"num-server-rounds"} or not _has_checkpoint(run_dir):
         return False
-    stored.pop("output-dir", None)
-    want = dict(spec.run_config)
-    changed = {k for k in set(stored) | set(want) if stored.get(k) != want.get(k)}
-    if changed != {"num-server-rounds"}:
-        return False
-    try:
-        return int(stored["num-server-rounds"]) < int(want["num-server-rounds"])
-    except (KeyError, TypeError, ValueError):
-        return False
+    stored, want = _stored_config(run_dir).get("num-server-rounds"), spec.run_config.get("num-server-rounds")
+    return isinstance(stored, int) and isinstance(want, int) and stored < want
 
 
 def can_resume(spec: RunSpec, run_dir: Path) -> bool:
     """A stopped run of the same config left a checkpoint, or a run of fewer rounds is extended: continue it
     instead of starting over."""
-    if can_extend(spec, run_dir):
-        return True
-    return (run_dir / CHECKPOINT_NAME).is_file() and (run_dir / "history.json").is_file() and _same_config(spec, run_dir)
+    return _has_checkpoint(run_dir) and (_changed(spec, run_dir) == set() or can_extend(spec, run_dir))
 
 
 def _history_rounds(run_dir: Path) -> tuple[int, float | None]:
