@@ -25,8 +25,10 @@ from safetensors.torch import save_file
 FORMAT = "fedsparse-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 # Run-config keys a resumed run may change: they do not alter what a round computes.
+# ``data-dir`` is where the data lies; what it holds is in the run identity (``data``, shared.data.data_fingerprint),
+# so a checkpoint moves with a clone of the project.
 RESUMABLE_CHANGES = frozenset({"resume", "num-server-rounds", "crash-after-round", "output-dir", "round-timeout",
-                               "node-wait-timeout", "min-available-nodes"})
+                               "node-wait-timeout", "min-available-nodes", "data-dir"})
 
 
 class CheckpointError(ValueError):

@@ -24,10 +24,11 @@ log = logging.getLogger("fedsparse.server")
 CRASH_EXIT_CODE = 17
 
 
-def run_identity(strategy: SparseStrategy, model_source: str, method: str) -> dict[str, Any]:
-    """What a checkpoint must share with this run: mask fingerprint, sizes, model, method."""
+def run_identity(strategy: SparseStrategy, model_source: str, method: str, data: str = "") -> dict[str, Any]:
+    """What a checkpoint must share with this run: mask fingerprint, sizes, model, method, and the data's content
+    (``data``: :func:`shared.data.data_fingerprint`, so the same files at another path still match)."""
     return {"fingerprint": strategy.expected.fingerprint, "k": strategy.expected.k,
-            "head_size": strategy.expected.head_size, "model": model_source, "method": method}
+            "head_size": strategy.expected.head_size, "model": model_source, "method": method, "data": data}
 
 
 def prepare_output_dir(cfg: RunConfig, out: Path) -> None:

@@ -20,7 +20,7 @@ from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.validation import Expected
 from shared.config import ConfigError, RunConfig
-from shared.data import DataLoadError, held_out, load_splits
+from shared.data import DataLoadError, data_fingerprint, held_out, load_splits
 from shared.device import resolve_device, to_cpu
 from shared.masks import MaskError
 from shared.model import ModelLoadError
@@ -122,7 +122,7 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     saved = saved_selection(cfg) if rt.method.select is not None else {}
     selected = run_selection(grid, cfg, rt, strategy, handshake, saved)  # kept in every checkpoint
     # After selection: the identity (and so a resumable checkpoint) includes a selected mask.
-    identity = run_identity(strategy, rt.base.source, cfg.method)
+    identity = run_identity(strategy, rt.base.source, cfg.method, data_fingerprint(cfg.data_dir))
     first_round, recorder.history = resume_from_checkpoint(cfg, out, strategy, identity, run_config)
     if first_round == 1:
         recorder.record(handshake, strategy.state, time.perf_counter() - t0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import os
 import re
 import socket
@@ -97,6 +98,27 @@ def load_splits(dataset: str, data_dir: str) -> dict[str, Dataset]:
             out["validation"] = read_tsv(root / "validation.tsv", spec.label_names)
         return out
     return _load_from_hub(dataset, spec)
+
+
+SPLIT_FILES = ("train.tsv", "validation.tsv", "test.tsv")
+
+
+def data_fingerprint(data_dir: str) -> str:
+    """What a run's data *is*, not where it lies: SHA-256 over the split files' names and bytes ("" = the Hub copy).
+
+    Two clones of the project see the same SST-2 at different paths; results and checkpoints made on one are
+    valid on the other, so stored runs compare this, not the ``data-dir`` string."""
+    if not data_dir:
+        return ""
+    root = Path(data_dir).expanduser()
+    present = [name for name in SPLIT_FILES if (root / name).is_file()]
+    if not present:
+        return f"missing:{root}"  # two absent folders are not the same data
+    h = hashlib.sha256()
+    for name in present:
+        h.update(f"|{name}|".encode())
+        h.update((root / name).read_bytes())
+    return h.hexdigest()
 
 
 def held_out(splits: dict[str, Dataset], name: str, data_dir: str) -> Dataset:

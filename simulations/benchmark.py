@@ -12,6 +12,7 @@ every run (and ``target-accuracy``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 import signal
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from server.checkpoint import CHECKPOINT_NAME
+from shared.data import data_fingerprint
 from simulations.launcher import REPO, _parse_overrides, flower_env, format_run_config, stop_tree
 from simulations.matrix import Preset, PresetError, RunSpec, load_preset
 from simulations.plots import write_plots
@@ -43,14 +45,19 @@ def _stored_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _changed(spec: RunSpec, run_dir: Path) -> set[str] | None:
-    """Run-config keys whose stored value differs from the spec's (None: no stored config). ``output-dir`` is
-    ignored: the folder may have moved; only the settings matter."""
+    """Run-config keys whose stored value differs from the spec's (None: no stored config). Locations are not
+    settings: ``output-dir`` is ignored (the folder may have moved) and ``data-dir`` compares the data's content
+    (a clone elsewhere reads the same files at another path), so a committed store of runs stays valid."""
     stored = _stored_config(run_dir)
     if stored is None:
         return None
     stored.pop("output-dir", None)
     want = dict(spec.run_config)
-    return {k for k in set(stored) | set(want) if stored.get(k) != want.get(k)}
+    changed = {k for k in set(stored) | set(want) if stored.get(k) != want.get(k)}
+    if "data-dir" in changed and data_fingerprint(str(stored.get("data-dir") or "")) \
+            == data_fingerprint(str(want.get("data-dir") or "")):
+        changed.discard("data-dir")
+    return changed
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -189,7 +196,8 @@ def install_signal_handlers() -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="quick", help="preset name in simulations/presets/ or a .toml path")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default outputs/benchmark/<preset>)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results folder (default: the preset's `out`, else outputs/benchmark/<preset>)")
     ap.add_argument("-c", "--run-config", default="", help="overrides for every run, e.g. \"num-server-rounds=3\"")
     ap.add_argument("--num-supernodes", type=int, default=None)
     ap.add_argument("--cpus-per-client", type=int, default=None)
@@ -210,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]{exc}[/red]")
         return 2
     if target is not None:
-        preset = Preset(preset.name, preset.description, float(target), preset.simulation, preset.runs)
-    out = (args.out or REPO / "outputs" / "benchmark" / preset.name).resolve()
+        preset = dataclasses.replace(preset, target_accuracy=float(target))
+    out = (args.out or preset.out or REPO / "outputs" / "benchmark" / preset.name).resolve()
     if args.list:
         for spec in preset.runs:
             print(spec.name, json.dumps(spec.run_config))

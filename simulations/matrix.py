@@ -4,6 +4,8 @@ A preset file (``simulations/presets/<name>.toml``)::
 
     description = "..."
     target-accuracy = 0.80          # accuracy the "bytes to target" column is measured at
+    out = "docs/results/paper"      # optional: the results folder (relative to the repo), for runs of record
+                                    # whose store is committed so that a later clone resumes it
     [simulation]                    # how each run is launched
     num-supernodes = 10
     cpus-per-client = 1
@@ -70,6 +72,7 @@ class Preset:
     target_accuracy: float | None
     simulation: Simulation
     runs: list[RunSpec] = field(default_factory=list)
+    out: Path | None = None  # the preset's own results folder (``out = "docs/results/paper"``), else outputs/...
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -158,5 +161,8 @@ def load_preset(name_or_path: str, overrides: Mapping[str, Any] | None = None,
         raise PresetError(f"{path}: unknown [simulation] key ({exc}); use num-supernodes, cpus-per-client, "
                           f"gpus-per-client, timeout") from exc
     target = doc.get("target-accuracy")
+    out = doc.get("out")
+    if out is not None and (not isinstance(out, str) or not out.strip()):
+        raise PresetError(f"{path}: 'out' must be a folder path (relative to the repository), got {out!r}")
     return Preset(path.stem, str(doc.get("description", "")), float(target) if target is not None else None,
-                  simulation, build_runs(doc, dict(overrides or {})))
+                  simulation, build_runs(doc, dict(overrides or {})), (REPO / out).resolve() if out else None)

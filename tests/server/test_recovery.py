@@ -54,3 +54,24 @@ def test_resume_refuses_other_mask_and_corruption(tmp_path):
     with pytest.raises(CheckpointError):
         resume_from_checkpoint(src.cfg, tmp_path, src, run_identity(src, "/m", "pafi"), RUN_CONFIG)
     assert torch.equal(src.state.values, before)  # a refused checkpoint touches nothing
+
+
+def test_a_checkpoint_moves_with_its_data_and_refuses_other_data(tmp_path):
+    """The data's content, not its path, is in the identity: a clone of the project at another path resumes the
+    committed checkpoint of a run of record; other files under the same name are refused."""
+    from shared.data import data_fingerprint
+
+    here, there, other = (tmp_path / d for d in ("here", "there", "other"))
+    for folder, rows in ((here, "a\t1\n"), (there, "a\t1\n"), (other, "b\t0\n")):
+        folder.mkdir()
+        (folder / "train.tsv").write_text("sentence\tlabel\n" + rows)
+        (folder / "test.tsv").write_text("sentence\tlabel\nc\t0\n")
+    src = _strategy()
+    ident = run_identity(src, "/m", "pafi", data_fingerprint(str(here)))
+    checkpoint_round(src.cfg, tmp_path, src, 1, [{"round": 1}], ident, {**RUN_CONFIG, "data-dir": str(here)})
+    dst = _strategy()
+    moved = run_identity(dst, "/m", "pafi", data_fingerprint(str(there)))
+    assert resume_from_checkpoint(dst.cfg, tmp_path, dst, moved, {**RUN_CONFIG, "data-dir": str(there)})[0] == 2
+    with pytest.raises(CheckpointError, match="data="):
+        resume_from_checkpoint(dst.cfg, tmp_path, dst, run_identity(dst, "/m", "pafi", data_fingerprint(str(other))),
+                               {**RUN_CONFIG, "data-dir": str(other)})

@@ -64,3 +64,30 @@ def test_full_preset_matches_the_issue_setting():
     assert (cfg["partitioner"], cfg["dirichlet-alpha"], cfg["dataset"], cfg["mask-density"]) == \
         ("dirichlet", 0.5, "sst2", 0.005)
     assert cfg.get("model", "") == ""  # the bundled MiniLM
+
+
+def test_paper_preset_keeps_its_store_of_record_in_docs(tmp_path):
+    """The paper runs span sessions: their store is a committed folder, not outputs/ (which a fresh clone lacks)."""
+    assert load_preset("paper").out == REPO / "docs" / "results" / "paper"
+    assert load_preset("quick").out is None
+    bad = tmp_path / "bad.toml"
+    bad.write_text('out = 3\n[matrix]\nmethod = ["pafi"]\n')
+    with pytest.raises(PresetError, match="'out' must be a folder path"):
+        load_preset(str(bad))
+
+
+def test_the_store_of_record_commits_what_a_resume_needs_and_not_the_dense_checkpoints():
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    runs = "docs/results/paper/runs"
+    paths = [f"{runs}/{r}/{f}" for r in ("pafi-s42", "lora-s43") for f in
+             ("history.json", "summary.json", "run_config.json", "run.log", "checkpoint.safetensors")]
+    ignored = [f"{runs}/full-s42/checkpoint.safetensors", f"{runs}/full-iid-s42/checkpoint.safetensors",
+               f"{runs}/topk-s42/checkpoint.safetensors", f"{runs}/pafi-s42/model/model.safetensors",
+               f"{runs}/pafi-s42/delta.safetensors", f"{runs}/pafi-s42/.flwr/x"]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *paths, *ignored], cwd=REPO, capture_output=True,
+                         text=True).stdout.split()
+    assert sorted(out) == sorted(ignored)

@@ -178,3 +178,23 @@ def test_plateau_gain_compares_the_last_quarter_with_the_one_before():
     assert checks["full-float32"]["met"] and checks["full-float32"]["measured"].startswith("+0.00 pts")
     assert not checks["pafi-float32"]["met"]  # +1.00 pt on the mean: still climbing
     assert "± 1.41 (2 seeds): mean of the last 2 rounds − the 2 before" in checks["pafi-float32"]["measured"]
+
+
+def test_a_stored_run_reads_the_same_data_at_another_path(tmp_path):
+    """A committed run store stays valid in a clone elsewhere: data-dir compares the files, not the path."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder in (here, there):
+        folder.mkdir()
+        (folder / "train.tsv").write_text("sentence\tlabel\na\t1\n")
+        (folder / "test.tsv").write_text("sentence\tlabel\nb\t0\n")
+    run_dir = tmp_path / "pafi-s1"
+    run_dir.mkdir()
+    (run_dir / "run_config.json").write_text(json.dumps({"method": "pafi", "data-dir": str(here), "output-dir": "x"}))
+    (run_dir / "summary.json").write_text("{}")
+    moved = RunSpec("pafi-s1", {"method": "pafi", "data-dir": str(there)})
+    assert is_done(moved, run_dir)
+    (there / "test.tsv").write_text("sentence\tlabel\nb\t1\n")  # other labels under the same name
+    with pytest.raises(StaleResultError, match="data-dir"):
+        is_done(moved, run_dir)
+    with pytest.raises(StaleResultError, match="data-dir"):  # a folder that is gone is not the same data
+        is_done(RunSpec("pafi-s1", {"method": "pafi", "data-dir": str(tmp_path / "gone")}), run_dir)
