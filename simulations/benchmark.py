@@ -121,6 +121,7 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
     sim = preset.simulation
     cmd = [sys.executable, "-m", "simulations.launcher", "--num-supernodes", str(sim.num_supernodes),
            "--cpus-per-client", str(sim.cpus_per_client), "--gpus-per-client", str(sim.gpus_per_client),
+           "--ray-cpus", str(sim.ray_cpus),
            "--flwr-home", str(run_dir / ".flwr"),
            "-c", format_run_config(config)]
     proc = None
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus-per-client", type=int, default=None)
     ap.add_argument("--gpus-per-client", type=float, default=None,
                     help="GPUs per virtual client (fractional: 0.25 = four clients per GPU)")
+    ap.add_argument("--ray-cpus", type=int, default=None,
+                    help="CPUs the local Ray schedules clients on (0: the machine's; e.g. 3 on 2 cores, see launcher)")
     ap.add_argument("--only", default=None, help="comma-separated name globs of the runs to make, e.g. \"pafi-*,magnitude-*\"")
     ap.add_argument("--rerun", action="store_true", help="run again even where results exist")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report and plots")
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = load_preset(args.preset, overrides, {"num_supernodes": args.num_supernodes,
                                                       "cpus_per_client": args.cpus_per_client,
-                                                      "gpus_per_client": args.gpus_per_client})
+                                                      "gpus_per_client": args.gpus_per_client,
+                                                      "ray_cpus": args.ray_cpus})
     except PresetError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2

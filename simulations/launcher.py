@@ -7,7 +7,9 @@ the run to end and stops the SuperLink and everything it spawned by process id.
     python -m simulations.launcher --num-supernodes 10 -c "num-server-rounds=3 data-dir='../shared/data/sst2'"
 
 Client resources: ``--cpus-per-client`` (an integer, Flower's default 2) and ``--gpus-per-client``
-(fractional: 0.25 runs four clients per GPU). ``--ray-address HOST:PORT`` attaches the Simulation
+(fractional: 0.25 runs four clients per GPU). ``--ray-cpus N`` tells the local Ray it has N CPUs (default: the
+machine's): with 1 CPU per client, N clients train at once. 3 on 2 cores runs a round of 5 sampled clients in
+two waves (3 + 2) instead of three (2 + 2 + 1, the last on one core); each client still trains on one thread. ``--ray-address HOST:PORT`` attaches the Simulation
 Engine to a running Ray cluster instead of starting a local Ray (see docs/performance.md).
 """
 
@@ -123,13 +125,20 @@ def write_connection(flwr_home: Path, name: str, address: str) -> None:
     )
 
 
-def federation_config(num_supernodes: int, cpus_per_client: int = 2, gpus_per_client: float = 0.0) -> str:
-    """``--federation-config`` of a simulation: the nodes and each virtual client's Ray resources."""
+def federation_config(num_supernodes: int, cpus_per_client: int = 2, gpus_per_client: float = 0.0,
+                      ray_cpus: int = 0) -> str:
+    """``--federation-config`` of a simulation: the nodes, each virtual client's Ray resources and, with
+    ``ray_cpus``, the CPUs the local Ray schedules them on (0: the machine's)."""
     if cpus_per_client < 1 or int(cpus_per_client) != cpus_per_client:
         raise ValueError(f"cpus-per-client must be a positive integer (Flower's federation config), got {cpus_per_client}")
     if gpus_per_client < 0:
         raise ValueError(f"gpus-per-client must be >= 0 (a fraction shares a GPU), got {gpus_per_client}")
+    if ray_cpus < 0 or int(ray_cpus) != ray_cpus or (ray_cpus and ray_cpus < cpus_per_client):
+        raise ValueError(f"ray-cpus must be 0 (the machine's CPUs) or an integer >= cpus-per-client "
+                         f"({cpus_per_client}), got {ray_cpus}")
     fed = f"num_supernodes={num_supernodes} client_resources_num_cpus={int(cpus_per_client)}"
+    if ray_cpus:
+        fed += f" init_args_num_cpus={int(ray_cpus)}"
     if gpus_per_client:
         fed += f" client_resources_num_gpus={float(gpus_per_client)!r}"
     return fed
@@ -137,7 +146,8 @@ def federation_config(num_supernodes: int, cpus_per_client: int = 2, gpus_per_cl
 
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus_per_client: int = 2,
                    app_dir: Path = REPO, flwr_home: Path | None = None, timeout: float = 3600.0,
-                   quiet: bool = False, gpus_per_client: float = 0.0, ray_address: str | None = None) -> int:
+                   quiet: bool = False, gpus_per_client: float = 0.0, ray_address: str | None = None,
+                   ray_cpus: int = 0) -> int:
     """Run the app once in the Simulation Engine; 0 only if the run ended and wrote its summary.
 
     ``flwr run --stream`` exits 0 even when the ServerApp fails, so success is judged by the run's
@@ -147,7 +157,9 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus
     # Resolve output-dir here: the ServerApp runs in another process with another working directory.
     run_config = {**run_config, "output-dir": str(Path(str(run_config.get("output-dir", "outputs/run"))).resolve())}
     started = time.time()
-    fed = federation_config(num_supernodes, cpus_per_client, gpus_per_client)
+    if ray_cpus and ray_address:
+        raise ValueError("ray-cpus sizes a local Ray; a running cluster (--ray-address) has its own CPUs: pass one")
+    fed = federation_config(num_supernodes, cpus_per_client, gpus_per_client, ray_cpus)
     rc = _flwr_run(run_config, fed, app_dir, flwr_home, timeout, quiet, ray_address)
     summary = Path(run_config["output-dir"]) / "summary.json"
     if rc == 0 and (not summary.is_file() or summary.stat().st_mtime < started):
@@ -187,12 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus-per-client", type=int, default=2, help="CPUs per virtual client (integer)")
     ap.add_argument("--gpus-per-client", type=float, default=0.0,
                     help="GPUs per virtual client; a fraction shares one (0.25 = four clients per GPU)")
+    ap.add_argument("--ray-cpus", type=int, default=0,
+                    help="CPUs the local Ray schedules clients on (default 0: the machine's); e.g. 3 on 2 cores "
+                         "trains 3 one-CPU clients at once")
     ap.add_argument("--ray-address", default=None,
                     help="attach to a running Ray cluster (HOST:PORT of its head, as `ray start` prints)")
     ap.add_argument("--flwr-home", type=Path, default=None)
     args = ap.parse_args(argv)
     try:
-        federation_config(args.num_supernodes, args.cpus_per_client, args.gpus_per_client)
+        federation_config(args.num_supernodes, args.cpus_per_client, args.gpus_per_client, args.ray_cpus)
+        if args.ray_cpus and args.ray_address:
+            raise ValueError("--ray-cpus sizes a local Ray; a running cluster (--ray-address) has its own CPUs: "
+                             "pass one of the two")
     except ValueError as exc:
         print(f"fedsparse: error: {exc}", file=sys.stderr)
         return 2
@@ -205,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("flwr run with --run-config", shlex.quote(format_run_config(overrides)), flush=True)
     return run_simulation(overrides, args.num_supernodes, args.cpus_per_client, flwr_home=args.flwr_home,
-                          gpus_per_client=args.gpus_per_client, ray_address=args.ray_address)
+                          gpus_per_client=args.gpus_per_client, ray_address=args.ray_address, ray_cpus=args.ray_cpus)
 
 
 def check_data(overrides: Mapping[str, Any]) -> str | None:

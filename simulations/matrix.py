@@ -52,6 +52,7 @@ class Simulation:
     num_supernodes: int = 10
     cpus_per_client: int = 1
     gpus_per_client: float = 0.0  # Ray GPUs per virtual client; fractional shares a GPU (0.25 = four per GPU)
+    ray_cpus: int = 0  # CPUs the local Ray schedules clients on (0: the machine's; see simulations.launcher)
     timeout: float = 3600.0
 
 
@@ -159,7 +160,10 @@ def load_preset(name_or_path: str, overrides: Mapping[str, Any] | None = None,
         simulation = Simulation(**sim)
     except TypeError as exc:
         raise PresetError(f"{path}: unknown [simulation] key ({exc}); use num-supernodes, cpus-per-client, "
-                          f"gpus-per-client, timeout") from exc
+                          f"gpus-per-client, ray-cpus, timeout") from exc
+    if not isinstance(simulation.ray_cpus, int) or simulation.ray_cpus < 0:
+        raise PresetError(f"{path}: [simulation] ray-cpus must be an integer >= 0 (0: the machine's CPUs), "
+                          f"got {simulation.ray_cpus!r}")
     target = doc.get("target-accuracy")
     out = doc.get("out")
     if out is not None and (not isinstance(out, str) or not out.strip()):

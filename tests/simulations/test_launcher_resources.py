@@ -52,3 +52,20 @@ def test_ray_address_goes_to_the_superlinks_environment_only_when_asked(tmp_path
     with launcher.simulation_superlink(Path(tmp_path), ray_address=address):
         pass
     assert seen["env"].get("RAY_ADDRESS") == address
+
+
+def test_ray_cpus_size_the_local_ray_and_are_checked():
+    """3 one-CPU clients at once on 2 cores: a round of 5 sampled clients in two waves, not three."""
+    sim = simulation_config_from_json(parse_config_args([federation_config(10, 1, ray_cpus=3)]))
+    assert sim.init_args_num_cpus == 3 and sim.client_resources_num_cpus == 1
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="ray-cpus"):
+            federation_config(10, 1, ray_cpus=bad)
+    with pytest.raises(ValueError, match="ray-cpus"):
+        federation_config(10, 2, ray_cpus=1)  # a client could never be placed
+
+
+def test_ray_cpus_and_a_running_cluster_are_refused_together(capsys):
+    assert launcher.main(["--ray-cpus", "3", "--ray-address", "192.0.2.7:6379"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedsparse: error:") and "--ray-address" in err and "\n" not in err

@@ -91,3 +91,12 @@ def test_the_store_of_record_commits_what_a_resume_needs_and_not_the_dense_check
     out = subprocess.run(["git", "check-ignore", "--no-index", *paths, *ignored], cwd=REPO, capture_output=True,
                          text=True).stdout.split()
     assert sorted(out) == sorted(ignored)
+
+
+def test_ray_cpus_in_a_preset_is_checked(tmp_path):
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text('[simulation]\nray-cpus = 3\n[matrix]\nmethod = ["pafi"]\n')
+    assert load_preset(str(good)).simulation.ray_cpus == 3
+    bad.write_text('[simulation]\nray-cpus = -1\n[matrix]\nmethod = ["pafi"]\n')
+    with pytest.raises(PresetError, match="ray-cpus must be an integer"):
+        load_preset(str(bad))
