@@ -121,7 +121,7 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
     sim = preset.simulation
     cmd = [sys.executable, "-m", "simulations.launcher", "--num-supernodes", str(sim.num_supernodes),
            "--cpus-per-client", str(sim.cpus_per_client), "--gpus-per-client", str(sim.gpus_per_client),
-           "--ray-cpus", str(sim.ray_cpus),
+           "--ray-cpus", str(sim.ray_cpus), "--timeout", str(sim.timeout),
            "--flwr-home", str(run_dir / ".flwr"),
            "-c", format_run_config(config)]
     proc = None

@@ -205,9 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-address", default=None,
                     help="attach to a running Ray cluster (HOST:PORT of its head, as `ray start` prints)")
     ap.add_argument("--flwr-home", type=Path, default=None)
+    ap.add_argument("--timeout", type=float, default=3600.0,
+                    help="seconds the run may take before it is stopped (exit 124); default 3600")
     args = ap.parse_args(argv)
     try:
         federation_config(args.num_supernodes, args.cpus_per_client, args.gpus_per_client, args.ray_cpus)
+        if args.timeout <= 0:
+            raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
         if args.ray_cpus and args.ray_address:
             raise ValueError("--ray-cpus sizes a local Ray; a running cluster (--ray-address) has its own CPUs: "
                              "pass one of the two")
@@ -223,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("flwr run with --run-config", shlex.quote(format_run_config(overrides)), flush=True)
     return run_simulation(overrides, args.num_supernodes, args.cpus_per_client, flwr_home=args.flwr_home,
+                          timeout=args.timeout,
                           gpus_per_client=args.gpus_per_client, ray_address=args.ray_address, ray_cpus=args.ray_cpus)
 
 

@@ -69,3 +69,39 @@ def test_ray_cpus_and_a_running_cluster_are_refused_together(capsys):
     assert launcher.main(["--ray-cpus", "3", "--ray-address", "192.0.2.7:6379"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedsparse: error:") and "--ray-address" in err and "\n" not in err
+
+
+def test_the_presets_timeout_reaches_the_launchers_flwr_run(tmp_path, monkeypatch):
+    """A run of record may take hours: the preset's [simulation] timeout, not the launcher's 3600 s default, bounds
+    it (a full-s42 run at 80 rounds was stopped at 3,600 s, round 64, before this was passed through)."""
+    from rich.progress import Progress
+
+    from simulations import benchmark
+    from simulations.matrix import load_preset
+
+    preset = load_preset("paper")
+    seen = {}
+
+    class Done:
+        pid, returncode = 0, 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(benchmark.subprocess, "Popen", lambda cmd, **kw: (seen.update(cmd=cmd), Done())[1])
+    monkeypatch.setattr(benchmark, "stop_tree", lambda *a, **k: None)
+    with Progress(disable=True) as progress:
+        benchmark.run_one(preset.runs[0], tmp_path / "run", preset, progress, progress.add_task("r", total=1))
+    cmd = seen["cmd"]
+    assert float(cmd[cmd.index("--timeout") + 1]) == preset.simulation.timeout == 36000
+    forwarded = {}
+    monkeypatch.setattr(launcher, "check_data", lambda overrides: None)
+    monkeypatch.setattr(launcher, "run_simulation", lambda *a, **kw: forwarded.update(kw) or 0)
+    assert launcher.main(cmd[cmd.index("--num-supernodes"):]) == 0
+    assert forwarded["timeout"] == 36000
+
+
+def test_a_bad_timeout_is_refused_in_one_line(capsys):
+    assert launcher.main(["--timeout", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedsparse: error:") and "--timeout" in err and "\n" not in err
