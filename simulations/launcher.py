@@ -8,8 +8,8 @@ the run to end and stops the SuperLink and everything it spawned by process id.
 
 Client resources: ``--cpus-per-client`` (an integer, Flower's default 2) and ``--gpus-per-client``
 (fractional: 0.25 runs four clients per GPU). ``--ray-cpus N`` tells the local Ray it has N CPUs (default: the
-machine's): with 1 CPU per client, N clients train at once. 3 on 2 cores runs a round of 5 sampled clients in
-two waves (3 + 2) instead of three (2 + 2 + 1, the last on one core); each client still trains on one thread. ``--ray-address HOST:PORT`` attaches the Simulation
+machine's): with 1 CPU per client, at most N clients train at once, e.g. to leave cores to other jobs. (3 on 2
+cores, to run 5 sampled clients in two waves rather than three, gave no speed-up: docs/performance.md.) ``--ray-address HOST:PORT`` attaches the Simulation
 Engine to a running Ray cluster instead of starting a local Ray (see docs/performance.md).
 """
 
