@@ -123,10 +123,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
 def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Mapping[str, Any]) -> None:
     """Refuse a checkpoint of another model/mask or of a run configured differently."""
     for key, mine in identity.items():
+        if key == "data" and key not in ck.identity:
+            continue  # written before the data's content was in the identity: its data-dir string is compared below
         if ck.identity.get(key) != mine:
             raise CheckpointError(f"checkpoint is for {key}={str(ck.identity.get(key))[:24]!r}, this run has "
                                   f"{str(mine)[:24]!r}; use another output-dir or run without resume=true")
     keys = (set(ck.run_config) | set(run_config)) - RESUMABLE_CHANGES
+    if "data" not in ck.identity:
+        keys.add("data-dir")
     for key in sorted(keys):
         if ck.run_config.get(key) != run_config.get(key):
             raise CheckpointError(f"checkpoint was written with {key}={ck.run_config.get(key)!r}, this run has "

@@ -75,3 +75,15 @@ def test_a_checkpoint_moves_with_its_data_and_refuses_other_data(tmp_path):
     with pytest.raises(CheckpointError, match="data="):
         resume_from_checkpoint(dst.cfg, tmp_path, dst, run_identity(dst, "/m", "pafi", data_fingerprint(str(other))),
                                {**RUN_CONFIG, "data-dir": str(other)})
+
+
+def test_a_checkpoint_from_before_the_data_identity_resumes_on_the_same_data_dir(tmp_path):
+    """Checkpoints written before ``data`` joined the identity still resume, compared by their data-dir string."""
+    src = _strategy()
+    old_ident = {k: v for k, v in run_identity(src, "/m", "pafi", "abc").items() if k != "data"}
+    checkpoint_round(src.cfg, tmp_path, src, 1, [{"round": 1}], old_ident, {**RUN_CONFIG, "data-dir": "/d"})
+    dst = _strategy()
+    ident = run_identity(dst, "/m", "pafi", "abc")
+    assert resume_from_checkpoint(dst.cfg, tmp_path, dst, ident, {**RUN_CONFIG, "data-dir": "/d"})[0] == 2
+    with pytest.raises(CheckpointError, match="data-dir"):
+        resume_from_checkpoint(dst.cfg, tmp_path, dst, ident, {**RUN_CONFIG, "data-dir": "/elsewhere"})
