@@ -9,8 +9,9 @@ the run to end and stops the SuperLink and everything it spawned by process id.
 Client resources: ``--cpus-per-client`` (an integer, Flower's default 2) and ``--gpus-per-client``
 (fractional: 0.25 runs four clients per GPU). ``--ray-cpus N`` tells the local Ray it has N CPUs (default: the
 machine's): with 1 CPU per client, at most N clients train at once, e.g. to leave cores to other jobs. (3 on 2
-cores, to run 5 sampled clients in two waves rather than three, gave no speed-up: docs/performance.md.) ``--ray-address HOST:PORT`` attaches the Simulation
-Engine to a running Ray cluster instead of starting a local Ray (see docs/performance.md).
+cores, to run 5 sampled clients in two waves rather than three, gave no speed-up: docs/performance.md.)
+``--ray-address HOST:PORT`` attaches the Simulation Engine to a running Ray cluster instead of starting a local
+Ray (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -144,6 +145,13 @@ def federation_config(num_supernodes: int, cpus_per_client: int = 2, gpus_per_cl
     return fed
 
 
+def check_ray(ray_cpus: int, ray_address: str | None) -> None:
+    """``ray_cpus`` sizes a local Ray; a running cluster has its own CPUs, so the two are not passed together."""
+    if ray_cpus and ray_address:
+        raise ValueError("--ray-cpus sizes a local Ray; a running cluster (--ray-address) has its own CPUs: "
+                         "pass one of the two")
+
+
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus_per_client: int = 2,
                    app_dir: Path = REPO, flwr_home: Path | None = None, timeout: float = 3600.0,
                    quiet: bool = False, gpus_per_client: float = 0.0, ray_address: str | None = None,
@@ -157,8 +165,7 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus
     # Resolve output-dir here: the ServerApp runs in another process with another working directory.
     run_config = {**run_config, "output-dir": str(Path(str(run_config.get("output-dir", "outputs/run"))).resolve())}
     started = time.time()
-    if ray_cpus and ray_address:
-        raise ValueError("ray-cpus sizes a local Ray; a running cluster (--ray-address) has its own CPUs: pass one")
+    check_ray(ray_cpus, ray_address)
     fed = federation_config(num_supernodes, cpus_per_client, gpus_per_client, ray_cpus)
     rc = _flwr_run(run_config, fed, app_dir, flwr_home, timeout, quiet, ray_address)
     summary = Path(run_config["output-dir"]) / "summary.json"
@@ -212,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         federation_config(args.num_supernodes, args.cpus_per_client, args.gpus_per_client, args.ray_cpus)
         if args.timeout <= 0:
             raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
-        if args.ray_cpus and args.ray_address:
-            raise ValueError("--ray-cpus sizes a local Ray; a running cluster (--ray-address) has its own CPUs: "
-                             "pass one of the two")
+        check_ray(args.ray_cpus, args.ray_address)
     except ValueError as exc:
         print(f"fedsparse: error: {exc}", file=sys.stderr)
         return 2
@@ -227,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("flwr run with --run-config", shlex.quote(format_run_config(overrides)), flush=True)
     return run_simulation(overrides, args.num_supernodes, args.cpus_per_client, flwr_home=args.flwr_home,
-                          timeout=args.timeout,
-                          gpus_per_client=args.gpus_per_client, ray_address=args.ray_address, ray_cpus=args.ray_cpus)
+                          timeout=args.timeout, gpus_per_client=args.gpus_per_client, ray_address=args.ray_address,
+                          ray_cpus=args.ray_cpus)
 
 
 def check_data(overrides: Mapping[str, Any]) -> str | None:
