@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from simulations.seeds import GROUP_COLUMNS, group_rows, markdown_groups
+from simulations.seeds import GROUP_COLUMNS, TAIL_ROUNDS, group_rows, markdown_groups, tail_accuracy
 from simulations.runs import MB, ReportError, RunResult, fmt_cell, cumulative_bytes, load_run, reach_target
 
 __all__ = ["MB", "ReportError", "RunResult", "cumulative_bytes", "load_run", "reach_target", "run_row",
@@ -22,7 +22,7 @@ __all__ = ["MB", "ReportError", "RunResult", "cumulative_bytes", "load_run", "re
 RUN_COLUMNS = ("name", "method", "value_dtype", "mask_density", "num_params", "num_trainable",
                "bytes_up_per_client_round", "bytes_down_per_client_round", "reduction_up", "reduction_down",
                "reduction_reference", "total_bytes", "target_accuracy", "round_to_target", "bytes_to_target",
-               "final_accuracy", "best_accuracy", "accuracy_vs_reference", "codec_rel_error",
+               "final_accuracy", "best_accuracy", "tail_accuracy", "accuracy_vs_reference", "codec_rel_error",
                "rounds", "seconds_per_round", "wall_seconds")
 ROUND_COLUMNS = ("name", "method", "value_dtype", "round", "accuracy", "loss", "train_loss", "bytes_up",
                  "bytes_down", "cumulative_bytes", "codec_rel_error", "sampled", "replied", "rejected",
@@ -68,7 +68,7 @@ def run_row(run: RunResult, ref: RunResult | None, target: float | None) -> dict
         "reduction_down": _ratio(ref_down, down), "reduction_reference": reference,
         "total_bytes": cumulative_bytes(h)[-1] if h else 0, "target_accuracy": target,
         "round_to_target": rnd, "bytes_to_target": nbytes, "final_accuracy": final,
-        "best_accuracy": max(accs) if accs else None,
+        "best_accuracy": max(accs) if accs else None, "tail_accuracy": tail_accuracy(h),
         "accuracy_vs_reference": (final - ref_final) if final is not None and ref_final is not None else None,
         "codec_rel_error": _mean_codec_error(h), "rounds": s.get("rounds"),
         "seconds_per_round": s.get("seconds_per_round"), "wall_seconds": s.get("wall_seconds"),
@@ -98,7 +98,8 @@ TABLE = (  # (header, column, format)
     ("down B/client-round", "bytes_down_per_client_round", "bytes"), ("up reduction", "reduction_up", "x"),
     ("down reduction", "reduction_down", "x"), ("round to target", "round_to_target", ""),
     ("MB to target", "bytes_to_target", "mb"), ("total MB", "total_bytes", "mb"),
-    ("final acc %", "final_accuracy", "pct"), ("Δ acc vs full (pts)", "accuracy_vs_reference", "pts"),
+    ("final acc %", "final_accuracy", "pct"), (f"last-{TAIL_ROUNDS} acc %", "tail_accuracy", "pct"),
+    ("Δ acc vs full (pts)", "accuracy_vs_reference", "pts"),
     ("codec rel. error", "codec_rel_error", "sci"), ("s/round", "seconds_per_round", ""),
 )
 
@@ -123,14 +124,16 @@ def markdown_report(rows: list[dict[str, Any]], checks: list[dict[str, Any]], ti
                   "Mean ± sample standard deviation over the seeds of each run; MB to target is the mean over the "
                   "seeds that reached the target (seeds at target counts them); Δ final vs full is against the "
                   "mean of the non-IID full run's seeds; gain in the last quarter is the mean accuracy of the last quarter "
-                  "of the rounds minus that of the quarter before (near zero: the run had plateaued). The target "
+                  "of the rounds minus that of the quarter before (near zero: the run had plateaued); last-10 is the "
+                  "mean accuracy of the last 10 rounds, which one noisy round does not move. The target "
                   "checks below are made on these means.", "",
                   "## Every run", ""]
     parts += [markdown_table(rows), "",
              f"Bytes are measured from the serialized Flower messages (per sampled client and round, rounds ≥ 1). "
              f"Reductions are against {ref}. Target accuracy: {fmt_cell(target, 'pct')} %; MB to target and total MB "
              f"count up + down traffic of every client, handshake included. Codec rel. error: mean over rounds of "
-             f"|dec(enc(u)) − u| / |u| for the aggregated update u with the run's value-dtype.", ""]
+             f"|dec(enc(u)) − u| / |u| for the aggregated update u with the run's value-dtype. Last-{TAIL_ROUNDS} acc: "
+             f"the mean accuracy of the last {TAIL_ROUNDS} rounds (– for a shorter run).", ""]
     if checks:
         parts += ["## Targets", "", "| target | run | measured | required | met |", "|---|---|---|---|---|"]
         parts += [f"| {c['target']} | {c['run']} | {c['measured']} | {c['required']} | "

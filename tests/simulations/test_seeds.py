@@ -14,7 +14,7 @@ from simulations.benchmark import StaleResultError, can_extend, can_resume, is_d
 from simulations.matrix import PresetError, RunSpec, load_preset
 from simulations.plots import write_plots
 from simulations.report import RunResult, pick_reference, write_report
-from simulations.seeds import band, group_rows, mean_std, plateau_gain
+from simulations.seeds import band, group_rows, mean_std, plateau_gain, tail_accuracy
 from simulations.targets import check_targets
 
 N = 22_713_216
@@ -198,3 +198,28 @@ def test_a_stored_run_reads_the_same_data_at_another_path(tmp_path):
         is_done(moved, run_dir)
     with pytest.raises(StaleResultError, match="data-dir"):  # a folder that is gone is not the same data
         is_done(RunSpec("pafi-s1", {"method": "pafi", "data-dir": str(tmp_path / "gone")}), run_dir)
+
+
+def test_the_last_ten_rounds_give_a_final_figure_one_noisy_round_does_not_move(tmp_path):
+    """full's last round dips 2 points below its plateau: the final check reads the dip, the last-10 check the
+    plateau; a run shorter than 10 rounds has no last-10 figure (– in the table, no check)."""
+    pafi = [_run("pafi", s, [0.80] * 5 + [0.85] * 10) for s in (1, 2)]
+    full = [_run("full", 1, [0.80] * 5 + [0.86] * 9 + [0.84])]
+    rand = [_run("random", 1, [0.80] * 5 + [0.84] * 10)]
+    mag = [_run("magnitude", 1, [0.80] * 5 + [0.83] * 10)]
+    assert tail_accuracy(full[0].history) == pytest.approx((9 * 0.86 + 0.84) / 10)
+    assert tail_accuracy(_run("pafi", 3, [0.8] * 9).history) is None
+    rows = {r["name"]: r for r in group_rows(pafi + full + rand + mag, full[0], target=None)}
+    assert rows["pafi-float32"]["tail_accuracy"] == pytest.approx(0.85) and rows["pafi-float32"]["tail_std"] == 0.0
+    assert rows["pafi-float32"]["tail_vs_reference"] == pytest.approx(0.85 - 0.858)
+    checks = {c["target"]: c for c in check_targets(list(rows.values()))}
+    assert checks["final accuracy vs full"]["met"] and checks["final accuracy vs full"]["measured"].startswith("+1.00 pts")
+    tail = checks["last-10-round accuracy vs full"]
+    assert tail["met"] and tail["measured"] == "-0.80 pts (pafi 85.00 ± 0.00 (2 seeds))"
+    order = checks["mask ordering (last-10-round accuracy)"]
+    assert order["met"] and order["measured"].startswith("pafi 85.00 ± 0.00 (2 seeds) > random 84.00 > magnitude 83.00")
+    write_report(tmp_path, pafi + full + rand + mag, target=None)
+    md = (tmp_path / "results.md").read_text()
+    assert "last-10 acc % (mean ± std)" in md and "| 85.00 ± 0.00 |" in md and "| 85.80 |" in md  # group and run tables
+    short = [_run("pafi", 1, [0.8, 0.85]), _run("full", 1, [0.8, 0.86])]
+    assert not [c for c in check_targets(group_rows(short, short[1], None)) if c["target"].startswith("last-10")]
