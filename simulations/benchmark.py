@@ -71,6 +71,11 @@ def is_done(spec: RunSpec, run_dir: Path) -> bool:
     if can_extend(spec, run_dir):
         return False  # finished with fewer rounds than the preset asks: run_one continues it from its checkpoint
     changed = _changed(spec, run_dir)
+    if changed == {"num-server-rounds"} and not _has_checkpoint(run_dir):
+        stored, want = _stored_config(run_dir).get("num-server-rounds"), spec.run_config.get("num-server-rounds")
+        raise StaleResultError(f"{run_dir} holds {stored} rounds of {spec.name}, the preset asks for {want}, and its "
+                               f"checkpoint is not there to continue from (a dense run's is not committed): "
+                               f"--rerun --only {spec.name} makes it again from round 1")
     if changed:
         raise StaleResultError(f"{run_dir} holds results for a different config (keys {sorted(changed)[:6]}); "
                                f"use another --out, or --rerun to replace them")

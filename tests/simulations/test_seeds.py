@@ -148,8 +148,11 @@ def test_a_finished_run_is_extended_when_the_preset_asks_for_more_rounds(tmp_pat
         assert not can_extend(RunSpec("pafi-s1", other), run_dir)
         with pytest.raises(StaleResultError, match="different config"):
             is_done(RunSpec("pafi-s1", other), run_dir)
-    (run_dir / "checkpoint.safetensors").unlink()  # no checkpoint: nothing to continue from
+    (run_dir / "checkpoint.safetensors").unlink()  # no checkpoint (full's is not committed): nothing to continue from
     assert not can_extend(longer, run_dir)
+    with pytest.raises(StaleResultError, match=r"holds 40 rounds of pafi-s1, the preset asks for 80, .*"
+                                               r"--rerun --only pafi-s1 makes it again from round 1"):
+        is_done(longer, run_dir)
 
 
 def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
