@@ -124,8 +124,9 @@ def markdown_report(rows: list[dict[str, Any]], checks: list[dict[str, Any]], ti
                   "Mean ± sample standard deviation over the seeds of each run; MB to target is the mean over the "
                   "seeds that reached the target (seeds at target counts them); Δ final vs full is against the "
                   "mean of the non-IID full run's seeds; gain in the last quarter is the mean accuracy of the last quarter "
-                  "of the rounds minus that of the quarter before (near zero: the run had plateaued); last-10 is the "
-                  "mean accuracy of the last 10 rounds, which one noisy round does not move. The target "
+                  "of the rounds minus that of the quarter before (near zero: the run had plateaued); "
+                  f"last-{TAIL_ROUNDS} is the mean accuracy of the last {TAIL_ROUNDS} rounds, which one noisy "
+                  "round does not move. The target "
                   "checks below are made on these means.", "",
                   "## Every run", ""]
     parts += [markdown_table(rows), "",

@@ -53,6 +53,11 @@ def tail_accuracy(history: list[dict[str, Any]], rounds: int = TAIL_ROUNDS) -> f
     return sum(accs[-rounds:]) / rounds if len(accs) >= rounds else None
 
 
+def _tails(runs: list[RunResult]) -> tuple[float | None, float | None]:
+    """(mean, std) of the runs' tail accuracies, over the runs long enough to have one."""
+    return mean_std([t for t in (tail_accuracy(r.history) for r in runs) if t is not None])
+
+
 def plateau_gain(history: list[dict[str, Any]], window: int | None = None) -> tuple[float | None, int]:
     """(mean accuracy of the last ``window`` trained rounds minus the mean of the ``window`` before, window).
 
@@ -91,7 +96,7 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
     bests = [max(acc) for acc in (_trained(r.history) for r in runs) if acc]
     final, final_std = mean_std(finals)
     best, best_std = mean_std(bests)
-    tail, tail_std = mean_std([t for t in (tail_accuracy(r.history) for r in runs) if t is not None])
+    tail, tail_std = _tails(runs)
     up = mean_std([r.summary.get("bytes_up_per_client_round") or 0 for r in runs])[0]
     down = mean_std([r.summary.get("bytes_down_per_client_round") or 0 for r in runs])[0]
     reached = [reach_target(r.history, target) for r in runs]
@@ -102,7 +107,7 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
         ref_up = mean_std([r.summary["bytes_up_per_client_round"] for r in ref])[0]
         ref_down = mean_std([r.summary["bytes_down_per_client_round"] for r in ref])[0]
         ref_final = mean_std([r.summary["final_accuracy"] for r in ref])[0]
-        ref_tail = mean_std([t for t in (tail_accuracy(r.history) for r in ref) if t is not None])[0]
+        ref_tail = _tails(ref)[0]
         reference = f"{ref[0].group} (measured, mean of {len(ref)})"
     else:
         ref_up = ref_down = s.get("dense_bytes_per_client_round")

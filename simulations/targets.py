@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from simulations.seeds import TAIL_ROUNDS
+
 UPLINK_REDUCTION = {"float16": 800.0, "int8": 1500.0}  # value-dtype -> required reduction vs full
 TARGET_DENSITY = 0.005
 MAX_ACCURACY_GAP = 0.01  # 1.0 point
@@ -54,7 +56,7 @@ def _spread(row: dict[str, Any], std: str = "final_std") -> str:
 
 
 _KINDS = {"final": ("final accuracy", "final_accuracy", "final_std", "accuracy_vs_reference"),
-          "tail": ("last-10-round accuracy", "tail_accuracy", "tail_std", "tail_vs_reference")}
+          "tail": (f"last-{TAIL_ROUNDS}-round accuracy", "tail_accuracy", "tail_std", "tail_vs_reference")}
 
 
 def accuracy_checks(pafi: list[dict[str, Any]], has_full: bool, kind: str = "final") -> list[dict[str, Any]]:
