@@ -28,6 +28,7 @@ from shared.masks import MaskMismatchError
 from shared.methods import methods
 from shared.methods.base import ClientCall, ClientRoute, Method
 from shared.runtime import Runtime, client_partition, client_partition_size, get_runtime
+from shared.schedule import lr_factor
 from shared.settings import parse_run_config
 from shared.training import evaluate as evaluate_model
 from shared.training import train_local
@@ -124,7 +125,8 @@ def train(msg: Message, context: Context) -> Message:
     act_before_training(fault, cfg.round_timeout, pid, server_round)
     params = rt.tuner.trainable()
     lr, head_lr = rt.method.learning_rates(cfg)
-    groups = [{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": head_lr}]
+    scale = lr_factor(server_round, cfg.num_server_rounds, cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_decay_rounds)
+    groups = [{"params": params[:1], "lr": lr * scale}, {"params": params[1:], "lr": head_lr * scale}]
     result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
                          seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay,
                          precision=cfg.precision, group_by_length=cfg.group_by_length)

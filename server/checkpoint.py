@@ -22,9 +22,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from shared.schedule import SCHEDULE_KEYS, same_factors
+
 FORMAT = "fedsparse-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.safetensors"
-# Run-config keys a resumed run may change: they do not alter what a round computes.
+# Run-config keys a resumed run may change: they do not alter what a round computes. The lr schedule's keys may
+# change too when the rounds already made keep their rates (shared.schedule.same_factors).
 # ``data-dir`` is where the data lies; what it holds is in the run identity (``data``, shared.data.data_fingerprint),
 # so a checkpoint moves with a clone of the project.
 RESUMABLE_CHANGES = frozenset({"resume", "num-server-rounds", "crash-after-round", "output-dir", "round-timeout",
@@ -128,7 +131,11 @@ def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Ma
         if ck.identity.get(key) != mine:
             raise CheckpointError(f"checkpoint is for {key}={str(ck.identity.get(key))[:24]!r}, this run has "
                                   f"{str(mine)[:24]!r}; use another output-dir or run without resume=true")
-    keys = (set(ck.run_config) | set(run_config)) - RESUMABLE_CHANGES
+    keys = (set(ck.run_config) | set(run_config)) - RESUMABLE_CHANGES - SCHEDULE_KEYS
+    if not same_factors(ck.run_config, run_config, ck.round):
+        raise CheckpointError(f"this run's lr schedule trains rounds 1-{ck.round} at other rates than the checkpoint's "
+                              f"run did; keep lr-schedule, lr-warmup-rounds and lr-decay-rounds, or add a decay of "
+                              f"lr-decay-rounds <= num-server-rounds - {ck.round}")
     if "data" not in ck.identity:
         keys.add("data-dir")
     for key in sorted(keys):

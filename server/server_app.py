@@ -25,6 +25,7 @@ from shared.device import resolve_device, to_cpu
 from shared.masks import MaskError
 from shared.model import ModelLoadError
 from shared.runtime import Runtime, get_runtime, test_split
+from shared.schedule import describe
 from shared.settings import parse_run_config
 from shared.training import evaluate
 from wire.protocol import BYTES_PER_VALUE, flatten_head, unflatten_head
@@ -149,7 +150,8 @@ def _strategy(cfg: RunConfig, rt: Runtime) -> SparseStrategy:
               f"{2 * cfg.secagg_clipping_range / cfg.secagg_quantization_range:.3g}, modulus "
               f"{cfg.secagg_modulus_range}", flush=True)
     print(f"fedsparse: method={cfg.method} k={rt.tuner.k} of {sum(p.numel() for p in rt.base.model.parameters())} "
-          f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}, lr {lr:g} (head {head_lr:g})",
+          f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}, lr {lr:g} (head {head_lr:g}), "
+          f"schedule {describe(cfg.lr_schedule, cfg.num_server_rounds, cfg.lr_warmup_rounds, cfg.lr_decay_rounds)}",
           flush=True)
     return SparseStrategy(cfg, GlobalState(values=rt.tuner.initial_values(), head=head0), expected)
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from shared.device import PRECISIONS, check_device_name
 from shared.faults import FAIL_MODES
 from shared.knobs import ConfigError, build, knob, knobs, validate
+from shared.schedule import SCHEDULES, check_schedule
 
 VALUE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 PARTITIONERS = ("iid", "dirichlet")
@@ -50,6 +51,11 @@ class RunConfig:
     lr: float = knob(0.0, "local learning rate; 0 = the method's default", low=0)
     head_lr: float = knob(0.0, "learning rate of the dense task head; 0 = the method's (or lr)", low=0)
     weight_decay: float = knob(0.0, "AdamW weight decay", low=0)
+    lr_schedule: str = knob("constant", "clients' lr over the server rounds: constant, or a linear or cosine decay "
+                            "(shared/schedule.py)", choices=SCHEDULES)
+    lr_warmup_rounds: int = knob(0, "first rounds at a rate ramping up to lr (round r: r / (W + 1))", low=0)
+    lr_decay_rounds: int = knob(0, "last rounds the linear or cosine decay covers; 0 = all after the warm-up "
+                                "(fewer: a constant run annealed at its end)", low=0)
     value_dtype: str = knob("float32", "codec of the value vectors on the wire", choices=VALUE_DTYPES)
     int8_block_size: int = knob(256, "values per int8 scale", low=1)
     model: str = knob("", "Hugging Face id or local folder; empty = the bundled all-MiniLM-L6-v2")
@@ -123,6 +129,7 @@ class RunConfig:
                               "(the noise std is z*C/n); set dp-clip-norm")
         if self.secure_aggregation:
             check_secure_aggregation(self)
+        check_schedule(self.lr_schedule, self.num_server_rounds, self.lr_warmup_rounds, self.lr_decay_rounds)
 
     @property
     def max_reply_bytes(self) -> int:

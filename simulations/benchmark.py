@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from server.checkpoint import CHECKPOINT_NAME
 from shared.data import data_fingerprint
+from shared.schedule import SCHEDULE_KEYS, same_factors
 from simulations.launcher import REPO, _parse_overrides, flower_env, format_run_config, stop_tree
 from simulations.matrix import Preset, PresetError, RunSpec, load_preset
 from simulations.plots import write_plots
@@ -71,6 +72,11 @@ def is_done(spec: RunSpec, run_dir: Path) -> bool:
     if can_extend(spec, run_dir):
         return False  # finished with fewer rounds than the preset asks: run_one continues it from its checkpoint
     changed = _changed(spec, run_dir)
+    if changed and changed <= EXTENSION_KEYS and changed & SCHEDULE_KEYS and _has_checkpoint(run_dir) \
+            and not same_factors(_stored_config(run_dir), spec.run_config, _history_rounds(run_dir)[0]):
+        raise StaleResultError(f"{run_dir} holds {spec.name} with another lr schedule, and the preset's would change "
+                               f"the rates of rounds already made: add the decay over rounds after them only "
+                               f"(lr-decay-rounds), or --rerun --only {spec.name}")
     if changed == {"num-server-rounds"} and not _has_checkpoint(run_dir):
         stored, want = _stored_config(run_dir).get("num-server-rounds"), spec.run_config.get("num-server-rounds")
         raise StaleResultError(f"{run_dir} holds {stored} rounds of {spec.name}, the preset asks for {want}, and its "
@@ -82,15 +88,25 @@ def is_done(spec: RunSpec, run_dir: Path) -> bool:
     return True
 
 
+# what a preset may change in a finished run and still continue it: more rounds, and an lr schedule that keeps the
+# rates of the rounds already made (a decay over the added rounds: shared/schedule.py)
+EXTENSION_KEYS = frozenset({"num-server-rounds"}) | SCHEDULE_KEYS
+
+
 def can_extend(spec: RunSpec, run_dir: Path) -> bool:
     """The run folder holds this run with fewer ``num-server-rounds`` (finished or not) and its checkpoint: the
     preset now asks for more rounds, so the run continues from its last round instead of starting over. A
     resumed run is bit-identical to one made in a single go (server/recovery.py), so 40 rounds extended to 80
-    equal 80 rounds run at once."""
-    if _changed(spec, run_dir) != {"num-server-rounds"} or not _has_checkpoint(run_dir):
+    equal 80 rounds run at once. The schedule keys may change with the rounds when rounds already made keep their
+    rates: 120 constant rounds extended by a 20-round decay are the 140-round warm-up-stable-decay run."""
+    changed = _changed(spec, run_dir)
+    if not changed or not changed <= EXTENSION_KEYS or "num-server-rounds" not in changed or not _has_checkpoint(run_dir):
         return False
-    stored, want = _stored_config(run_dir).get("num-server-rounds"), spec.run_config.get("num-server-rounds")
-    return isinstance(stored, int) and isinstance(want, int) and stored < want
+    stored_cfg = _stored_config(run_dir)
+    stored, want = stored_cfg.get("num-server-rounds"), spec.run_config.get("num-server-rounds")
+    if not (isinstance(stored, int) and isinstance(want, int) and stored < want):
+        return False
+    return same_factors(stored_cfg, spec.run_config, _history_rounds(run_dir)[0])
 
 
 def can_resume(spec: RunSpec, run_dir: Path) -> bool:

@@ -74,3 +74,14 @@ def test_mismatched_checkpoint_is_refused(tmp_path):
         check_compatible(ck, {**IDENTITY, "model": "/other"}, RUN_CONFIG)
     with pytest.raises(CheckpointError, match="aggregator"):
         check_compatible(ck, IDENTITY, {**RUN_CONFIG, "aggregator": "fedavg"})
+
+
+def test_a_schedule_may_change_on_resume_only_where_rounds_already_made_keep_their_rates(tmp_path):
+    ck = load_checkpoint(save_checkpoint(tmp_path, _ck()))  # round 2 of 3, constant rate
+    annealed = {**RUN_CONFIG, "resume": True, "num-server-rounds": 5, "lr-schedule": "cosine", "lr-decay-rounds": 3}
+    check_compatible(ck, IDENTITY, annealed)  # rounds 3-5 decay; rounds 1-2 were at the full rate, as before
+    for changed in ({"lr-decay-rounds": 4}, {"lr-decay-rounds": 0}, {"lr-schedule": "linear", "lr-decay-rounds": 0},
+                    {"lr-schedule": "constant", "lr-decay-rounds": 0, "lr-warmup-rounds": 1}):
+        with pytest.raises(CheckpointError, match=r"trains rounds 1-2 at other rates") as info:
+            check_compatible(ck, IDENTITY, {**annealed, **changed})
+        assert "\n" not in str(info.value)

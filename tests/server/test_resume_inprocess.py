@@ -102,3 +102,19 @@ def test_a_finished_run_extended_to_more_rounds_equals_one_run_of_that_many(tmp_
     assert [r["round"] for r in h_ext] == [0, 1, 2, 3]
     assert [r["accuracy"] for r in h_ext] == [r["accuracy"] for r in h_ref]
     assert json.loads((ext / "summary.json").read_text())["rounds"] == 3
+
+
+def test_a_run_annealed_from_its_checkpoint_equals_the_scheduled_run_and_the_decay_is_applied(tmp_path, tiny_model_dir,
+                                                                                              sst2_dir):
+    """Warm-up-stable-decay: 2 constant rounds extended by a 1-round cosine decay are the 3-round scheduled run
+    (shared/schedule.py); the decayed round trains at a lower rate than the constant run's third round."""
+    decay = {"lr-schedule": "cosine", "lr-decay-rounds": 1, "fail-rate": 0.0}
+    ref, ext, const = tmp_path / "ref", tmp_path / "ext", tmp_path / "const"
+    _run(_config(tiny_model_dir, sst2_dir, ref, **decay))
+    _run(_config(tiny_model_dir, sst2_dir, ext, **{"num-server-rounds": 2, "fail-rate": 0.0}))
+    _run(_config(tiny_model_dir, sst2_dir, ext, resume=True, **decay))
+    assert torch.equal(_final(ext), _final(ref))
+    _run(_config(tiny_model_dir, sst2_dir, const, **{"fail-rate": 0.0}))
+    h_ref, h_const = (json.loads((d / "history.json").read_text()) for d in (ref, const))
+    assert [r["accuracy"] for r in h_ref[:3]] == [r["accuracy"] for r in h_const[:3]]  # rounds 0-2 alike
+    assert not torch.equal(_final(ref), _final(const))  # round 3 at half the rate (cos(pi/2) decay step)

@@ -155,6 +155,25 @@ def test_a_finished_run_is_extended_when_the_preset_asks_for_more_rounds(tmp_pat
         is_done(longer, run_dir)
 
 
+def test_a_finished_run_is_annealed_when_the_preset_adds_a_decay_over_new_rounds(tmp_path):
+    run_dir = tmp_path / "pafi-s1"
+    run_dir.mkdir()
+    (run_dir / "run_config.json").write_text(json.dumps({"method": "pafi", "num-server-rounds": 4, "output-dir": "x"}))
+    (run_dir / "history.json").write_text(json.dumps([{"round": r, "accuracy": 0.5} for r in range(5)]))
+    (run_dir / "summary.json").write_text("{}")
+    (run_dir / "checkpoint.safetensors").write_bytes(b"x")
+    annealed = {"method": "pafi", "num-server-rounds": 6, "lr-schedule": "cosine", "lr-decay-rounds": 2}
+    assert can_extend(RunSpec("pafi-s1", annealed), run_dir) and can_resume(RunSpec("pafi-s1", annealed), run_dir)
+    longer_decay = RunSpec("pafi-s1", {**annealed, "lr-decay-rounds": 3})  # would lower round 4, already made
+    assert not can_extend(longer_decay, run_dir)
+    with pytest.raises(StaleResultError, match="would change the rates of rounds already made"):
+        is_done(longer_decay, run_dir)
+    with pytest.raises(StaleResultError, match="would change the rates"):  # a decay over the rounds already made
+        is_done(RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 4, "lr-schedule": "linear"}), run_dir)
+    with pytest.raises(StaleResultError, match="different config"):  # the same rates, another key: not the same run
+        is_done(RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 4, "lr-schedule": "constant"}), run_dir)
+
+
 def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
     p = load_preset("paper")
     groups: dict[str, list[int]] = {}
