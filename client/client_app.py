@@ -129,7 +129,8 @@ def train(msg: Message, context: Context) -> Message:
     groups = [{"params": params[:1], "lr": lr * scale}, {"params": params[1:], "lr": head_lr * scale}]
     result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
                          seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay,
-                         precision=cfg.precision, group_by_length=cfg.group_by_length)
+                         precision=cfg.precision, group_by_length=cfg.group_by_length,
+                         loss=cfg.local_loss)
     delta = rt.tuner.values.detach().cpu() - values  # the wire is on the CPU, whatever the device
     head_delta = flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names) - head_vec
     if secure:

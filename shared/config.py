@@ -16,6 +16,7 @@ from shared.device import PRECISIONS, check_device_name
 from shared.faults import FAIL_MODES
 from shared.knobs import ConfigError, build, knob, knobs, validate
 from shared.schedule import SCHEDULES, check_schedule
+from shared.training import LOCAL_LOSSES
 
 VALUE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 PARTITIONERS = ("iid", "dirichlet")
@@ -51,6 +52,9 @@ class RunConfig:
     lr: float = knob(0.0, "local learning rate; 0 = the method's default", low=0)
     head_lr: float = knob(0.0, "learning rate of the dense task head; 0 = the method's (or lr)", low=0)
     weight_decay: float = knob(0.0, "AdamW weight decay", low=0)
+    local_loss: str = knob("ce", "local training loss: ce (the model's cross-entropy) or balanced (classes weighted "
+                           "n / (C n_c) by the client's own labels: its label skew does not pull the global head)",
+                           choices=LOCAL_LOSSES)
     lr_schedule: str = knob("constant", "clients' lr over the server rounds: constant, or a linear or cosine decay "
                             "(shared/schedule.py)", choices=SCHEDULES)
     lr_warmup_rounds: int = knob(0, "first rounds at a rate ramping up to lr (round r: r / (W + 1))", low=0)

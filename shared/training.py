@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from shared.data import Encoded, batch_indices
@@ -34,17 +35,34 @@ def adamw(param_groups: list[dict], weight_decay: float = 0.0) -> torch.optim.Ad
     return torch.optim.AdamW(param_groups, weight_decay=weight_decay, **({"fused": True} if fused else {}))
 
 
+LOCAL_LOSSES = ("ce", "balanced")
+
+
+def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class weights ``n / (C n_c)`` from a client's own labels (``C`` the classes it holds; 0 for a class it lacks):
+    under them every class it holds weighs the same in its local loss, whatever its label skew."""
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].double()
+    present = counts > 0
+    weights = torch.zeros(num_classes, dtype=torch.float64)
+    weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return weights.float()
+
+
 def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps: int, batch_size: int,
                 seed: int, weight_decay: float = 0.0, precision: str = "fp32",
-                group_by_length: bool = True) -> TrainResult:
+                group_by_length: bool = True, loss: str = "ce") -> TrainResult:
     """Run ``steps`` Adam steps on seeded batches of ``data``; only ``param_groups`` change.
 
     ``param_groups``: torch optimizer groups, each ``{"params": [...], "lr": float}``. Dropout is on
     (train mode) for the duration and restored afterwards. Batches go to the model's device;
     ``precision="bf16"`` runs forward and loss under bf16 autocast (parameters, gradients and the
     optimizer state stay float32). ``group_by_length``: batches of rows of similar length
-    (:func:`shared.data.grouped_pass`), so a step pays for little padding.
+    (:func:`shared.data.grouped_pass`), so a step pays for little padding. ``loss``: ``"ce"``, the model's own
+    cross-entropy; ``"balanced"``, cross-entropy with :func:`balanced_weights` of the client's labels, which takes
+    the client's label prior out of its update (the non-IID start, docs/benchmark.md).
     """
+    if loss not in LOCAL_LOSSES:
+        raise ValueError(f"local loss must be one of {', '.join(LOCAL_LOSSES)}, got {loss!r}")
     if len(data) == 0:
         raise ValueError("this client's partition is empty; use fewer clients or a larger dataset")
     opt = adamw(param_groups, weight_decay)
@@ -55,14 +73,22 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
     total, seen, t0 = 0.0, 0, time.perf_counter()
     try:
         lengths = data.lengths if group_by_length else None
+        weights = None
+        if loss == "balanced":
+            weights = balanced_weights(data.labels, int(data.labels.max()) + 1 if len(data) else 1).to(device)
         for idx in batch_indices(len(data), batch_size, steps, seed, lengths):
             batch = to_device(data.batch(idx), device)
             with autocast(device, precision):
-                out = model(**batch)
+                if weights is None:
+                    step_loss = model(**batch).loss
+                else:
+                    labels = batch.pop("labels")
+                    logits = model(**batch).logits.float()
+                    step_loss = F.cross_entropy(logits, labels, weight=_pad(weights, logits.shape[-1]))
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            step_loss.backward()
             opt.step()
-            total += float(out.loss.detach()) * len(idx)
+            total += float(step_loss.detach()) * len(idx)
             seen += len(idx)
     finally:
         model.train(was_training)
@@ -73,6 +99,13 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
     if not math.isfinite(loss):
         raise FloatingPointError(f"local training diverged (loss {loss}); lower lr")
     return TrainResult(loss=loss, num_examples=seen, seconds=time.perf_counter() - t0)
+
+
+def _pad(weights: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class weights for ``num_classes`` logits (a class above the client's largest label weighs 0: it has no rows)."""
+    if weights.numel() >= num_classes:
+        return weights[:num_classes]
+    return torch.cat([weights, weights.new_zeros(num_classes - weights.numel())])
 
 
 @torch.no_grad()

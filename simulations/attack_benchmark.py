@@ -116,7 +116,7 @@ def train_honest(run_config: dict, num_clients: int) -> tuple[torch.Tensor, torc
         groups = [{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": head_lr}]
         res = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
                           seed=cfg.seed * 100_003 + pid * 1_009 + 1, weight_decay=cfg.weight_decay,
-                          group_by_length=cfg.group_by_length)
+                          group_by_length=cfg.group_by_length, loss=cfg.local_loss)
         delta = rt.tuner.values.detach().cpu().clone()
         rows.append(torch.cat([delta, flatten_head(to_cpu(rt.tuner.head_state()), names) - head_vec0]))
         counts.append(float(len(data)))
