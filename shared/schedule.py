@@ -76,6 +76,16 @@ def factors(run_config: Mapping[str, Any], rounds: int) -> list[float]:
     return [lr_factor(r, total, schedule, warmup, decay) for r in range(1, int(rounds) + 1)]
 
 
+def full_rate_rounds(run_config: Mapping[str, Any]) -> int | None:
+    """The last round before the decay starts (None without a decay): a run's plateau is judged on the rounds up
+    to here, since the decay's gain is the annealing's, not unfinished training's."""
+    if str(run_config.get("lr-schedule", "constant")) == "constant":
+        return None
+    total = int(run_config.get("num-server-rounds", 10))
+    warmup, decay = int(run_config.get("lr-warmup-rounds", 0)), int(run_config.get("lr-decay-rounds", 0))
+    return total - (decay if decay > 0 else total - warmup)
+
+
 def same_factors(old: Mapping[str, Any], new: Mapping[str, Any], rounds: int) -> bool:
     """True when rounds ``1..rounds`` train at the same rates under both run configs: a run made to ``rounds``
     under ``old`` may continue under ``new`` (more rounds, or a decay added after its plateau)."""

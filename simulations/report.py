@@ -124,7 +124,8 @@ def markdown_report(rows: list[dict[str, Any]], checks: list[dict[str, Any]], ti
                   "Mean ± sample standard deviation over the seeds of each run; MB to target is the mean over the "
                   "seeds that reached the target (seeds at target counts them); Δ final vs full is against the "
                   "mean of the non-IID full run's seeds; gain in the last quarter is the mean accuracy of the last quarter "
-                  "of the rounds minus that of the quarter before (near zero: the run had plateaued); "
+                  "of the rounds minus that of the quarter before (near zero: the run had plateaued; with an lr "
+                  "decay, of the rounds before it); "
                   f"last-{TAIL_ROUNDS} is the mean accuracy of the last {TAIL_ROUNDS} rounds, which one noisy "
                   "round does not move. The target "
                   "checks below are made on these means.", "",

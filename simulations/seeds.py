@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from shared.schedule import full_rate_rounds
 from simulations.runs import MB, RunResult, fmt_cell, cumulative_bytes, reach_target
 
 GROUP_COLUMNS = ("name", "method", "value_dtype", "partitioner", "mask_density", "num_trainable", "seeds",
@@ -58,13 +59,18 @@ def _tails(runs: list[RunResult]) -> tuple[float | None, float | None]:
     return mean_std([t for t in (tail_accuracy(r.history) for r in runs) if t is not None])
 
 
-def plateau_gain(history: list[dict[str, Any]], window: int | None = None) -> tuple[float | None, int]:
+def plateau_gain(history: list[dict[str, Any]], window: int | None = None,
+                 upto: int | None = None) -> tuple[float | None, int]:
     """(mean accuracy of the last ``window`` trained rounds minus the mean of the ``window`` before, window).
 
     ``window`` defaults to a quarter of the trained rounds (10 of 40), at least 1; the gain is None when the
     history has fewer than two windows. Near zero (or negative): the run had plateaued before its last quarter.
+    ``upto``: only the first ``upto`` trained rounds count (a run with an lr decay is judged on its rounds at the
+    full rate, :func:`shared.schedule.full_rate_rounds`).
     """
     accs = _trained(history)
+    if upto is not None:
+        accs = accs[:max(0, upto)]
     w = window or max(1, len(accs) // 4)
     if len(accs) < 2 * w:
         return None, w
@@ -100,7 +106,7 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
     up = mean_std([r.summary.get("bytes_up_per_client_round") or 0 for r in runs])[0]
     down = mean_std([r.summary.get("bytes_down_per_client_round") or 0 for r in runs])[0]
     reached = [reach_target(r.history, target) for r in runs]
-    plateaus = [plateau_gain(r.history) for r in runs]
+    plateaus = [plateau_gain(r.history, upto=full_rate_rounds(r.config)) for r in runs]
     gain, gain_std = mean_std([g for g, _ in plateaus if g is not None])
     hits = [(rnd, b) for rnd, b in reached if rnd is not None]
     if ref:

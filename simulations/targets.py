@@ -8,7 +8,8 @@
 - the PaFi paper's ordering of the masks: smallest |w| (pafi) > random > largest |w| (magnitude),
   each gap measured with its spread, on the last round and on the last-10 mean;
 - PaFi and full had plateaued: the mean accuracy of the last quarter of the rounds is within 0.5 point
-  above the quarter before (issue 16: "enough rounds that pafi and full have plateaued, show it").
+  above the quarter before (issue 16: "enough rounds that pafi and full have plateaued, show it"); a run whose
+  lr decays at its end is judged on its rounds before the decay (shared.schedule.full_rate_rounds).
 
 Rows may be single runs or rows over seeds (``simulations.seeds.group_row``: means, with ``final_std``
 and ``reached``); the checks read the same keys either way. A check appears only when the runs it needs

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from shared.config import ConfigError, RunConfig
-from shared.schedule import describe, factors, lr_factor, same_factors
+from shared.schedule import describe, factors, full_rate_rounds, lr_factor, same_factors
 
 
 def test_constant_is_one_in_every_round_and_round_zero_is_not_scaled():
@@ -60,3 +60,9 @@ def test_a_schedule_that_cannot_run_is_refused_in_one_line(changes, needle):
     with pytest.raises(ConfigError) as info:
         RunConfig(**changes)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_rounds_at_the_full_rate_end_where_the_decay_starts():
+    assert full_rate_rounds({"num-server-rounds": 140}) is None  # no decay: every round counts
+    assert full_rate_rounds({"num-server-rounds": 140, "lr-schedule": "cosine", "lr-decay-rounds": 20}) == 120
+    assert full_rate_rounds({"num-server-rounds": 10, "lr-schedule": "linear", "lr-warmup-rounds": 2}) == 2

@@ -174,6 +174,16 @@ def test_a_finished_run_is_annealed_when_the_preset_adds_a_decay_over_new_rounds
         is_done(RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 4, "lr-schedule": "constant"}), run_dir)
 
 
+def test_a_run_with_an_lr_decay_is_judged_on_its_plateau_before_the_decay():
+    accs = [0.85, 0.86, 0.85, 0.86, 0.85, 0.86, 0.85, 0.86] + [0.88, 0.89, 0.90, 0.90]  # 8 rounds flat, 4 of decay
+    annealed = _run("pafi", 1, accs)
+    annealed.config.update({"num-server-rounds": 12, "lr-schedule": "cosine", "lr-decay-rounds": 4})
+    assert plateau_gain(annealed.history)[0] == pytest.approx(sum(accs[-3:]) / 3 - sum(accs[-6:-3]) / 3)  # all 12
+    row = group_rows([annealed], None, target=None)[0]
+    assert row["plateau_gain"] == pytest.approx(0.0) and row["plateau_window"] == 2  # rounds 7-8 against 5-6
+    assert row["tail_accuracy"] == pytest.approx(sum(accs[-10:]) / 10)  # the tail still includes the decay
+
+
 def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
     p = load_preset("paper")
     groups: dict[str, list[int]] = {}
