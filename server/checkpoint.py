@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from shared.schedule import SCHEDULE_KEYS, same_factors
+from shared.settings import declared_defaults
 
 FORMAT = "fedsparse-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -138,7 +139,9 @@ def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Ma
                               f"lr-decay-rounds <= num-server-rounds - {ck.round}")
     if "data" not in ck.identity:
         keys.add("data-dir")
+    defaults = declared_defaults()  # a key one side lacks (a knob added since the checkpoint) ran at its default
     for key in sorted(keys):
-        if ck.run_config.get(key) != run_config.get(key):
-            raise CheckpointError(f"checkpoint was written with {key}={ck.run_config.get(key)!r}, this run has "
-                                  f"{run_config.get(key)!r}; resume with the same settings or a new output-dir")
+        old, new = ck.run_config.get(key, defaults.get(key)), run_config.get(key, defaults.get(key))
+        if old != new:
+            raise CheckpointError(f"checkpoint was written with {key}={old!r}, this run has {new!r}; resume with the "
+                                  f"same settings or a new output-dir")

@@ -85,3 +85,10 @@ def test_a_schedule_may_change_on_resume_only_where_rounds_already_made_keep_the
         with pytest.raises(CheckpointError, match=r"trains rounds 1-2 at other rates") as info:
             check_compatible(ck, IDENTITY, {**annealed, **changed})
         assert "\n" not in str(info.value)
+
+
+def test_a_checkpoint_from_before_a_knob_existed_resumes_at_that_knobs_default(tmp_path):
+    ck = load_checkpoint(save_checkpoint(tmp_path, _ck()))  # its run config has no local-loss (added later)
+    check_compatible(ck, IDENTITY, {**RUN_CONFIG, "local-loss": "ce", "resume": True})  # the default: what it ran
+    with pytest.raises(CheckpointError, match=r"written with local-loss='ce', this run has 'balanced'"):
+        check_compatible(ck, IDENTITY, {**RUN_CONFIG, "local-loss": "balanced"})
