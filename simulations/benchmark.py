@@ -134,6 +134,8 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
     (run_dir / "run_config.json").write_text(json.dumps(config, indent=2))
     if resume:
         config["resume"] = True
+        # an extended run is no longer finished: stopped part-way, it must read as stopped (and resume), not as done
+        (run_dir / "summary.json").unlink(missing_ok=True)
         progress.console.print(f"[dim]resume {spec.name} from its checkpoint[/dim]")
     else:
         (run_dir / "history.json").unlink(missing_ok=True)

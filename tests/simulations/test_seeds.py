@@ -184,6 +184,35 @@ def test_a_run_with_an_lr_decay_is_judged_on_its_plateau_before_the_decay():
     assert row["tail_accuracy"] == pytest.approx(sum(accs[-10:]) / 10)  # the tail still includes the decay
 
 
+def test_an_extension_stopped_part_way_reads_as_stopped_not_done(tmp_path, monkeypatch):
+    from rich.progress import Progress
+
+    from simulations import benchmark
+    from simulations.matrix import Preset, Simulation
+
+    run_dir = tmp_path / "pafi-s1"
+    run_dir.mkdir()
+    (run_dir / "run_config.json").write_text(json.dumps({"method": "pafi", "num-server-rounds": 4, "output-dir": "x"}))
+    (run_dir / "history.json").write_text(json.dumps([{"round": r, "accuracy": 0.5} for r in range(5)]))
+    (run_dir / "summary.json").write_text(json.dumps({"rounds": 4}))
+    (run_dir / "checkpoint.safetensors").write_bytes(b"x")
+    longer = RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 6})
+
+    class Stopped:  # the launcher stopped after round 5 of 6 (SIGTERM, a session's end)
+        pid, returncode = 0, 124
+
+        def poll(self):
+            (run_dir / "history.json").write_text(json.dumps([{"round": r, "accuracy": 0.5} for r in range(6)]))
+            return 124
+
+    monkeypatch.setattr(benchmark.subprocess, "Popen", lambda cmd, **kw: Stopped())
+    monkeypatch.setattr(benchmark, "stop_tree", lambda *a, **k: None)
+    with Progress(disable=True) as progress:
+        assert benchmark.run_one(longer, run_dir, Preset("p", "", None, Simulation()), progress, progress.add_task("r", total=1)) == 124
+    assert not (run_dir / "summary.json").exists()  # the 4-round summary no longer describes the run
+    assert not is_done(longer, run_dir) and can_resume(longer, run_dir)
+
+
 def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
     p = load_preset("paper")
     groups: dict[str, list[int]] = {}
