@@ -77,7 +77,7 @@ def is_done(spec: RunSpec, run_dir: Path) -> bool:
         raise StaleResultError(f"{run_dir} holds {spec.name} with another lr schedule, and the preset's would change "
                                f"the rates of rounds already made: add the decay over rounds after them only "
                                f"(lr-decay-rounds), or --rerun --only {spec.name}")
-    if changed == {"num-server-rounds"} and not _has_checkpoint(run_dir):
+    if changed and changed <= EXTENSION_KEYS and "num-server-rounds" in changed and not _has_checkpoint(run_dir):
         stored, want = _stored_config(run_dir).get("num-server-rounds"), spec.run_config.get("num-server-rounds")
         raise StaleResultError(f"{run_dir} holds {stored} rounds of {spec.name}, the preset asks for {want}, and its "
                                f"checkpoint is not there to continue from (a dense run's is not committed): "

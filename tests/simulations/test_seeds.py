@@ -168,6 +168,10 @@ def test_a_finished_run_is_annealed_when_the_preset_adds_a_decay_over_new_rounds
     assert not can_extend(longer_decay, run_dir)
     with pytest.raises(StaleResultError, match="would change the rates of rounds already made"):
         is_done(longer_decay, run_dir)
+    (run_dir / "checkpoint.safetensors").rename(run_dir / "gone")  # not committed (full's): nothing to continue from
+    with pytest.raises(StaleResultError, match=r"holds 4 rounds of pafi-s1, the preset asks for 6, .*--rerun"):
+        is_done(RunSpec("pafi-s1", annealed), run_dir)
+    (run_dir / "gone").rename(run_dir / "checkpoint.safetensors")
     with pytest.raises(StaleResultError, match="would change the rates"):  # a decay over the rounds already made
         is_done(RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 4, "lr-schedule": "linear"}), run_dir)
     with pytest.raises(StaleResultError, match="different config"):  # the same rates, another key: not the same run
