@@ -41,7 +41,9 @@ LOCAL_LOSSES = ("ce", "balanced")
 def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class weights ``n / (C n_c)`` from a client's own labels (``C`` the classes it holds; 0 for a class it lacks):
     under them every class it holds weighs the same in its local loss, whatever its label skew."""
-    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].double()
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes).double()
+    if counts.numel() > num_classes:
+        raise ValueError(f"a label is {counts.numel() - 1} but there are {num_classes} classes")
     present = counts > 0
     weights = torch.zeros(num_classes, dtype=torch.float64)
     weights[present] = counts.sum() / (int(present.sum()) * counts[present])
@@ -75,7 +77,7 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
         lengths = data.lengths if group_by_length else None
         weights = None
         if loss == "balanced":
-            weights = balanced_weights(data.labels, int(data.labels.max()) + 1 if len(data) else 1).to(device)
+            weights = balanced_weights(data.labels, _num_classes(model, data)).to(device)
         for idx in batch_indices(len(data), batch_size, steps, seed, lengths):
             batch = to_device(data.batch(idx), device)
             with autocast(device, precision):
@@ -84,7 +86,7 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
                 else:
                     labels = batch.pop("labels")
                     logits = model(**batch).logits.float()
-                    step_loss = F.cross_entropy(logits, labels, weight=_pad(weights, logits.shape[-1]))
+                    step_loss = F.cross_entropy(logits, labels, weight=weights)
             opt.zero_grad(set_to_none=True)
             step_loss.backward()
             opt.step()
@@ -101,11 +103,15 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
     return TrainResult(loss=loss, num_examples=seen, seconds=time.perf_counter() - t0)
 
 
-def _pad(weights: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class weights for ``num_classes`` logits (a class above the client's largest label weighs 0: it has no rows)."""
-    if weights.numel() >= num_classes:
-        return weights[:num_classes]
-    return torch.cat([weights, weights.new_zeros(num_classes - weights.numel())])
+def _num_classes(model: nn.Module, data: Encoded) -> int:
+    """The width of ``model``'s logits (its config's ``num_labels``; the data's largest label + 1 for a model without
+    one), checked against the labels so a class weight exists for every row."""
+    top = int(data.labels.max()) + 1
+    n = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0)
+    if n and top > n:
+        raise ValueError(f"a label is {top - 1} but the model has {n} classes; set the model's num_labels to at "
+                         f"least {top} or fix the data's labels")
+    return n or top
 
 
 @torch.no_grad()

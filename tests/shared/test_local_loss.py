@@ -80,3 +80,28 @@ def test_an_unknown_loss_is_refused(tiny_model_dir, sst2_dir):
     with pytest.raises(ValueError, match="local loss must be one of ce, balanced"):
         train_local(base.model, [{"params": list(base.model.parameters()), "lr": 1e-3}], skewed, 1, 8, seed=0,
                     loss="focal")
+
+
+def test_the_weights_are_sized_by_the_model_not_by_the_client_s_largest_label(tiny_model_dir, sst2_dir):
+    skewed, _ = _rows(tiny_model_dir, sst2_dir)
+    neg = (skewed.labels == 0).nonzero().flatten()
+    only_neg = Encoded(skewed.input_ids[neg], skewed.attention_mask[neg], skewed.labels[neg])  # never sees class 1
+    base = load_base_model(str(tiny_model_dir), 2, seed=0)
+    head = [p.requires_grad_(True) for n, p in base.model.named_parameters() if n.startswith("classifier")]
+    before = [p.detach().clone() for p in head]
+    result = train_local(base.model, [{"params": head, "lr": 1e-2}], only_neg, 2, 8, seed=0, loss="balanced")
+    assert result.loss > 0 and any(not torch.equal(a, b.detach()) for a, b in zip(before, head))
+
+
+def test_a_label_the_model_has_no_logit_for_is_refused_before_a_step(tiny_model_dir, sst2_dir):
+    skewed, _ = _rows(tiny_model_dir, sst2_dir)
+    bad = Encoded(skewed.input_ids, skewed.attention_mask, skewed.labels.clone())
+    bad.labels[0] = 2
+    base = load_base_model(str(tiny_model_dir), 2, seed=0)
+    params = list(base.model.parameters())
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="a label is 2 but the model has 2 classes; set the model's num_labels"):
+        train_local(base.model, [{"params": params, "lr": 1e-3}], bad, 1, 8, seed=0, loss="balanced")
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    with pytest.raises(ValueError, match="a label is 3 but there are 2 classes"):
+        balanced_weights(torch.tensor([0, 3]), 2)

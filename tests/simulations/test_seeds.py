@@ -225,8 +225,10 @@ def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
         assert r.run_config["partitioner"] in ("dirichlet", "iid") and r.run_config["dirichlet-alpha"] == 0.5
     for m in ("pafi", "full", "lora", "random", "magnitude", "bitfit"):
         assert len(groups[m]) == 3, m
-    for m in ("sam", "topk", "dsee", "hiwi", "pafi-iid", "full-iid"):
+    for m in ("sam", "topk", "dsee", "hiwi", "pafi-iid", "full-iid", "pafi-d2"):
         assert len(groups[m]) == 1, m
+    dense = next(r for r in p.runs if r.group == "pafi-d2").run_config
+    assert dense["mask-density"] == 0.02 and dense["method"] == "pafi" and dense["partitioner"] == "dirichlet"
 
 
 def test_plateau_gain_compares_the_last_quarter_with_the_one_before():
