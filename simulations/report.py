@@ -100,7 +100,7 @@ TABLE = (  # (header, column, format)
     ("MB to target", "bytes_to_target", "mb"), ("total MB", "total_bytes", "mb"),
     ("final acc %", "final_accuracy", "pct"), (f"last-{TAIL_ROUNDS} acc %", "tail_accuracy", "pct"),
     ("Δ acc vs full (pts)", "accuracy_vs_reference", "pts"),
-    ("codec rel. error", "codec_rel_error", "sci"), ("s/round", "seconds_per_round", ""),
+    ("codec rel. error", "codec_rel_error", "sci"), ("s/round", "seconds_per_round", ""), ("rounds", "rounds", ""),
 )
 
 
@@ -155,7 +155,7 @@ def write_report(out: Path, runs: list[RunResult], target: float | None, title: 
     checks = check_targets([g for g in groups if g.get("partitioner") != "iid"])  # on the means, non-IID
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "runs.csv", rows, RUN_COLUMNS)
-    write_csv(out / "groups.csv", groups, GROUP_COLUMNS)
+    write_csv(out / "groups.csv", [dict(g, rounds="/".join(map(str, g["rounds"]))) for g in groups], GROUP_COLUMNS)
     write_csv(out / "rounds.csv", per_round, ROUND_COLUMNS)
     (out / "results.json").write_text(json.dumps({"runs": rows, "groups": groups, "rounds": per_round,
                                                   "targets": checks, **(extra or {})}, indent=2))

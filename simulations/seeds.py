@@ -14,7 +14,7 @@ from typing import Any
 from shared.schedule import full_rate_rounds
 from simulations.runs import MB, RunResult, fmt_cell, cumulative_bytes, reach_target
 
-GROUP_COLUMNS = ("name", "method", "value_dtype", "partitioner", "mask_density", "num_trainable", "seeds",
+GROUP_COLUMNS = ("name", "method", "value_dtype", "partitioner", "mask_density", "num_trainable", "seeds", "rounds",
                  "final_accuracy", "final_std", "best_accuracy", "best_std", "tail_accuracy", "tail_std",
                  "tail_vs_reference", "bytes_up_per_client_round",
                  "bytes_down_per_client_round", "reduction_up", "reduction_down", "reduction_reference",
@@ -42,6 +42,19 @@ def group_runs(runs: list[RunResult]) -> dict[str, list[RunResult]]:
 
 def _trained(history: list[dict[str, Any]]) -> list[float]:
     return [r["accuracy"] for r in history if r.get("round", 0) >= 1 and r.get("accuracy") is not None]
+
+
+def run_lengths(runs: list[RunResult]) -> list[int]:
+    """The distinct numbers of trained rounds among ``runs``: one value when the seeds ran equally long; more when a
+    group mixes, say, a finished 140-round seed with one still at 120 (its means are interim, not comparable)."""
+    return sorted({len(_trained(r.history)) for r in runs})
+
+
+def fmt_rounds(lengths: list[int] | None) -> str:
+    """``140``, or ``120/140 (mixed)`` for a group whose seeds ran unequally long."""
+    if not lengths:
+        return "–"
+    return str(lengths[0]) if len(lengths) == 1 else "/".join(map(str, lengths)) + " (mixed)"
 
 
 TAIL_ROUNDS = 10  # rounds averaged into the tail accuracy: one round's accuracy on 872 rows swings by ~1 pt
@@ -123,7 +136,7 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
         "name": name, "method": s.get("method"), "value_dtype": s.get("value_dtype"),
         "partitioner": runs[0].config.get("partitioner"), "mask_density": s.get("mask_density"),
         "num_trainable": s.get("num_trainable"), "seeds": len(runs),
-        "seed_list": [r.config.get("seed") for r in runs],
+        "seed_list": [r.config.get("seed") for r in runs], "rounds": run_lengths(runs),
         "final_accuracy": final, "final_std": final_std, "best_accuracy": best, "best_std": best_std,
         "tail_accuracy": tail, "tail_std": tail_std,
         "tail_vs_reference": tail - ref_tail if tail is not None and ref_tail is not None else None,
@@ -162,13 +175,13 @@ def _gain(row: dict[str, Any]) -> str:
 
 def markdown_groups(rows: list[dict[str, Any]]) -> str:
     """The table over seeds as GitHub Markdown."""
-    head = ("run", "seeds", "trainable", "up B/client-round", "down B/client-round", "up reduction",
+    head = ("run", "seeds", "rounds", "trainable", "up B/client-round", "down B/client-round", "up reduction",
             "final acc % (mean ± std)", "best acc % (mean ± std)", f"last-{TAIL_ROUNDS} acc % (mean ± std)",
             "Δ final vs full (pts)", f"Δ last-{TAIL_ROUNDS} vs full (pts)",
             "MB to target (mean)", "seeds at target", "total MB (mean)", "gain in the last quarter (pts)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = (r["name"], str(r["seeds"]), fmt_cell(r["num_trainable"]), fmt_cell(r["bytes_up_per_client_round"], "bytes"),
+        cells = (r["name"], str(r["seeds"]), fmt_rounds(r.get("rounds")), fmt_cell(r["num_trainable"]), fmt_cell(r["bytes_up_per_client_round"], "bytes"),
                  fmt_cell(r["bytes_down_per_client_round"], "bytes"), fmt_cell(r["reduction_up"], "x"),
                  _pm(r["final_accuracy"], r["final_std"]), _pm(r["best_accuracy"], r["best_std"]),
                  _pm(r["tail_accuracy"], r["tail_std"]), fmt_cell(r["accuracy_vs_reference"], "pts"),

@@ -290,3 +290,35 @@ def test_the_last_ten_rounds_give_a_final_figure_one_noisy_round_does_not_move(t
     assert "last-10 acc % (mean ± std)" in md and "| 85.00 ± 0.00 |" in md and "| 85.80 |" in md  # group and run tables
     short = [_run("pafi", 1, [0.8, 0.85]), _run("full", 1, [0.8, 0.86])]
     assert not [c for c in check_targets(group_rows(short, short[1], None)) if c["target"].startswith("last-10")]
+
+
+def test_a_group_whose_seeds_ran_unequally_long_is_marked_and_its_checks_say_interim(tmp_path):
+    """A preset extended from 12 to 14 rounds while one full seed still holds 12: full's row says 12/14 (mixed) and
+    every check over it is marked interim; once the lengths agree the marks are gone."""
+    pafi = [_run("pafi", 1, [0.80] * 14)]
+    full = [_run("full", 1, [0.86] * 14), _run("full", 2, [0.84] * 12)]
+    rows = {r["name"]: r for r in group_rows(pafi + full, full[0], target=None)}
+    assert rows["full-float32"]["rounds"] == [12, 14] and rows["pafi-float32"]["rounds"] == [14]
+    checks = check_targets(list(rows.values()))
+    assert checks and all(c["measured"].endswith(" [interim: runs of 12/14 rounds]") for c in checks)
+    write_report(tmp_path, pafi + full, target=None)
+    md = (tmp_path / "results.md").read_text()
+    assert "| full-float32 | 2 | 12/14 (mixed) |" in md and "| pafi-float32 | 1 | 14 |" in md
+    with open(tmp_path / "groups.csv") as fh:
+        assert {r["name"]: r["rounds"] for r in csv.DictReader(fh)} == {"pafi-float32": "14", "full-float32": "12/14"}
+    full[1] = _run("full", 2, [0.84] * 14)
+    assert not [c for c in check_targets(group_rows(pafi + full, full[0], None)) if "interim" in c["measured"]]
+
+
+def test_a_pafi_run_at_another_density_is_an_ablation_in_the_table_not_a_target_check(tmp_path):
+    pafi = [_run("pafi", 1, [0.80] * 12)]
+    dense = _run("pafi", 1, [0.86] * 12, group="pafi-d2")
+    dense.summary["mask_density"] = 0.02
+    full = [_run("full", 1, [0.86] * 12)]
+    rows = group_rows(pafi + [dense] + full, full[0], target=None)
+    checks = check_targets(rows)
+    assert {c["run"] for c in checks if "vs full" in c["target"]} == {"pafi-float32"}
+    assert not [c for c in checks if "pafi-d2" in c["run"]]
+    write_report(tmp_path, pafi + [dense] + full, target=None)
+    md = (tmp_path / "results.md").read_text()
+    assert "| pafi-d2-s1 | 54,000 |" in md and "pafi-d2" not in md.split("## Targets")[1]
