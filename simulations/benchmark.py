@@ -164,10 +164,21 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
     return proc.returncode if proc.returncode is not None else 124
 
 
-def run_matrix(preset: Preset, out: Path, only: str | None = None, rerun: bool = False) -> list[str]:
-    """Run (or skip, if done) every run of ``preset``; returns the names of runs that failed."""
+def select_runs(preset: Preset, only: str | None) -> list[RunSpec]:
+    """The runs ``--only``'s comma-separated name globs select; a glob that selects nothing is refused (a typo, or a
+    group's name where its runs are ``<group>-s<seed>``), so the benchmark never ends "done" having run nothing."""
     globs = [g.strip() for g in (only or "*").split(",") if g.strip()]
-    specs = [s for s in preset.runs if any(fnmatch.fnmatch(s.name, g) for g in globs)]
+    for g in globs:
+        if not any(fnmatch.fnmatch(s.name, g) for s in preset.runs):
+            near = sorted(s.name for s in preset.runs if s.group == g or s.name.startswith(g))[:3]
+            hint = f"did you mean {', '.join(near)} or '{g}-*'?" if near else "--list prints every run's name"
+            raise PresetError(f"--only {g!r} matches no run of preset {preset.name}: {hint}")
+    return [s for s in preset.runs if any(fnmatch.fnmatch(s.name, g) for g in globs)]
+
+
+def run_matrix(preset: Preset, out: Path, only: str | None = None, rerun: bool = False) -> list[str]:
+    """Run (or skip, if done) every run of ``preset`` that ``only`` selects; returns the names of runs that failed."""
+    specs = select_runs(preset, only)
     failed = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -251,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         for spec in preset.runs:
             print(spec.name, json.dumps(spec.run_config))
         return 0
+    try:
+        select_runs(preset, args.only)
+    except PresetError as exc:
+        console.print(f"[red]{exc}[/red]", soft_wrap=True)
+        return 2
     failed = [] if args.report_only else run_matrix(preset, out, args.only, args.rerun)
     report = write_results(preset, out)
     if report is not None:

@@ -100,3 +100,20 @@ def test_ray_cpus_in_a_preset_is_checked(tmp_path):
     bad.write_text('[simulation]\nray-cpus = -1\n[matrix]\nmethod = ["pafi"]\n')
     with pytest.raises(PresetError, match="ray-cpus must be an integer"):
         load_preset(str(bad))
+
+
+def test_an_only_glob_that_selects_no_run_is_refused_before_any_work(tmp_path, capsys):
+    """`--only pafi-d2` names a group whose runs are pafi-d2-s42...: it used to run nothing and exit 0."""
+    from simulations import benchmark
+    from simulations.benchmark import select_runs
+    preset = load_preset("paper")
+    assert [s.name for s in select_runs(preset, "pafi-d2-*")] == ["pafi-d2-s42"]
+    assert [s.name for s in select_runs(preset, "pafi-s42, full-s4[23]")] == ["pafi-s42", "full-s42", "full-s43"]
+    with pytest.raises(PresetError, match=r"--only 'pafi-d2' matches no run of preset paper: did you mean "
+                                          r"pafi-d2-s42 or 'pafi-d2-\*'\?"):
+        select_runs(preset, "pafi-s42,pafi-d2")
+    assert benchmark.main(["--preset", "paper", "--out", str(tmp_path), "--only", "nope"]) == 2
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    assert "--only 'nope' matches no run of preset paper: --list prints every run's name" in err.replace("\n", " ")
+    assert not any(tmp_path.iterdir())
