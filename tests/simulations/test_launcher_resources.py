@@ -105,3 +105,15 @@ def test_a_bad_timeout_is_refused_in_one_line(capsys):
     assert launcher.main(["--timeout", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedsparse: error:") and "--timeout" in err and "\n" not in err
+
+
+def test_make_run_s_settings_are_a_valid_run_config():
+    """`make run` passes RUN_DEFAULTS to the launcher as one -c: a typo there would end a newcomer's first run."""
+    import re
+
+    from shared.settings import parse_run_config
+    from simulations.launcher import REPO, _parse_overrides
+
+    line = re.search(r"^RUN_DEFAULTS \?= (.+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    cfg = parse_run_config(_parse_overrides(line))
+    assert (cfg.num_server_rounds, cfg.local_steps, cfg.local_loss) == (20, 15, "balanced")
