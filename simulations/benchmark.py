@@ -137,9 +137,9 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
         # an extended run is no longer finished: stopped part-way, it must read as stopped (and resume), not as done
         (run_dir / "summary.json").unlink(missing_ok=True)
         progress.console.print(f"[dim]resume {spec.name} from its checkpoint[/dim]")
-    else:
-        (run_dir / "history.json").unlink(missing_ok=True)
-        (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+    else:  # a fresh start (or --rerun): nothing of a run it replaces stays, its log included
+        for name in ("history.json", CHECKPOINT_NAME, "run.log"):
+            (run_dir / name).unlink(missing_ok=True)
     progress.reset(task, total=int(config.get("num-server-rounds", 10)), description=f"{spec.name}: starting")
     sim = preset.simulation
     cmd = [sys.executable, "-m", "simulations.launcher", "--num-supernodes", str(sim.num_supernodes),

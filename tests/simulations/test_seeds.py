@@ -229,6 +229,7 @@ def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
         assert len(groups[m]) == 1, m
     dense = next(r for r in p.runs if r.group == "pafi-d2").run_config
     assert dense["mask-density"] == 0.02 and dense["method"] == "pafi" and dense["partitioner"] == "dirichlet"
+    assert dense["lr"] == 0.005  # its own sweep (paper-lr), not pafi's 1e-2
 
 
 def test_plateau_gain_compares_the_last_quarter_with_the_one_before():
@@ -322,3 +323,35 @@ def test_a_pafi_run_at_another_density_is_an_ablation_in_the_table_not_a_target_
     write_report(tmp_path, pafi + [dense] + full, target=None)
     md = (tmp_path / "results.md").read_text()
     assert "| pafi-d2-s1 | 54,000 |" in md and "pafi-d2" not in md.split("## Targets")[1]
+
+
+def test_a_run_made_again_keeps_nothing_of_the_run_it_replaces(tmp_path, monkeypatch):
+    """--rerun (or a fresh start over a stale folder): the old history, checkpoint and log go; a resume keeps its log."""
+    from rich.progress import Progress
+
+    from simulations import benchmark
+    from simulations.matrix import Preset, Simulation
+
+    run_dir = tmp_path / "pafi-s1"
+    run_dir.mkdir()
+    (run_dir / "run_config.json").write_text(json.dumps({"method": "pafi", "lr": 0.01, "num-server-rounds": 4}))
+    (run_dir / "history.json").write_text(json.dumps([{"round": r, "accuracy": 0.5} for r in range(3)]))
+    (run_dir / "checkpoint.safetensors").write_bytes(b"x")
+    (run_dir / "run.log").write_text("the old run at lr 0.01\n")
+    again = RunSpec("pafi-s1", {"method": "pafi", "lr": 0.005, "num-server-rounds": 4})
+
+    class Finished:
+        pid, returncode = 0, 0
+
+        def poll(self):
+            return 0
+
+    def launch(cmd, stdout, **kw):
+        stdout.write(b"the new run\n")
+        return Finished()
+
+    monkeypatch.setattr(benchmark.subprocess, "Popen", launch)
+    with Progress(disable=True) as progress:
+        benchmark.run_one(again, run_dir, Preset("p", "", None, Simulation()), progress, progress.add_task("r", total=1))
+    assert (run_dir / "run.log").read_text() == "the new run\n"
+    assert not (run_dir / "history.json").exists() and not (run_dir / "checkpoint.safetensors").exists()
