@@ -125,11 +125,12 @@ def _history_rounds(run_dir: Path) -> tuple[int, float | None]:
     return len(trained), (history[-1].get("accuracy") if history else None)
 
 
-def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, task) -> int:
-    """Launch one run (``simulations.launcher`` in a child process, output to run.log) and follow its
-    history.json on the round bar; returns the launcher's exit code (124 on timeout)."""
+def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, task, resume: bool | None = None) -> int:
+    """Launch one run (``simulations.launcher`` in a child process, output to run.log), from round 1 or, with
+    ``resume``, from its checkpoint (None: whenever :func:`can_resume`), and follow its history.json on the round
+    bar; returns the launcher's exit code (124 on timeout)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = can_resume(spec, run_dir)
+    resume = can_resume(spec, run_dir) if resume is None else resume
     config = dict(spec.run_config, **{"output-dir": str(run_dir)})
     (run_dir / "run_config.json").write_text(json.dumps(config, indent=2))
     if resume:
@@ -176,22 +177,62 @@ def select_runs(preset: Preset, only: str | None) -> list[RunSpec]:
     return [s for s in preset.runs if any(fnmatch.fnmatch(s.name, g) for g in globs)]
 
 
-def run_matrix(preset: Preset, out: Path, only: str | None = None, rerun: bool = False) -> list[str]:
-    """Run (or skip, if done) every run of ``preset`` that ``only`` selects; returns the names of runs that failed."""
-    specs = select_runs(preset, only)
+def plan_runs(specs: list[RunSpec], out: Path, rerun: bool = False) -> list[tuple[RunSpec, str]]:
+    """What the benchmark will do with each run, decided for all of them before any starts: ``skip`` (its results
+    exist), ``resume`` (a stopped or shorter run continues from its checkpoint) or ``start``. A folder that holds
+    rounds made with another config, finished or stopped, raises :class:`StaleResultError` here, so a bad store
+    stops the command before its first run (not hours into it) and a stopped run's rounds are never thrown away
+    unasked."""
+    plan = []
+    for spec in specs:
+        run_dir = out / "runs" / spec.name
+        if rerun:
+            action = "start"
+        elif is_done(spec, run_dir):
+            action = "skip"
+        elif can_resume(spec, run_dir):
+            action = "resume"
+        elif _changed(spec, run_dir) and _history_rounds(run_dir)[0] > 0:
+            raise StaleResultError(f"{run_dir} holds {_history_rounds(run_dir)[0]} rounds of a stopped run made with "
+                                   f"a different config (keys {sorted(_changed(spec, run_dir))[:6]}); use another "
+                                   f"--out, or --rerun to replace it")
+        else:
+            action = "start"
+        plan.append((spec, action))
+    return plan
+
+
+def describe(spec: RunSpec, out: Path, rerun: bool = False) -> str:
+    """One line of ``--list``: the run's name, what the same command without ``--list`` would do with it, and its
+    settings."""
+    run_dir = out / "runs" / spec.name
+    rounds, want = _history_rounds(run_dir)[0], spec.run_config.get("num-server-rounds")
+    try:
+        action = plan_runs([spec], out, rerun)[0][1]
+    except StaleResultError:
+        action = "stale"
+    state = {"skip": f"done ({rounds} rounds)", "resume": f"resumes at round {rounds + 1} of {want}",
+             "start": "new" if rounds == 0 else f"starts over (has {rounds} rounds)",
+             "stale": f"refused: made with another config ({rounds} rounds)"}[action]
+    return f"{spec.name}  [{state}]  {json.dumps(spec.run_config)}"
+
+
+def run_matrix(preset: Preset, out: Path, plan: list[tuple[RunSpec, str]]) -> list[str]:
+    """Make the runs of ``plan`` (from :func:`plan_runs`), skipping the done ones; returns the names of runs that
+    failed."""
     failed = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        runs_task = progress.add_task("runs", total=len(specs))
+        runs_task = progress.add_task("runs", total=len(plan))
         round_task = progress.add_task("rounds", total=1)
-        for spec in specs:
+        for spec, action in plan:
             run_dir = out / "runs" / spec.name
-            if not rerun and is_done(spec, run_dir):
+            if action == "skip":
                 progress.console.print(f"[dim]skip {spec.name}: results exist[/dim]")
             else:
                 (run_dir / "summary.json").unlink(missing_ok=True)
                 t0 = time.monotonic()
-                rc = run_one(spec, run_dir, preset, progress, round_task)
+                rc = run_one(spec, run_dir, preset, progress, round_task, resume=action == "resume")
                 ok = rc == 0 and (run_dir / "summary.json").is_file()
                 progress.console.print(f"{'done' if ok else '[red]FAILED[/red]'} {spec.name} in "
                                        f"{time.monotonic() - t0:.0f}s" + ("" if ok else f" (see {run_dir / 'run.log'})"))
@@ -258,16 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     if target is not None:
         preset = dataclasses.replace(preset, target_accuracy=float(target))
     out = (args.out or preset.out or REPO / "outputs" / "benchmark" / preset.name).resolve()
-    if args.list:
-        for spec in preset.runs:
-            print(spec.name, json.dumps(spec.run_config))
-        return 0
     try:
-        select_runs(preset, args.only)
-    except PresetError as exc:
+        specs = select_runs(preset, args.only)
+        if args.list:
+            for spec in specs:
+                print(describe(spec, out, args.rerun))
+            return 0
+        plan = [] if args.report_only else plan_runs(specs, out, args.rerun)
+    except (PresetError, StaleResultError) as exc:
         console.print(f"[red]{exc}[/red]", soft_wrap=True)
         return 2
-    failed = [] if args.report_only else run_matrix(preset, out, args.only, args.rerun)
+    failed = run_matrix(preset, out, plan)
     report = write_results(preset, out)
     if report is not None:
         print(report.read_text())
@@ -281,9 +323,6 @@ if __name__ == "__main__":
     install_signal_handlers()
     try:
         sys.exit(main())
-    except StaleResultError as exc:
-        console.print(f"[red]{exc}[/red]")
-        sys.exit(2)
     except KeyboardInterrupt as exc:
         console.print(f"[red]interrupted ({exc}): the running simulation was stopped; finished runs are kept, "
                       f"rerun the same command to go on[/red]")

@@ -355,3 +355,44 @@ def test_a_run_made_again_keeps_nothing_of_the_run_it_replaces(tmp_path, monkeyp
         benchmark.run_one(again, run_dir, Preset("p", "", None, Simulation()), progress, progress.add_task("r", total=1))
     assert (run_dir / "run.log").read_text() == "the new run\n"
     assert not (run_dir / "history.json").exists() and not (run_dir / "checkpoint.safetensors").exists()
+
+
+def test_a_stale_run_folder_stops_the_command_before_its_first_run(tmp_path, capsys, monkeypatch):
+    """The plan is made for every selected run before any starts: a folder made with another config, even the
+    last one's, is refused in one line with nothing launched (it used to surface only when its turn came)."""
+    from simulations import benchmark
+    preset_file = tmp_path / "p.toml"
+    preset_file.write_text('seeds = [1, 2, 3]\n[run-config]\nnum-server-rounds = 4\n[matrix]\nmethod = ["pafi"]\n')
+    out = tmp_path / "out"
+    preset = benchmark.load_preset(str(preset_file))
+    done, stopped, stale = (out / "runs" / f"pafi-s{s}" for s in (1, 2, 3))
+    for run_dir, spec in zip((done, stopped, stale), preset.runs):
+        run_dir.mkdir(parents=True)
+        (run_dir / "run_config.json").write_text(json.dumps({**spec.run_config, "output-dir": "x"}))
+        (run_dir / "history.json").write_text(json.dumps([{"round": r, "accuracy": 0.5} for r in range(3)]))
+    (done / "summary.json").write_text("{}")
+    (stopped / "checkpoint.safetensors").write_bytes(b"x")
+    assert [a for _, a in benchmark.plan_runs(preset.runs[:2], out)] == ["skip", "resume"]
+    assert [a for _, a in benchmark.plan_runs(preset.runs[:2], out, rerun=True)] == ["start", "start"]
+
+    assert benchmark.main(["--preset", str(preset_file), "--out", str(out), "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[:2] for line in listed] == [["pafi-s1", "[done (2 rounds)]"],
+                                                          ["pafi-s2", "[resumes at round 3 of 4]"],
+                                                          ["pafi-s3", "[starts over (has 2 rounds)]"]]
+
+    (stale / "run_config.json").write_text(json.dumps({**preset.runs[2].run_config, "lr": 0.5}))
+    (stale / "summary.json").write_text("{}")
+    monkeypatch.setattr(benchmark, "run_one", lambda *a, **k: pytest.fail("a run was launched"))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert benchmark.main(["--preset", str(preset_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pafi-s3 holds results for a different config (keys ['lr'])" in err.replace("\n", " ")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing launched, nothing touched
+    assert benchmark.main(["--preset", str(preset_file), "--out", str(out), "--list", "--only", "pafi-s3"]) == 0
+    assert "[refused: made with another config (2 rounds)]" in capsys.readouterr().out
+    (stale / "summary.json").unlink()  # stopped, not finished: its rounds are not thrown away unasked either
+    assert benchmark.main(["--preset", str(preset_file), "--out", str(out)]) == 2
+    assert "holds 2 rounds of a stopped run made with a different config (keys ['lr'])" in \
+        capsys.readouterr().err.replace("\n", " ")
+    assert [a for _, a in benchmark.plan_runs(preset.runs, out, rerun=True)] == ["start"] * 3
