@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import fnmatch
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -242,15 +243,38 @@ def run_matrix(preset: Preset, out: Path, plan: list[tuple[RunSpec, str]]) -> li
     return failed
 
 
-def write_results(preset: Preset, out: Path) -> Path | None:
-    """Report and plots over every finished run of the preset; returns results.md (None if no run finished)."""
+def reproduce_command(args: argparse.Namespace) -> str:
+    """The command that makes (and, rerun, resumes) every run of the report: the invocation's preset, results
+    folder, overrides and simulation flags, without the flags that only pick what this one call does."""
+    cmd = ["python", "-m", "simulations.benchmark", "--preset", args.preset]
+    if args.out is not None:
+        cmd += ["--out", str(args.out)]
+    if args.run_config:
+        cmd += ["-c", args.run_config]
+    for flag in ("num_supernodes", "cpus_per_client", "gpus_per_client", "ray_cpus"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return shlex.join(cmd)
+
+
+def write_results(preset: Preset, out: Path, command: str | None = None) -> Path | None:
+    """Report and plots over every finished run of the preset; returns results.md (None if no run finished).
+    ``command`` (what makes the runs) heads the report, with how many of the preset's runs it holds."""
     done = [load_run(out / "runs" / s.name, s.group) for s in preset.runs
             if (out / "runs" / s.name / "summary.json").is_file()]
     if not done:
         return None
     meta = {"preset": preset.name, "description": preset.description,
-            "simulation": vars(preset.simulation)}
-    write_report(out, done, preset.target_accuracy, f"Communication-cost benchmark: preset `{preset.name}`", meta)
+            "simulation": vars(preset.simulation), "command": command,
+            "runs_finished": len(done), "runs_in_preset": len(preset.runs)}
+    made_by = None
+    if command:
+        rebuild = "`--report-only` added rebuilds this page and the plots from the runs alone."
+        made_by = (f"All {len(done)} runs of the preset, made by `{command}`; {rebuild}" if len(done) == len(preset.runs)
+                   else f"{len(done)} of the preset's {len(preset.runs)} runs, made by `{command}`: rerun it to make "
+                        f"or resume the others (finished runs are skipped); {rebuild}")
+    write_report(out, done, preset.target_accuracy, f"Communication-cost benchmark: preset `{preset.name}`", meta,
+                 made_by=made_by)
     write_plots(out, done, preset.target_accuracy)
     return out / "results.md"
 
@@ -309,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     except (PresetError, StaleResultError) as exc:
         console.print(f"[red]{exc}[/red]", soft_wrap=True)
         return 2
-    failed = run_matrix(preset, out, plan)
-    report = write_results(preset, out)
+    failed = run_matrix(preset, out, plan) if plan else []
+    report = write_results(preset, out, reproduce_command(args))
     if report is not None:
         print(report.read_text())
         console.print(f"results in {out}")

@@ -113,12 +113,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown_report(rows: list[dict[str, Any]], checks: list[dict[str, Any]], title: str,
-                    groups: list[dict[str, Any]] | None = None) -> str:
-    """The whole results.md: the table over seeds (if any run has several), the run table, what the columns
-    mean, and the target checks."""
+                    groups: list[dict[str, Any]] | None = None, made_by: str | None = None) -> str:
+    """The whole results.md: what made it (``made_by``, if given), the table over seeds (if any run has several),
+    the run table, what the columns mean, and the target checks."""
     target = next((r["target_accuracy"] for r in rows if r.get("target_accuracy") is not None), None)
     ref = rows[0]["reduction_reference"] if rows else "–"
-    parts = [f"# {title}", ""]
+    parts = [f"# {title}", ""] + ([made_by, ""] if made_by else [])
     if groups and any(g["seeds"] > 1 for g in groups):
         parts += ["## Over seeds", "", markdown_groups(groups), "",
                   "Mean ± sample standard deviation over the seeds of each run; MB to target is the mean over the "
@@ -144,7 +144,7 @@ def markdown_report(rows: list[dict[str, Any]], checks: list[dict[str, Any]], ti
 
 
 def write_report(out: Path, runs: list[RunResult], target: float | None, title: str = "Communication-cost benchmark",
-                 extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 extra: dict[str, Any] | None = None, made_by: str | None = None) -> list[dict[str, Any]]:
     """Write runs.csv, rounds.csv, results.json and results.md into ``out``; return the run rows."""
     from simulations.targets import check_targets  # the issue's targets, kept apart from the writer
 
@@ -159,5 +159,5 @@ def write_report(out: Path, runs: list[RunResult], target: float | None, title: 
     write_csv(out / "rounds.csv", per_round, ROUND_COLUMNS)
     (out / "results.json").write_text(json.dumps({"runs": rows, "groups": groups, "rounds": per_round,
                                                   "targets": checks, **(extra or {})}, indent=2))
-    (out / "results.md").write_text(markdown_report(rows, checks, title, groups))
+    (out / "results.md").write_text(markdown_report(rows, checks, title, groups, made_by))
     return rows

@@ -396,3 +396,27 @@ def test_a_stale_run_folder_stops_the_command_before_its_first_run(tmp_path, cap
     assert "holds 2 rounds of a stopped run made with a different config (keys ['lr'])" in \
         capsys.readouterr().err.replace("\n", " ")
     assert [a for _, a in benchmark.plan_runs(preset.runs, out, rerun=True)] == ["start"] * 3
+
+
+def test_the_report_names_the_command_that_makes_its_runs(tmp_path):
+    """results.md is committed on its own (docs/results/paper): it says what made it and how many runs it holds."""
+    from simulations import benchmark
+    preset_file = tmp_path / "p.toml"
+    preset_file.write_text('seeds = [1, 2]\n[run-config]\nnum-server-rounds = 3\n[matrix]\nmethod = ["pafi"]\n')
+    out = tmp_path / "out"
+    args = ["--preset", str(preset_file), "--out", str(out), "-c", "lr=0.02 local-steps=5", "--ray-cpus", "3"]
+    for seed, accs in ((1, [0.6, 0.7, 0.8]), (2, [0.6, 0.75, 0.82])):
+        run = _run("pafi", seed, accs)
+        (out / "runs" / f"pafi-s{seed}").mkdir(parents=True)
+        (out / "runs" / f"pafi-s{seed}" / "summary.json").write_text(json.dumps(run.summary))
+        (out / "runs" / f"pafi-s{seed}" / "history.json").write_text(json.dumps(run.history))
+        if seed == 1:
+            assert benchmark.main(args + ["--only", "pafi-s1", "--report-only"]) == 0
+            command = (f"python -m simulations.benchmark --preset {preset_file} --out {out} "
+                       f"-c 'lr=0.02 local-steps=5' --ray-cpus 3")  # --only and --report-only pick, they do not make
+            assert (out / "results.md").read_text().splitlines()[2] == (
+                f"1 of the preset's 2 runs, made by `{command}`: rerun it to make or resume the others (finished runs "
+                f"are skipped); `--report-only` added rebuilds this page and the plots from the runs alone.")
+            assert json.loads((out / "results.json").read_text())["command"] == command
+    assert benchmark.main(args + ["--report-only"]) == 0
+    assert (out / "results.md").read_text().splitlines()[2].startswith(f"All 2 runs of the preset, made by `{command}`;")
