@@ -12,9 +12,12 @@ every run (and ``target-accuracy``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import fnmatch
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -39,6 +42,56 @@ console = Console(stderr=True)
 
 class StaleResultError(RuntimeError):
     """A run folder holds results made with a different run-config."""
+
+
+class RunBusyError(RuntimeError):
+    """Another benchmark process is making this run now: two writers would interleave its history and checkpoint."""
+
+
+RUN_LOCK = ".benchmark.lock"  # in each run folder: an flock held while a benchmark makes the run, holding its pid
+
+
+def run_holder(run_dir: Path) -> int | None:
+    """The pid of another process that is making the run in ``run_dir`` now (-1 if it wrote none), else None."""
+    path = run_dir / RUN_LOCK
+    if not path.is_file():
+        return None
+    with open(path, "r") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = fh.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
+def _busy(name: str, pid: int, run_dir: Path) -> RunBusyError:
+    done, want = _history_rounds(run_dir)[0], _stored_config(run_dir) or {}
+    return RunBusyError(f"{name} is being made by another benchmark process (pid {pid}, {done} of "
+                        f"{want.get('num-server-rounds', '?')} rounds so far): wait for it, stop it, or leave it out "
+                        f"with --only")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, name: str):
+    """Hold ``run_dir``'s lock while the run is made; another process that holds it raises :class:`RunBusyError`.
+    The lock is an flock, so a process that dies (even by SIGKILL) releases it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / RUN_LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            text = fh.read().strip()
+            raise _busy(name, int(text) if text.isdigit() else -1, run_dir) from None
+        fh.truncate(0)
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # closing the file releases its flock
 
 
 def _stored_config(run_dir: Path) -> dict[str, Any] | None:
@@ -183,10 +236,13 @@ def plan_runs(specs: list[RunSpec], out: Path, rerun: bool = False) -> list[tupl
     exist), ``resume`` (a stopped or shorter run continues from its checkpoint) or ``start``. A folder that holds
     rounds made with another config, finished or stopped, raises :class:`StaleResultError` here, so a bad store
     stops the command before its first run (not hours into it) and a stopped run's rounds are never thrown away
-    unasked."""
+    unasked; a run that another benchmark process is making now raises :class:`RunBusyError`."""
     plan = []
     for spec in specs:
         run_dir = out / "runs" / spec.name
+        pid = run_holder(run_dir)
+        if pid is not None:
+            raise _busy(spec.name, pid, run_dir)
         if rerun:
             action = "start"
         elif is_done(spec, run_dir):
@@ -212,7 +268,9 @@ def describe(spec: RunSpec, out: Path, rerun: bool = False) -> str:
         action = plan_runs([spec], out, rerun)[0][1]
     except StaleResultError:
         action = "stale"
-    state = {"skip": f"done ({rounds} rounds)", "resume": f"resumes at round {rounds + 1} of {want}",
+    except RunBusyError:
+        action = "busy"
+    state = {"busy": f"being made now by pid {run_holder(run_dir)}: round {rounds} of {want}","skip": f"done ({rounds} rounds)", "resume": f"resumes at round {rounds + 1} of {want}",
              "start": "new" if rounds == 0 else f"starts over (has {rounds} rounds)",
              "stale": f"refused: made with another config ({rounds} rounds)"}[action]
     return f"{spec.name}  [{state}]  {json.dumps(spec.run_config)}"
@@ -231,9 +289,16 @@ def run_matrix(preset: Preset, out: Path, plan: list[tuple[RunSpec, str]]) -> li
             if action == "skip":
                 progress.console.print(f"[dim]skip {spec.name}: results exist[/dim]")
             else:
-                (run_dir / "summary.json").unlink(missing_ok=True)
                 t0 = time.monotonic()
-                rc = run_one(spec, run_dir, preset, progress, round_task, resume=action == "resume")
+                try:
+                    with run_lock(run_dir, spec.name):
+                        (run_dir / "summary.json").unlink(missing_ok=True)
+                        rc = run_one(spec, run_dir, preset, progress, round_task, resume=action == "resume")
+                except RunBusyError as exc:  # another process took it since the plan was made: leave it to that one
+                    progress.console.print(f"[red]{exc}[/red]")
+                    failed.append(spec.name)
+                    progress.advance(runs_task)
+                    continue
                 ok = rc == 0 and (run_dir / "summary.json").is_file()
                 progress.console.print(f"{'done' if ok else '[red]FAILED[/red]'} {spec.name} in "
                                        f"{time.monotonic() - t0:.0f}s" + ("" if ok else f" (see {run_dir / 'run.log'})"))
@@ -330,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(describe(spec, out, args.rerun))
             return 0
         plan = [] if args.report_only else plan_runs(specs, out, args.rerun)
-    except (PresetError, StaleResultError) as exc:
+    except (PresetError, StaleResultError, RunBusyError) as exc:
         console.print(f"[red]{exc}[/red]", soft_wrap=True)
         return 2
     failed = run_matrix(preset, out, plan) if plan else []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -420,3 +421,41 @@ def test_the_report_names_the_command_that_makes_its_runs(tmp_path):
             assert json.loads((out / "results.json").read_text())["command"] == command
     assert benchmark.main(args + ["--report-only"]) == 0
     assert (out / "results.md").read_text().splitlines()[2].startswith(f"All 2 runs of the preset, made by `{command}`;")
+
+
+def test_a_run_another_benchmark_is_making_is_refused_not_written_twice(tmp_path, capsys, monkeypatch):
+    """Two `make bench PRESET=paper` at once (a second terminal, a queue script beside a manual run) would both write
+    one run's history and checkpoint; the second is refused before any work, and --list says who holds it."""
+    import subprocess
+    import sys
+    from simulations import benchmark
+    preset_file = tmp_path / "p.toml"
+    preset_file.write_text('seeds = [1, 2]\n[run-config]\nnum-server-rounds = 4\n[matrix]\nmethod = ["pafi"]\n')
+    out = tmp_path / "out"
+    run_dir = out / "runs" / "pafi-s2"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from simulations.benchmark import run_lock\n"
+                               "with run_lock(Path(sys.argv[1]), 'pafi-s2'):\n    print('held', flush=True); time.sleep(120)",
+         str(run_dir)], stdout=subprocess.PIPE, text=True, cwd=benchmark.REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert benchmark.run_holder(run_dir) == holder.pid
+        monkeypatch.setattr(benchmark, "run_one", lambda *a, **k: pytest.fail("a run was launched"))
+        assert benchmark.main(["--preset", str(preset_file), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.replace("\n", " ")
+        assert f"pafi-s2 is being made by another benchmark process (pid {holder.pid}, 0 of ? rounds so far)" in err
+        assert not (out / "runs" / "pafi-s1").exists()  # refused before the first run, which is free
+        assert benchmark.main(["--preset", str(preset_file), "--out", str(out), "--list"]) == 0
+        assert f"pafi-s2  [being made now by pid {holder.pid}: round 0 of 4]" in capsys.readouterr().out
+        with pytest.raises(benchmark.RunBusyError, match="pafi-s2 is being made by another benchmark process"):
+            with benchmark.run_lock(run_dir, "pafi-s2"):  # the race after the plan: run_matrix leaves it to the holder
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert benchmark.run_holder(run_dir) is None  # a killed holder's flock is gone with it
+    launched = []
+    monkeypatch.setattr(benchmark, "run_one", lambda spec, run_dir, *a, **k: launched.append(
+        (spec.name, benchmark.run_holder(run_dir), int((run_dir / benchmark.RUN_LOCK).read_text()))) or 1)
+    assert benchmark.main(["--preset", str(preset_file), "--out", str(out), "--only", "pafi-s2"]) == 1
+    assert launched == [("pafi-s2", os.getpid(), os.getpid())]  # held, by this process, while the run is made
