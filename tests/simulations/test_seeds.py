@@ -284,7 +284,8 @@ def test_the_last_ten_rounds_give_a_final_figure_one_noisy_round_does_not_move(t
     checks = {c["target"]: c for c in check_targets(list(rows.values()))}
     assert checks["final accuracy vs full"]["met"] and checks["final accuracy vs full"]["measured"].startswith("+1.00 pts")
     tail = checks["last-10-round accuracy vs full"]
-    assert tail["met"] and tail["measured"] == "-0.80 pts (pafi 85.00 ± 0.00 (2 seeds))"
+    assert tail["met"] and tail["measured"] == ("-0.80 pts (pafi 85.00 ± 0.00 (2 seeds)) "
+                                                "[seeds differ: pafi-float32 1/2, full-float32 1]")
     order = checks["mask ordering (last-10-round accuracy)"]
     assert order["met"] and order["measured"].startswith("pafi 85.00 ± 0.00 (2 seeds) > random 84.00 > magnitude 83.00")
     write_report(tmp_path, pafi + full + rand + mag, target=None)
@@ -459,3 +460,19 @@ def test_a_run_another_benchmark_is_making_is_refused_not_written_twice(tmp_path
         (spec.name, benchmark.run_holder(run_dir), int((run_dir / benchmark.RUN_LOCK).read_text()))) or 1)
     assert benchmark.main(["--preset", str(preset_file), "--out", str(out), "--only", "pafi-s2"]) == 1
     assert launched == [("pafi-s2", os.getpid(), os.getpid())]  # held, by this process, while the run is made
+
+
+def test_a_check_over_groups_made_on_different_seeds_names_them():
+    """pafi on seeds 42 and 43 against random and magnitude on 42 alone: seed 43 is harder for every method, so the
+    means differ by the seeds as much as by the masks; each check that compares such groups names their seeds."""
+    pafi = [_run("pafi", 42, [0.86] * 12), _run("pafi", 43, [0.82] * 12)]
+    full = [_run("full", 42, [0.88] * 12), _run("full", 43, [0.86] * 12)]
+    rand, mag = [_run("random", 42, [0.87] * 12)], [_run("magnitude", 42, [0.85] * 12)]
+    checks = {c["target"]: c for c in check_targets(group_rows(pafi + full + rand + mag, full[0], None))}
+    assert checks["final accuracy vs full"]["measured"] == "-3.00 pts (pafi 84.00 ± 2.83 (2 seeds))"  # same seeds
+    assert checks["mask ordering (final accuracy)"]["measured"].endswith(
+        " [seeds differ: pafi-float32 42/43, random-float32 42, magnitude-float32 42]")
+    rand.append(_run("random", 43, [0.83] * 12))
+    mag.append(_run("magnitude", 43, [0.81] * 12))
+    checks = check_targets(group_rows(pafi + full + rand + mag, full[0], None))
+    assert checks and not [c for c in checks if "seeds differ" in c["measured"]]
