@@ -38,12 +38,11 @@ from simulations.run_store import (  # noqa: F401  (re-exported: the benchmark's
 console = Console(stderr=True)
 
 
-def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, task, resume: bool | None = None) -> int:
+def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, task, *, resume: bool) -> int:
     """Launch one run (``simulations.launcher`` in a child process, output to run.log), from round 1 or, with
-    ``resume``, from its checkpoint (None: whenever :func:`can_resume`), and follow its history.json on the round
-    bar; returns the launcher's exit code (124 on timeout)."""
+    ``resume`` (the plan's decision, :func:`plan_runs`), from its checkpoint, and follow its history.json on the
+    round bar; returns the launcher's exit code (124 on timeout)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = can_resume(spec, run_dir) if resume is None else resume
     config = dict(spec.run_config, **{"output-dir": str(run_dir)})
     (run_dir / "run_config.json").write_text(json.dumps(config, indent=2))
     if resume:

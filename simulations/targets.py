@@ -54,8 +54,7 @@ def uplink_checks(pafi: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in pafi:
         need = UPLINK_REDUCTION.get(row["value_dtype"])
-        dens = row.get("mask_density")
-        if need is None or row["reduction_up"] is None or dens is None or abs(dens - TARGET_DENSITY) > 1e-9:
+        if need is None or row["reduction_up"] is None or not _at_target_density(row):
             continue
         out.append(_check(f"up bytes vs full, {row['value_dtype']}", row["name"],
                           f"{row['reduction_up']:,.0f}× (vs {row['reduction_reference']})", f"≥ {need:,.0f}×",

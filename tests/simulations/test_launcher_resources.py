@@ -91,7 +91,7 @@ def test_the_presets_timeout_reaches_the_launchers_flwr_run(tmp_path, monkeypatc
     monkeypatch.setattr(benchmark.subprocess, "Popen", lambda cmd, **kw: (seen.update(cmd=cmd), Done())[1])
     monkeypatch.setattr(benchmark, "stop_tree", lambda *a, **k: None)
     with Progress(disable=True) as progress:
-        benchmark.run_one(preset.runs[0], tmp_path / "run", preset, progress, progress.add_task("r", total=1))
+        benchmark.run_one(preset.runs[0], tmp_path / "run", preset, progress, progress.add_task("r", total=1), resume=False)
     cmd = seen["cmd"]
     assert float(cmd[cmd.index("--timeout") + 1]) == preset.simulation.timeout == 36000
     forwarded = {}

@@ -212,7 +212,7 @@ def test_an_extension_stopped_part_way_reads_as_stopped_not_done(tmp_path, monke
     monkeypatch.setattr(benchmark.subprocess, "Popen", lambda cmd, **kw: Stopped())
     monkeypatch.setattr(benchmark, "stop_tree", lambda *a, **k: None)
     with Progress(disable=True) as progress:
-        assert benchmark.run_one(longer, run_dir, Preset("p", "", None, Simulation()), progress, progress.add_task("r", total=1)) == 124
+        assert benchmark.run_one(longer, run_dir, Preset("p", "", None, Simulation()), progress, progress.add_task("r", total=1), resume=True) == 124
     assert not (run_dir / "summary.json").exists()  # the 4-round summary no longer describes the run
     assert not is_done(longer, run_dir) and can_resume(longer, run_dir)
 
@@ -326,6 +326,16 @@ def test_a_pafi_run_at_another_density_is_an_ablation_in_the_table_not_a_target_
     assert "| pafi-d2-s1 | 54,000 |" in md and "pafi-d2" not in md.split("## Targets")[1]
 
 
+def test_the_uplink_check_takes_the_same_density_rule_as_the_others():
+    from simulations.targets import uplink_checks
+    row = {"name": "pafi-float16", "method": "pafi", "value_dtype": "float16", "reduction_up": 900.0,
+           "reduction_reference": "full-s1"}
+    assert [c["met"] for c in uplink_checks([dict(row, mask_density=0.005)])] == [True]
+    assert uplink_checks([dict(row, mask_density=0.02)]) == []  # an ablation: in the table, not checked
+    assert len(uplink_checks([dict(row, mask_density=None)])) == 1  # unknown density counts as the target's, as in
+    # the accuracy and ordering checks
+
+
 def test_a_run_made_again_keeps_nothing_of_the_run_it_replaces(tmp_path, monkeypatch):
     """--rerun (or a fresh start over a stale folder): the old history, checkpoint and log go; a resume keeps its log."""
     from rich.progress import Progress
@@ -353,7 +363,8 @@ def test_a_run_made_again_keeps_nothing_of_the_run_it_replaces(tmp_path, monkeyp
 
     monkeypatch.setattr(benchmark.subprocess, "Popen", launch)
     with Progress(disable=True) as progress:
-        benchmark.run_one(again, run_dir, Preset("p", "", None, Simulation()), progress, progress.add_task("r", total=1))
+        benchmark.run_one(again, run_dir, Preset("p", "", None, Simulation()), progress, progress.add_task("r", total=1),
+                          resume=False)
     assert (run_dir / "run.log").read_text() == "the new run\n"
     assert not (run_dir / "history.json").exists() and not (run_dir / "checkpoint.safetensors").exists()
 
