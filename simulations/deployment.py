@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from simulations.launcher import REPO, _parse_overrides, _wait_port, flower_env, format_run_config, free_port, stop_tree
+from simulations.launcher import (REPO, _parse_overrides, _wait_port, flower_env, format_run_config, free_port,
+                                  run_to_end, stop_tree)
 
 CERTS_SCRIPT = REPO / "docker" / "certs.sh"
 REGISTER_SCRIPT = REPO / "docker" / "register-supernodes.sh"
@@ -192,14 +193,7 @@ class Deployment:
         if run_config:
             cmd += ["--run-config", format_run_config(run_config)]
         with open(self.workdir / "flwr-run.log", "ab") as log:
-            proc = subprocess.Popen(cmd, env=flower_env(self.cli_home), stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return 124
-        finally:
-            stop_tree(proc.pid)
+            return run_to_end(cmd, flower_env(self.cli_home), timeout, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
         """Stop every SuperNode, then the SuperLink (each with all its SuperExec/app children)."""

@@ -80,6 +80,18 @@ def stop_tree(pid: int, timeout: float = 10.0) -> None:
             pass
 
 
+def run_to_end(cmd: list[str], env: Mapping[str, str], timeout: float, **streams: Any) -> int:
+    """Run ``cmd`` in its own session and return its exit code, 124 after ``timeout`` seconds; whatever way it ends,
+    nothing it started (Ray workers, a SuperExec's app processes) outlives the call."""
+    proc = subprocess.Popen(cmd, env=dict(env), start_new_session=True, **streams)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124
+    finally:
+        stop_tree(proc.pid)
+
+
 @contextmanager
 def simulation_superlink(flwr_home: Path, ray_address: str | None = None) -> Iterator[str]:
     """A private simulation SuperLink; yields its Control API address, stops it on exit.
@@ -183,13 +195,7 @@ def _flwr_run(run_config: Mapping[str, Any], fed: str, app_dir: Path, flwr_home:
         if run_config:
             cmd += ["--run-config", format_run_config(run_config)]
         out = subprocess.DEVNULL if quiet else None
-        proc = subprocess.Popen(cmd, env=flower_env(flwr_home), stdout=out, stderr=out, start_new_session=True)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return 124
-        finally:
-            stop_tree(proc.pid)
+        return run_to_end(cmd, flower_env(flwr_home), timeout, stdout=out, stderr=out)
 
 
 def _parse_overrides(text: str) -> dict[str, Any]:
