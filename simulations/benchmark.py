@@ -77,6 +77,29 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
     return proc.returncode if proc.returncode is not None else 124
 
 
+# how many times one invocation resumes a run that ended early after making progress (see make_run)
+MAX_RESUMES = 3
+
+
+def make_run(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, task, *, resume: bool) -> int:
+    """:func:`run_one`, and again from the checkpoint while the run ends early (exit 1, no summary) after adding
+    rounds: a run of hours dies of what it cannot see, such as the machine pausing past Flower's task heartbeat (the
+    SuperLink then ends the run, and ``flwr run`` returns as if it had finished). A resumed run is bit-identical to
+    one made in a single go, so this costs nothing; a run that fails again without adding a round, a timeout (124)
+    or a stop (Ctrl-C, SIGTERM) is not retried, and at most :data:`MAX_RESUMES` resumes are made."""
+    rounds = history_rounds(run_dir)[0] if resume else 0
+    rc = run_one(spec, run_dir, preset, progress, task, resume=resume)
+    for _ in range(MAX_RESUMES):
+        now = history_rounds(run_dir)[0]
+        if rc != 1 or (run_dir / "summary.json").is_file() or now <= rounds or not can_resume(spec, run_dir):
+            break
+        progress.console.print(f"[yellow]{spec.name} ended after round {now} without finishing (see "
+                               f"{run_dir / 'run.log'}); resuming it from its checkpoint[/yellow]")
+        rounds = now
+        rc = run_one(spec, run_dir, preset, progress, task, resume=True)
+    return rc
+
+
 def select_runs(preset: Preset, only: str | None) -> list[RunSpec]:
     """The runs ``--only``'s comma-separated name globs select; a glob that selects nothing is refused (a typo, or a
     group's name where its runs are ``<group>-s<seed>``), so the benchmark never ends "done" having run nothing."""
@@ -106,7 +129,7 @@ def run_matrix(preset: Preset, out: Path, plan: list[tuple[RunSpec, str]]) -> li
                 try:
                     with run_lock(run_dir, spec.name):
                         (run_dir / "summary.json").unlink(missing_ok=True)
-                        rc = run_one(spec, run_dir, preset, progress, round_task, resume=action == "resume")
+                        rc = make_run(spec, run_dir, preset, progress, round_task, resume=action == "resume")
                 except RunBusyError as exc:  # another process took it since the plan was made: leave it to that one
                     progress.console.print(f"[red]{exc}[/red]")
                     failed.append(spec.name)

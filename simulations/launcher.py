@@ -182,7 +182,8 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus
     rc = _flwr_run(run_config, fed, app_dir, flwr_home, timeout, quiet, ray_address)
     summary = Path(run_config["output-dir"]) / "summary.json"
     if rc == 0 and (not summary.is_file() or summary.stat().st_mtime < started):
-        print(f"fedsparse: the run ended without writing {summary}; see the log above", file=sys.stderr)
+        print(f"fedsparse: the run ended without writing {summary}: the ServerApp failed or the SuperLink ended the "
+              f"run; see the log above and {flwr_home / 'superlink.log'}", file=sys.stderr)
         return 1
     return rc
 

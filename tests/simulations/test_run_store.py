@@ -87,3 +87,50 @@ def test_a_run_another_benchmark_is_making_is_refused_not_written_twice(tmp_path
     assert benchmark.main(["--preset", str(preset_file), "--out", str(out), "--only", "pafi-s2"]) == 1
     assert launched == [("pafi-s2", os.getpid(), os.getpid())]  # held, by this process, while the run is made
 
+
+
+def _attempts(run_dir, plan):
+    """A stand-in for run_one: each attempt ends at the next (round, exit code) of ``plan``, after writing the history
+    and checkpoint a real run leaves behind (a summary only when it exits 0)."""
+    plan, calls = iter(plan), []
+
+    def attempt(spec, run_dir_, preset, progress, task, *, resume):
+        from simulations.run_store import history_rounds
+        calls.append((resume, history_rounds(run_dir)[0]))
+        end, rc = next(plan)
+        (run_dir / "history.json").write_text(json.dumps([{"round": r, "accuracy": 0.5} for r in range(end + 1)]))
+        (run_dir / "checkpoint.safetensors").write_bytes(b"x")
+        if rc == 0:
+            (run_dir / "summary.json").write_text("{}")
+        return rc
+    return attempt, calls
+
+
+@pytest.mark.parametrize("plan, rc, calls", [
+    # paused past the heartbeat twice: resumed from rounds 3 and 6, finished
+    ([(3, 1), (6, 1), (9, 0)], 0, [(False, 0), (True, 3), (True, 6)]),
+    # fails again without adding a round: one retry, then left for the user
+    ([(3, 1), (3, 1)], 1, [(False, 0), (True, 3)]),
+    # a timeout or a stop is not retried, whatever it made
+    ([(5, 124)], 124, [(False, 0)]),
+    # at most MAX_RESUMES resumes in one invocation
+    ([(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)], 1, [(False, 0), (True, 1), (True, 2), (True, 3)]),
+])
+def test_a_run_that_ends_early_after_adding_rounds_resumes_from_its_checkpoint(tmp_path, monkeypatch, plan, rc, calls):
+    """Session 13: a VM pause made the SuperLink end random-s43 at round 72 (task heartbeat expired, `flwr run`
+    returned); the benchmark now resumes such a run at once instead of reporting it failed and going on."""
+    from rich.progress import Progress
+
+    from simulations import benchmark
+    from simulations.matrix import Preset, RunSpec, Simulation
+    assert benchmark.MAX_RESUMES == 3
+    spec = RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 9})
+    run_dir = tmp_path / "pafi-s1"
+    run_dir.mkdir()
+    (run_dir / "run_config.json").write_text(json.dumps({**spec.run_config, "output-dir": str(run_dir)}))
+    attempt, seen = _attempts(run_dir, plan)
+    monkeypatch.setattr(benchmark, "run_one", attempt)
+    with Progress(disable=True) as progress:
+        got = benchmark.make_run(spec, run_dir, Preset("p", "", None, Simulation()), progress,
+                                 progress.add_task("r", total=1), resume=False)
+    assert (got, seen) == (rc, calls)
