@@ -118,7 +118,11 @@ def ordering_checks(rows: list[dict[str, Any]], kind: str = "final") -> list[dic
     if len(first) < len(ORDERING):
         return []
     chain = [first[m] for m in ORDERING]
-    measured = " > ".join(f"{r['method']} {100 * r[col]:.2f}{_spread(r, std)}" for r in chain)
+    # the measured relation between neighbours (the required one is the check's own column)
+    measured = f"{chain[0]['method']} {100 * chain[0][col]:.2f}{_spread(chain[0], std)}"
+    for a, b in zip(chain, chain[1:]):
+        sign = ">" if a[col] > b[col] else "<" if a[col] < b[col] else "="
+        measured += f" {sign} {b['method']} {100 * b[col]:.2f}{_spread(b, std)}"
     met = all(a[col] > b[col] for a, b in zip(chain, chain[1:]))
     return [_check(f"mask ordering ({label})", ", ".join(r["name"] for r in chain), measured,
                    "pafi > random > magnitude", met, tuple(chain))]
