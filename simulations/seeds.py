@@ -57,6 +57,7 @@ def fmt_rounds(lengths: list[int] | None) -> str:
     return str(lengths[0]) if len(lengths) == 1 else "/".join(map(str, lengths)) + " (mixed)"
 
 
+TARGET_DENSITY = 0.005  # the density the issue's targets are stated for (PaFi's paper); other densities are ablations
 TAIL_ROUNDS = 10  # rounds averaged into the tail accuracy: one round's accuracy on 872 rows swings by ~1 pt
 
 
@@ -137,6 +138,8 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
         "partitioner": runs[0].config.get("partitioner"), "mask_density": s.get("mask_density"),
         "num_trainable": s.get("num_trainable"), "seeds": len(runs),
         "seed_list": [r.config.get("seed") for r in runs], "rounds": run_lengths(runs),
+        "seed_finals": _by_seed(runs, lambda r: r.summary.get("final_accuracy")),
+        "seed_tails": _by_seed(runs, lambda r: tail_accuracy(r.history)),
         "final_accuracy": final, "final_std": final_std, "best_accuracy": best, "best_std": best_std,
         "tail_accuracy": tail, "tail_std": tail_std,
         "tail_vs_reference": tail - ref_tail if tail is not None and ref_tail is not None else None,
@@ -151,6 +154,90 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
         "seconds_per_round": mean_std([r.summary["seconds_per_round"] for r in runs
                                        if r.summary.get("seconds_per_round") is not None])[0],
     }
+
+
+def _by_seed(runs: list[RunResult], value) -> dict[int, float]:
+    """{seed: value} over the runs that have a seed and the value (the pairs :func:`paired` matches on)."""
+    out = {}
+    for r in runs:
+        seed, v = r.config.get("seed"), value(r)
+        if seed is not None and v is not None:
+            out[seed] = v
+    return out
+
+
+# two-sided 95 % quantiles of Student's t for 1..10 degrees of freedom (the paired gap over 2..11 seeds)
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+PAIRED_KINDS = {"final": "seed_finals", "tail": "seed_tails"}
+
+
+def paired(a: dict[str, Any], b: dict[str, Any], kind: str = "final") -> dict[str, Any] | None:
+    """``a`` − ``b`` seed by seed, on the seeds both rows were run on (same seed: same partition, same sampled
+    clients), so the partition's own difficulty (seed 43 of ``paper`` is harder for every method) cancels out of the
+    gap. Returns seeds, per-seed gaps, their mean, sample std, a t-based 95 % confidence interval of the mean (None
+    for one seed) and ``ahead`` (seeds on which ``a`` is higher); None when the rows share no seed."""
+    xa, xb = a.get(PAIRED_KINDS[kind]) or {}, b.get(PAIRED_KINDS[kind]) or {}
+    seeds = sorted(set(xa) & set(xb))
+    if not seeds:
+        return None
+    gaps = [xa[s] - xb[s] for s in seeds]
+    mean, std = mean_std(gaps)
+    n = len(gaps)
+    half = T95[min(n - 2, len(T95) - 1)] * std / math.sqrt(n) if n > 1 else None
+    return {"seeds": seeds, "gaps": gaps, "mean": mean, "std": std,
+            "ci95": (mean - half, mean + half) if half is not None else None,
+            "ahead": sum(g > 0 for g in gaps)}
+
+
+def fmt_paired(p: dict[str, Any]) -> str:
+    """``-2.06 ± 0.52 (95 % CI -3.35 … -0.77)`` in points, or ``-1.61 (1 seed)``."""
+    if p["ci95"] is None:
+        return f"{100 * p['mean']:+.2f} (1 seed)"
+    lo, hi = p["ci95"]
+    return f"{100 * p['mean']:+.2f} ± {100 * p['std']:.2f} (95 % CI {100 * lo:+.2f} … {100 * hi:+.2f})"
+
+
+def paired_pairs(rows: list[dict[str, Any]], reference: str | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The comparisons the paired table makes: every group against the full group of its own partitioner (the
+    reference for non-IID, ``full-iid`` for IID groups), then the PaFi paper's mask ordering (pafi − random,
+    random − magnitude, pafi − magnitude) and pafi − lora, on the groups at the target density."""
+    by_name = {r["name"]: r for r in rows}
+    fulls = {r.get("partitioner"): r for r in rows if r.get("method") == "full"}
+    if reference in by_name:
+        fulls[by_name[reference].get("partitioner")] = by_name[reference]
+    out = []
+    for r in rows:
+        ref = fulls.get(r.get("partitioner"))
+        if ref is not None and r is not ref and r.get("method") != "full":
+            out.append((r, ref))
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        dens = r.get("mask_density")
+        if r.get("partitioner") != "iid" and (dens is None or abs(dens - TARGET_DENSITY) <= 1e-9):
+            first.setdefault(r.get("method"), r)
+    for ma, mb in (("pafi", "random"), ("random", "magnitude"), ("pafi", "magnitude"), ("pafi", "lora")):
+        if ma in first and mb in first:
+            out.append((first[ma], first[mb]))
+    return out
+
+
+def markdown_paired(rows: list[dict[str, Any]], reference: str | None) -> str:
+    """The paired table: one line per comparison that shares at least two seeds; empty when none does."""
+    head = ("comparison", "seeds", "Δ final per seed (pts)", "Δ final (pts, mean ± std, 95 % CI)",
+            f"Δ last-{TAIL_ROUNDS} per seed (pts)", f"Δ last-{TAIL_ROUNDS} (pts, mean ± std, 95 % CI)",
+            "seeds ahead (final / last-10)")
+    lines = []
+    for a, b in paired_pairs(rows, reference):
+        pf, pt = paired(a, b, "final"), paired(a, b, "tail")
+        if pf is None or len(pf["seeds"]) < 2:
+            continue
+        per = lambda p: " / ".join(f"{100 * g:+.2f}" for g in p["gaps"]) if p else "–"
+        ahead = f"{pf['ahead']}/{len(pf['seeds'])} / " + (f"{pt['ahead']}/{len(pt['seeds'])}" if pt else "–")
+        lines.append("| " + " | ".join((f"{a['name']} − {b['name']}", "/".join(map(str, pf["seeds"])), per(pf),
+                                         fmt_paired(pf), per(pt), fmt_paired(pt) if pt else "–", ahead)) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + lines)
 
 
 def group_rows(runs: list[RunResult], ref: RunResult | None, target: float | None) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from simulations.benchmark import StaleResultError, can_extend, can_resume, is_d
 from simulations.matrix import PresetError, RunSpec, load_preset
 from simulations.plots import write_plots
 from simulations.report import RunResult, pick_reference, write_report
-from simulations.seeds import band, group_rows, mean_std, plateau_gain, tail_accuracy
+from simulations.seeds import band, group_rows, mean_std, paired, plateau_gain, tail_accuracy
 from simulations.targets import check_targets
 
 N = 22_713_216
@@ -400,7 +400,9 @@ def test_a_check_over_groups_made_on_different_seeds_names_them():
     full = [_run("full", 42, [0.88] * 12), _run("full", 43, [0.86] * 12)]
     rand, mag = [_run("random", 42, [0.87] * 12)], [_run("magnitude", 42, [0.85] * 12)]
     checks = {c["target"]: c for c in check_targets(group_rows(pafi + full + rand + mag, full[0], None))}
-    assert checks["final accuracy vs full"]["measured"] == "-3.00 pts (pafi 84.00 ± 2.83 (2 seeds))"  # same seeds
+    assert checks["final accuracy vs full"]["measured"] == (  # same seeds: the gap paired seed by seed too
+        "-3.00 pts (pafi 84.00 ± 2.83 (2 seeds)); paired over seeds 42/43: -3.00 ± 1.41 (95 % CI -15.71 … +9.71),"
+        " 0/2 seeds within 1.0")
     assert checks["mask ordering (final accuracy)"]["measured"] == (  # the measured relation, not the required one
         "pafi 84.00 ± 2.83 (2 seeds) < random 87.00 > magnitude 85.00"
         " [seeds differ: pafi-float32 42/43, random-float32 42, magnitude-float32 42]")
@@ -408,3 +410,47 @@ def test_a_check_over_groups_made_on_different_seeds_names_them():
     mag.append(_run("magnitude", 43, [0.81] * 12))
     checks = check_targets(group_rows(pafi + full + rand + mag, full[0], None))
     assert checks and not [c for c in checks if "seeds differ" in c["measured"]]
+
+
+def test_gaps_are_paired_seed_by_seed_on_the_seeds_both_groups_ran():
+    """Seed 43 is harder for both methods: unpaired, pafi's and full's spreads (± 2.8 pts) swamp a gap that is the
+    same 1-3 pts on every seed; paired, the partition cancels and the gap's own spread is left."""
+    pafi = [_run("pafi", 42, [0.80] * 9 + [0.86]), _run("pafi", 43, [0.78] * 9 + [0.82]),
+            _run("pafi", 44, [0.80] * 9 + [0.84])]
+    full = [_run("full", 42, [0.80] * 9 + [0.88]), _run("full", 43, [0.80] * 9 + [0.85])]
+    rows = {r["name"]: r for r in group_rows(pafi + full, full[0], None)}
+    p = paired(rows["pafi-float32"], rows["full-float32"])
+    assert p["seeds"] == [42, 43] and p["gaps"] == pytest.approx([-0.02, -0.03])  # seed 44: full has none
+    assert p["mean"] == pytest.approx(-0.025) and p["std"] == pytest.approx(math.sqrt(2) * 0.005)
+    half = 12.706 * p["std"] / math.sqrt(2)  # Student's t, 1 degree of freedom
+    assert p["ci95"] == pytest.approx((-0.025 - half, -0.025 + half)) and p["ahead"] == 0
+    tail = paired(rows["pafi-float32"], rows["full-float32"], "tail")  # mean of the 10 rounds
+    assert tail["gaps"] == pytest.approx([(0.86 - 0.88) / 10, 0.9 * (0.78 - 0.80) + (0.82 - 0.85) / 10])
+    one = paired(rows["pafi-float32"], group_rows([full[0]], full[0], None)[0])
+    assert one["seeds"] == [42] and one["ci95"] is None
+    other = group_rows([_run("full", 7, [0.9] * 10)], None, None)[0]
+    assert paired(rows["pafi-float32"], other) is None  # no seed in common: nothing to pair
+
+
+def test_the_report_has_a_paired_table_for_the_comparisons_that_share_seeds(tmp_path):
+    runs = ([_run("pafi", s, [0.8] * 9 + [a]) for s, a in ((1, 0.84), (2, 0.80), (3, 0.86))]
+            + [_run("full", s, [0.8] * 9 + [a]) for s, a in ((1, 0.86), (2, 0.83), (3, 0.87))]
+            + [_run("random", s, [0.8] * 9 + [a]) for s, a in ((1, 0.85), (2, 0.78))]
+            + [_run("magnitude", 1, [0.8] * 9 + [0.83])]
+            + [_run("pafi", 1, [0.85] * 10, partitioner="iid", group="pafi-iid")])
+    write_report(tmp_path, runs, target=0.84)
+    md = (tmp_path / "results.md").read_text()
+    table = md.split("## Paired over seeds")[1].split("## Every run")[0]
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if " − " in line}
+    # pafi − full: gaps -2, -3, -1 → mean -2.00, std 1.00, half-width 4.303 × 1 / √3 = 2.48
+    assert lines["pafi-float32 − full-float32"].startswith(
+        "| pafi-float32 − full-float32 | 1/2/3 | -2.00 / -3.00 / -1.00 | -2.00 ± 1.00 (95 % CI -4.48 … +0.48) |")
+    assert lines["pafi-float32 − full-float32"].endswith("| 0/3 / 0/3 |")
+    assert lines["pafi-float32 − random-float32"].split(" | ")[1:3] == ["1/2", "-1.00 / +2.00"]
+    assert "random-float32 − magnitude-float32" not in lines  # one seed in common: no spread to give
+    assert not [k for k in lines if "pafi-iid" in k]  # no full-iid to pair the IID control with
+    checks = {c["target"]: c for c in json.loads((tmp_path / "results.json").read_text())["targets"]}
+    assert checks["final accuracy vs full"]["measured"].endswith(
+        "; paired over seeds 1/2/3: -2.00 ± 1.00 (95 % CI -4.48 … +0.48), 0/3 seeds within 1.0")
+    order = checks["mask ordering (final accuracy)"]["measured"]
+    assert "; pafi − random paired over seeds 1/2: +0.50 ± 2.12" in order and "1/2 seeds pafi ahead" in order
