@@ -182,11 +182,17 @@ def paired(a: dict[str, Any], b: dict[str, Any], kind: str = "final") -> dict[st
         return None
     gaps = [xa[s] - xb[s] for s in seeds]
     mean, std = mean_std(gaps)
-    n = len(gaps)
-    half = T95[min(n - 2, len(T95) - 1)] * std / math.sqrt(n) if n > 1 else None
-    return {"seeds": seeds, "gaps": gaps, "mean": mean, "std": std,
-            "ci95": (mean - half, mean + half) if half is not None else None,
+    return {"seeds": seeds, "gaps": gaps, "mean": mean, "std": std, "ci95": ci95(mean, std, len(gaps)),
             "ahead": sum(g > 0 for g in gaps)}
+
+
+def ci95(mean: float, std: float, n: int) -> tuple[float, float] | None:
+    """The two-sided 95 % confidence interval of a mean over ``n`` samples with sample std ``std`` (Student's t,
+    n − 1 degrees of freedom; the 10-degree value beyond that), or None for one sample."""
+    if n < 2:
+        return None
+    half = T95[min(n - 2, len(T95) - 1)] * std / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def fmt_paired(p: dict[str, Any]) -> str:

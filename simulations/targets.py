@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from simulations.seeds import TAIL_ROUNDS, TARGET_DENSITY, fmt_paired, paired
+from simulations.seeds import TAIL_ROUNDS, TARGET_DENSITY, ci95, fmt_paired, paired
 
 UPLINK_REDUCTION = {"float16": 800.0, "int8": 1500.0}  # value-dtype -> required reduction vs full
 MAX_ACCURACY_GAP = 0.01  # 1.0 point
@@ -151,7 +151,11 @@ def plateau_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 or row["plateau_window"] < MIN_PLATEAU_WINDOW):
             continue
         w, gain = row["plateau_window"], row["plateau_gain"]
-        spread = f" ± {100 * row['plateau_std']:.2f} ({row['seeds']} seeds)" if row.get("seeds", 1) > 1 else ""
+        spread = ""
+        if row.get("seeds", 1) > 1:
+            lo, hi = ci95(gain, row["plateau_std"], row["seeds"])
+            spread = (f" ± {100 * row['plateau_std']:.2f} ({row['seeds']} seeds, 95 % CI {100 * lo:+.2f} …"
+                      f" {100 * hi:+.2f})")
         out.append(_check("plateau (last quarter of the rounds)", row["name"],
                           f"{100 * gain:+.2f} pts{spread}: mean of the last {w} rounds − the {w} before",
                           f"< {100 * PLATEAU_GAIN:.1f} pts", gain < PLATEAU_GAIN))

@@ -245,7 +245,7 @@ def test_plateau_gain_compares_the_last_quarter_with_the_one_before():
     checks = {c["run"]: c for c in check_targets(list(rows.values())) if c["target"].startswith("plateau")}
     assert checks["full-float32"]["met"] and checks["full-float32"]["measured"].startswith("+0.00 pts")
     assert not checks["pafi-float32"]["met"]  # +1.00 pt on the mean: still climbing
-    assert "± 1.41 (2 seeds): mean of the last 2 rounds − the 2 before" in checks["pafi-float32"]["measured"]
+    assert "± 1.41 (2 seeds, 95 % CI -11.71 … +13.71): mean of the last 2 rounds − the 2 before" in checks["pafi-float32"]["measured"]
 
 
 def test_a_stored_run_reads_the_same_data_at_another_path(tmp_path):
@@ -454,3 +454,13 @@ def test_the_report_has_a_paired_table_for_the_comparisons_that_share_seeds(tmp_
         "; paired over seeds 1/2/3: -2.00 ± 1.00 (95 % CI -4.48 … +0.48), 0/3 seeds within 1.0")
     order = checks["mask ordering (final accuracy)"]["measured"]
     assert "; pafi − random paired over seeds 1/2: +0.50 ± 2.12" in order and "1/2 seeds pafi ahead" in order
+
+
+def test_the_plateau_check_gives_the_gain_over_seeds_with_its_confidence_interval():
+    """Gains of +1, +0 and +2 pts over three seeds: mean +1.00, std 1.00, 95 % CI ± 4.303 / √3 = ± 2.48."""
+    flat = [0.80] * 8
+    runs = [_run("pafi", s, flat[:6] + [0.80 + g] * 2) for s, g in ((1, 0.01), (2, 0.0), (3, 0.02))]
+    checks = [c for c in check_targets(group_rows(runs, None, None)) if c["target"].startswith("plateau")]
+    assert checks[0]["measured"] == ("+1.00 pts ± 1.00 (3 seeds, 95 % CI -1.48 … +3.48): mean of the last 2 rounds"
+                                     " − the 2 before")
+    assert not checks[0]["met"]
