@@ -140,6 +140,7 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
         "seed_list": [r.config.get("seed") for r in runs], "rounds": run_lengths(runs),
         "seed_finals": _by_seed(runs, lambda r: r.summary.get("final_accuracy")),
         "seed_tails": _by_seed(runs, lambda r: tail_accuracy(r.history)),
+        "seed_bytes_to_target": _by_seed(runs, lambda r: reach_target(r.history, target)[1]),
         "final_accuracy": final, "final_std": final_std, "best_accuracy": best, "best_std": best_std,
         "tail_accuracy": tail, "tail_std": tail_std,
         "tail_vs_reference": tail - ref_tail if tail is not None and ref_tail is not None else None,
@@ -193,6 +194,18 @@ def ci95(mean: float, std: float, n: int) -> tuple[float, float] | None:
         return None
     half = T95[min(n - 2, len(T95) - 1)] * std / math.sqrt(n)
     return mean - half, mean + half
+
+
+def paired_ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """``b``'s bytes to the target over ``a``'s, seed by seed on the seeds on which both reached it, and their
+    geometric mean (a ratio's average); None when no seed has both."""
+    xa, xb = a.get("seed_bytes_to_target") or {}, b.get("seed_bytes_to_target") or {}
+    seeds = sorted(s for s in set(xa) & set(xb) if xa[s] and xb[s])
+    if not seeds:
+        return None
+    ratios = [xb[s] / xa[s] for s in seeds]
+    return {"seeds": seeds, "ratios": ratios,
+            "geomean": math.exp(sum(math.log(x) for x in ratios) / len(ratios))}
 
 
 def fmt_paired(p: dict[str, Any]) -> str:

@@ -86,6 +86,8 @@ def test_target_checks_are_made_on_the_means(tmp_path, runs):
     assert acc["measured"].startswith("-3.00 pts (pafi 83.00 ± 3.61 (3 seeds))")
     full = checks["bytes to target vs full-float32"]
     assert full["met"] and full["measured"].startswith("600.0× (720.00 vs 1.20 MB") and "2/3 seeds reached it" in full["measured"]
+    # seed by seed on the seeds both reached it (seed 3 of pafi never did): 600× on each
+    assert "; paired over seeds 1/2: 600.0× / 600.0×, geometric mean 600.0×, 2/2 seeds ≥ 500×" in full["measured"]
     lora = checks["bytes to target vs lora-float32"]
     assert lora["met"] is False or lora["met"] is True  # present
     order = checks["mask ordering (final accuracy)"]
@@ -464,3 +466,16 @@ def test_the_plateau_check_gives_the_gain_over_seeds_with_its_confidence_interva
     assert checks[0]["measured"] == ("+1.00 pts ± 1.00 (3 seeds, 95 % CI -1.48 … +3.48): mean of the last 2 rounds"
                                      " − the 2 before")
     assert not checks[0]["met"]
+
+
+def test_bytes_to_the_target_are_also_compared_seed_by_seed_as_a_geometric_mean():
+    from simulations.seeds import paired_ratio
+    # pafi reaches 0.80 in round 1 on seed 1 and round 3 on seed 2; lora in round 3 on both (300 kB × 4 per round)
+    pafi = [_run("pafi", 1, [0.80, 0.8, 0.8]), _run("pafi", 2, [0.7, 0.7, 0.8])]
+    lora = [_run("lora", 1, [0.7, 0.7, 0.8]), _run("lora", 2, [0.7, 0.7, 0.8])]
+    rows = {r["method"]: r for r in group_rows(pafi + lora, None, 0.80)}
+    p = paired_ratio(rows["pafi"], rows["lora"])
+    assert p["seeds"] == [1, 2] and p["ratios"] == pytest.approx([9.0, 3.0]) and p["geomean"] == pytest.approx(27 ** 0.5)
+    check = [c for c in check_targets(list(rows.values())) if c["target"] == "bytes to target vs lora-float32"][0]
+    assert check["measured"] == ("4.5× (3.60 vs 0.80 MB, 2/2 seeds reached it); paired over seeds 1/2: 9.00× / 3.00×,"
+                                 " geometric mean 5.20×, 2/2 seeds ≥ 2×")
