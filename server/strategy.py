@@ -39,6 +39,15 @@ from wire.records import message_bytes, message_parts, to_recorddict
 log = logging.getLogger("fedsparse.server")
 
 
+def seeded_sample(items: list, fraction: float, seed: int, server_round: int) -> list:
+    """The ``ceil(fraction * len(items))`` items (at least one) a round trains, drawn under ``seed`` and the round
+    alone: every method run with the same seed trains the same partitions in the same rounds (``items`` in
+    partition-id order), which is what lets ``simulations.seeds.paired`` set methods against each other seed by
+    seed and ``simulations.round_mix`` replay a run's rounds."""
+    count = max(1, min(len(items), math.ceil(fraction * len(items))))
+    return random.Random(seed * 1_000_003 + server_round).sample(list(items), count)
+
+
 class SparseStrategy(Strategy):
     """Federated averaging (or any ``aggregator``) of aligned value vectors, for every method."""
 
@@ -66,9 +75,8 @@ class SparseStrategy(Strategy):
     def sample(self, server_round: int) -> list[int]:
         """Seeded choice of ``ceil(fraction-train * nodes)`` nodes, by partition id order."""
         nodes = sorted(self.partitions, key=lambda n: (self.partitions[n], n))
-        count = max(1, min(len(nodes), math.ceil(self.cfg.fraction_train * len(nodes))))
-        rng = random.Random(self.cfg.seed * 1_000_003 + server_round)
-        return sorted(rng.sample(nodes, count), key=lambda n: self.partitions[n])
+        picked = seeded_sample(nodes, self.cfg.fraction_train, self.cfg.seed, server_round)
+        return sorted(picked, key=lambda n: self.partitions[n])
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
