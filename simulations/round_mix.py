@@ -6,7 +6,7 @@ label counts, weighted as the server weighted them (``weighting``, ``examples-ca
 the training set's label mix (total variation: half the L1 distance; for two classes, how far the round's positive
 share is from the data's) says how far the round pulls the shared head toward one class. For each stored run this
 prints how many rounds were skewed (distance above ``--skew``), the mean accuracy in skewed and in balanced rounds,
-and the correlation of distance and accuracy over the rounds at the full rate (after ``--skip`` rounds of start;
+the skewed rounds split by the class they over-represent most, and the correlation of distance and accuracy over the rounds at the full rate (after ``--skip`` rounds of start;
 the decay, which damps the swing, is left out). No training: it reads the data, the run's config and history.
 
     python -m simulations.round_mix docs/results/paper/runs --only "pafi-*,full-*"
@@ -26,7 +26,7 @@ import numpy as np
 from server.guards import capped_weights, example_caps
 from server.strategy import seeded_sample
 from shared.config import ConfigError
-from shared.data import DataLoadError, load_splits, partition
+from shared.data import DataLoadError, dataset_spec, load_splits, partition
 from shared.schedule import full_rate_rounds
 from shared.settings import parse_run_config
 
@@ -40,28 +40,44 @@ def label_table(labels: list[list[int]], num_classes: int) -> np.ndarray:
                     dtype=np.float64)
 
 
-def round_skew(table: np.ndarray, picked: list[int], weights: list[float]) -> float:
-    """Total variation distance between the label mix of ``picked`` clients (each client's own mix, weighted by
-    ``weights`` as FedAvg weights its update) and the mix of all clients' rows."""
-    overall = table.sum(0) / table.sum()
+def round_mix(table: np.ndarray, picked: list[int], weights: list[float]) -> np.ndarray:
+    """The label mix of ``picked`` clients: each client's own mix, weighted by ``weights`` as FedAvg weights its
+    update."""
     mixes = table[picked] / np.maximum(table[picked].sum(1, keepdims=True), 1.0)
     w = np.asarray(weights, dtype=np.float64)
-    mix = (w[:, None] * mixes).sum(0) / w.sum()
-    return float(0.5 * np.abs(mix - overall).sum())
+    return (w[:, None] * mixes).sum(0) / w.sum()
+
+
+def round_skew(table: np.ndarray, picked: list[int], weights: list[float]) -> float:
+    """Total variation distance between the weighted label mix of ``picked`` clients and the mix of all clients'
+    rows."""
+    overall = table.sum(0) / table.sum()
+    return float(0.5 * np.abs(round_mix(table, picked, weights) - overall).sum())
+
+
+def _rounds(table: np.ndarray, fraction: float, seed: int, rounds: int, weighting: str, cap_multiple: float):
+    """(picked partitions, their FedAvg weights) of rounds 1..``rounds`` as the server drew and weighted them (one
+    node per partition, in partition-id order, each declaring and claiming its partition's size)."""
+    sizes = {pid: int(n) for pid, n in enumerate(table.sum(1))}
+    caps = example_caps(sizes, cap_multiple)
+    for rnd in range(1, rounds + 1):
+        picked = sorted(seeded_sample(list(range(len(table))), fraction, seed, rnd))
+        weights, _ = capped_weights([(pid, sizes[pid]) for pid in picked], caps, weighting)
+        yield picked, weights.tolist()
 
 
 def replay(table: np.ndarray, fraction: float, seed: int, rounds: int, weighting: str = "examples",
            cap_multiple: float = 0.0) -> list[float]:
-    """The skew of rounds 1..``rounds`` as the server sampled and weighted them (one node per partition, in
-    partition-id order, each declaring and claiming its partition's size)."""
-    sizes = {pid: int(n) for pid, n in enumerate(table.sum(1))}
-    caps = example_caps(sizes, cap_multiple)
-    out = []
-    for rnd in range(1, rounds + 1):
-        picked = sorted(seeded_sample(list(range(len(table))), fraction, seed, rnd))
-        weights, _ = capped_weights([(pid, sizes[pid]) for pid in picked], caps, weighting)
-        out.append(round_skew(table, picked, weights.tolist()))
-    return out
+    """The skew (:func:`round_skew`) of rounds 1..``rounds``."""
+    return [round_skew(table, p, w) for p, w in _rounds(table, fraction, seed, rounds, weighting, cap_multiple)]
+
+
+def replay_leaning(table: np.ndarray, fraction: float, seed: int, rounds: int, weighting: str = "examples",
+                   cap_multiple: float = 0.0) -> list[int]:
+    """The class each of rounds 1..``rounds`` over-represents most against the data's mix."""
+    overall = table.sum(0) / table.sum()
+    return [int(np.argmax(round_mix(table, p, w) - overall))
+            for p, w in _rounds(table, fraction, seed, rounds, weighting, cap_multiple)]
 
 
 def correlation(x: list[float], y: list[float]) -> float | None:
@@ -76,18 +92,25 @@ def correlation(x: list[float], y: list[float]) -> float | None:
 
 
 def summarize(skews: list[float], accuracies: list[float], skew: float = SKEW, skip: int = SKIP,
-              upto: int | None = None) -> dict[str, Any]:
+              upto: int | None = None, leaning: list[int] | None = None) -> dict[str, Any]:
     """Rounds ``skip+1..upto`` (all trained rounds without ``upto``): how many were skewed, the mean accuracy in
-    skewed and balanced rounds, and the correlation of skew and accuracy."""
+    skewed and balanced rounds, the correlation of skew and accuracy and, given each round's ``leaning`` class,
+    ``by_class``: {class: (skewed rounds leaning to it, their mean accuracy)}."""
     end = min(len(skews), len(accuracies), upto or len(accuracies))
     pairs = list(zip(skews[skip:end], accuracies[skip:end]))
+    by_class: dict[int, tuple[int, float]] = {}
+    if leaning is not None:
+        for c in sorted(set(leaning[skip:end])):
+            accs = [a for (s, a), lc in zip(pairs, leaning[skip:end]) if s > skew and lc == c]
+            if accs:
+                by_class[c] = (len(accs), sum(accs) / len(accs))
     hi = [a for s, a in pairs if s > skew]
     lo = [a for s, a in pairs if s <= skew]
     return {"rounds": (skip + 1, end), "skewed": len(hi), "balanced": len(lo),
             "acc_skewed": sum(hi) / len(hi) if hi else None, "acc_balanced": sum(lo) / len(lo) if lo else None,
             "r": correlation([s for s, _ in pairs], [a for _, a in pairs]),
             "mean_skew": sum(s for s, _ in pairs) / len(pairs) if pairs else None,
-            "skew_of_skewed": sum(s for s, _ in pairs if s > skew) / len(hi) if hi else None}
+            "skew_of_skewed": sum(s for s, _ in pairs if s > skew) / len(hi) if hi else None, "by_class": by_class}
 
 
 def _pct(x: float | None) -> str:
@@ -119,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"skewed round: the sampled clients' weighted label mix is more than {args.skew:.2f} (total variation) "
              f"from the data's; rounds {args.skip + 1}..the last at the full rate",
              "| run | seed | rounds | skewed | mean skew | mean skew of the skewed | acc % skewed | acc % balanced "
-             "| Δ (pts) | r(skew, acc) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| Δ (pts) | r(skew, acc) | skewed rounds by the class they over-represent (rounds: acc %) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         stored = json.loads((folder / "run_config.json").read_text())
         history = [h for h in json.loads((folder / "history.json").read_text()) if h.get("round", 0) >= 1]
@@ -137,18 +161,23 @@ def main(argv: list[str] | None = None) -> None:
                 train = load_splits(cfg.dataset, cfg.data_dir)["train"]
                 parts = [partition(train, clients, i, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)["label"]
                          for i in range(clients)]
-                tables[key] = label_table(parts, int(max(max(p) for p in parts if p)) + 1)
+                tables[key] = label_table(parts, len(dataset_spec(cfg.dataset).label_names))
+            names = dataset_spec(cfg.dataset).label_names
         except (ConfigError, DataLoadError) as exc:
             raise SystemExit(f"round_mix: {folder.name}: {exc}") from None
         skews = replay(tables[key], cfg.fraction_train, cfg.seed, len(history), cfg.weighting,
                        cfg.examples_cap_multiple)
-        s = summarize(skews, [h["accuracy"] for h in history], args.skew, args.skip, full_rate_rounds(stored))
+        leaning = replay_leaning(tables[key], cfg.fraction_train, cfg.seed, len(history), cfg.weighting,
+                                 cfg.examples_cap_multiple)
+        s = summarize(skews, [h["accuracy"] for h in history], args.skew, args.skip, full_rate_rounds(stored), leaning)
+        by_class = "; ".join(f"{names[c]} {n}: {_pct(a)}" for c, (n, a) in s["by_class"].items()) or "–"
         delta = (f"{100 * (s['acc_skewed'] - s['acc_balanced']):+.1f}"
                  if s["acc_skewed"] is not None and s["acc_balanced"] is not None else "–")
         r = "–" if s["r"] is None else f"{s['r']:+.2f}"
         mean_skew, of_skewed = ("–" if x is None else f"{x:.3f}" for x in (s["mean_skew"], s["skew_of_skewed"]))
         lines.append(f"| {folder.name} | {cfg.seed} | {s['rounds'][0]}-{s['rounds'][1]} | {s['skewed']} | "
-                     f"{mean_skew} | {of_skewed} | {_pct(s['acc_skewed'])} | {_pct(s['acc_balanced'])} | {delta} | {r} |")
+                     f"{mean_skew} | {of_skewed} | {_pct(s['acc_skewed'])} | {_pct(s['acc_balanced'])} | {delta} | {r} | "
+                     f"{by_class} |")
     print("\n".join(lines))
 
 

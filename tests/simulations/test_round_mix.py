@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from server.strategy import seeded_sample
-from simulations.round_mix import correlation, label_table, main, replay, round_skew, summarize
+from simulations.round_mix import correlation, label_table, main, replay, replay_leaning, round_skew, summarize
 
 
 def test_the_skew_is_the_weighted_label_mix_distance_from_the_data():
@@ -46,6 +46,20 @@ def test_summary_splits_skewed_from_balanced_rounds_after_the_start():
     assert s["acc_skewed"] == pytest.approx((0.74 + 0.72 + 0.76) / 3) and s["acc_balanced"] == pytest.approx(0.87)
     assert s["r"] == pytest.approx(correlation(skews[3:8], accs[3:8])) and s["r"] < -0.95
     assert correlation([1, 1, 1], [1, 2, 3]) is None and correlation([1, 2], [2, 1]) is None
+    leaning = [0] * 3 + [1, 1, 0, 0, 1, 1]  # rounds 5 and 8 lean to class 1, round 7 to class 0
+    assert summarize(skews, accs, 0.2, 3, 8, leaning)["by_class"] == {
+        0: (1, pytest.approx(0.72)), 1: (2, pytest.approx((0.74 + 0.76) / 2))}
+
+
+def test_a_round_leans_to_the_class_its_clients_over_represent():
+    table = label_table([[0] * 90 + [1] * 10, [0] * 10 + [1] * 90, [0] * 50 + [1] * 50, [0] * 50 + [1] * 50], 2)
+    leaning = replay_leaning(table, 0.25, 7, 20)  # one client a round
+    skews = replay(table, 0.25, 7, 20)
+    for rnd, (lean, skew) in enumerate(zip(leaning, skews), 1):
+        (pid,) = seeded_sample(list(range(4)), 0.25, 7, rnd)
+        assert skew == pytest.approx({0: 0.4, 1: 0.4}.get(pid, 0.0))
+        if pid in (0, 1):
+            assert lean == pid
 
 
 def _stored_run(root: Path, sst2_dir: Path, name: str, seed: int, accs: list[float]) -> Path:
@@ -76,7 +90,8 @@ def test_a_stored_run_on_real_sst2_is_replayed(tmp_path, sst2_dir, capsys):
     out = capsys.readouterr().out
     row = [line for line in out.splitlines() if line.startswith("| pafi-s43 |")][0].split(" | ")
     skewed = int(np.sum(np.array(skews[10:]) > 0.2))
-    assert row[1:4] == ["43", "11-30", str(skewed)] and row[-1] == "-1.00 |"
+    assert row[1:4] == ["43", "11-30", str(skewed)] and row[-2] == "-1.00"
+    assert row[-1].startswith(("negative", "positive"))  # the skewed rounds, by the class they lean to
     assert "other-s43" not in out
 
 
