@@ -78,21 +78,27 @@ def accuracy_checks(pafi: list[dict[str, Any]], full: list[dict[str, Any]], kind
     label, col, std, gap = _KINDS[kind]
     return [_check(f"{label} vs full", row["name"], f"{100 * row[gap]:+.2f} pts"
                    + (f" (pafi {100 * row[col]:.2f}{_spread(row, std)})" if _spread(row, std) else "")
-                   + _paired_note(row, full[0], kind, lambda g: g >= -MAX_ACCURACY_GAP,
+                   + _paired_note(row, full[0], kind, -MAX_ACCURACY_GAP,
                                   f"within {100 * MAX_ACCURACY_GAP:.1f}"),
                    f"≥ {-100 * MAX_ACCURACY_GAP:.1f} pts", row[gap] >= -MAX_ACCURACY_GAP, (row, full[0]))
             for row in pafi if row.get(gap) is not None]
 
 
-def _paired_note(a: dict[str, Any], b: dict[str, Any], kind: str, ok, what: str) -> str:
-    """``; paired over seeds 42/43/44: -2.06 ± 0.52 (95 % CI …), 0/3 seeds within 1.0`` when the rows share at
-    least two seeds (``simulations.seeds.paired``: the per-seed gap, the partition's difficulty cancelled)."""
+def _paired_note(a: dict[str, Any], b: dict[str, Any], kind: str, line: float, what: str) -> str:
+    """``; paired over seeds 42/43/44: -2.06 ± 0.52 (95 % CI …), 0/3 seeds within 1.0, the CI holds -1.0: not
+    separated`` when the rows share at least two seeds (``simulations.seeds.paired``: the per-seed gap, the
+    partition's difficulty cancelled). ``line``: the gap the check needs to clear (0 for an ordering, -1.0 pt for
+    pafi vs full); a confidence interval wholly on one side of it is what separates the two, not the means."""
     p = paired(a, b, kind)
     if p is None or len(p["seeds"]) < 2:
         return ""
-    hits = sum(bool(ok(g)) for g in p["gaps"])
+    hits = sum(g > line if line == 0 else g >= line for g in p["gaps"])
+    lo, hi = p["ci95"]
+    mark = "0" if line == 0 else f"{100 * line:+.1f}"
+    side = (f"the CI holds {mark}: not separated" if lo <= line <= hi
+            else f"the CI lies {'above' if lo > line else 'below'} {mark}")
     return (f"; paired over seeds {'/'.join(map(str, p['seeds']))}: {fmt_paired(p)},"
-            f" {hits}/{len(p['seeds'])} seeds {what}")
+            f" {hits}/{len(p['seeds'])} seeds {what}, {side}")
 
 
 def _reached(row: dict[str, Any]) -> str:
@@ -150,7 +156,7 @@ def ordering_checks(rows: list[dict[str, Any]], kind: str = "final") -> list[dic
         sign = ">" if a[col] > b[col] else "<" if a[col] < b[col] else "="
         measured += f" {sign} {b['method']} {100 * b[col]:.2f}{_spread(b, std)}"
     for a, b in zip(chain, chain[1:]):
-        note = _paired_note(a, b, kind, lambda g: g > 0, f"{a['method']} ahead")
+        note = _paired_note(a, b, kind, 0.0, f"{a['method']} ahead")
         measured += note.replace("; paired", f"; {a['method']} − {b['method']} paired", 1)
     met = all(a[col] > b[col] for a, b in zip(chain, chain[1:]))
     return [_check(f"mask ordering ({label})", ", ".join(r["name"] for r in chain), measured,

@@ -404,7 +404,7 @@ def test_a_check_over_groups_made_on_different_seeds_names_them():
     checks = {c["target"]: c for c in check_targets(group_rows(pafi + full + rand + mag, full[0], None))}
     assert checks["final accuracy vs full"]["measured"] == (  # same seeds: the gap paired seed by seed too
         "-3.00 pts (pafi 84.00 ± 2.83 (2 seeds)); paired over seeds 42/43: -3.00 ± 1.41 (95 % CI -15.71 … +9.71),"
-        " 0/2 seeds within 1.0")
+        " 0/2 seeds within 1.0, the CI holds -1.0: not separated")
     assert checks["mask ordering (final accuracy)"]["measured"] == (  # the measured relation, not the required one
         "pafi 84.00 ± 2.83 (2 seeds) < random 87.00 > magnitude 85.00"
         " [seeds differ: pafi-float32 42/43, random-float32 42, magnitude-float32 42]")
@@ -453,9 +453,22 @@ def test_the_report_has_a_paired_table_for_the_comparisons_that_share_seeds(tmp_
     assert not [k for k in lines if "pafi-iid" in k]  # no full-iid to pair the IID control with
     checks = {c["target"]: c for c in json.loads((tmp_path / "results.json").read_text())["targets"]}
     assert checks["final accuracy vs full"]["measured"].endswith(
-        "; paired over seeds 1/2/3: -2.00 ± 1.00 (95 % CI -4.48 … +0.48), 0/3 seeds within 1.0")
+        "; paired over seeds 1/2/3: -2.00 ± 1.00 (95 % CI -4.48 … +0.48), 0/3 seeds within 1.0, the CI holds -1.0:"
+        " not separated")
     order = checks["mask ordering (final accuracy)"]["measured"]
-    assert "; pafi − random paired over seeds 1/2: +0.50 ± 2.12" in order and "1/2 seeds pafi ahead" in order
+    assert "; pafi − random paired over seeds 1/2: +0.50 ± 2.12" in order
+    assert "1/2 seeds pafi ahead, the CI holds 0: not separated" in order  # met on the means, not separated
+
+
+def test_a_gap_whose_interval_clears_the_line_is_called_separated():
+    pafi = [_run("pafi", s, [0.8] * 9 + [a]) for s, a in ((1, 0.80), (2, 0.82), (3, 0.84))]
+    full = [_run("full", s, [0.8] * 9 + [a]) for s, a in ((1, 0.83), (2, 0.85), (3, 0.87))]  # 3 pts on every seed
+    rand = [_run("random", s, [0.8] * 9 + [a]) for s, a in ((1, 0.79), (2, 0.81), (3, 0.825))]
+    mag = [_run("magnitude", s, [0.8] * 9 + [a]) for s, a in ((1, 0.70), (2, 0.72), (3, 0.74))]
+    checks = {c["target"]: c for c in check_targets(group_rows(pafi + full + rand + mag, full[0], None))}
+    assert checks["final accuracy vs full"]["measured"].endswith("0/3 seeds within 1.0, the CI lies below -1.0")
+    order = checks["mask ordering (final accuracy)"]["measured"]
+    assert "3/3 seeds pafi ahead, the CI lies above 0" in order and "3/3 seeds random ahead, the CI lies above 0" in order
 
 
 def test_the_plateau_check_gives_the_gain_over_seeds_with_its_confidence_interval():
