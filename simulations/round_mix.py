@@ -106,7 +106,7 @@ def summarize(skews: list[float], accuracies: list[float], skew: float = SKEW, s
                 by_class[c] = (len(accs), sum(accs) / len(accs))
     hi = [a for s, a in pairs if s > skew]
     lo = [a for s, a in pairs if s <= skew]
-    return {"rounds": (skip + 1, end), "skewed": len(hi), "balanced": len(lo),
+    return {"rounds": (skip + 1, end) if end > skip else None, "skewed": len(hi), "balanced": len(lo),
             "acc_skewed": sum(hi) / len(hi) if hi else None, "acc_balanced": sum(lo) / len(lo) if lo else None,
             "r": correlation([s for s, _ in pairs], [a for _, a in pairs]),
             "mean_skew": sum(s for s, _ in pairs) / len(pairs) if pairs else None,
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
                  if s["acc_skewed"] is not None and s["acc_balanced"] is not None else "–")
         r = "–" if s["r"] is None else f"{s['r']:+.2f}"
         mean_skew, of_skewed = ("–" if x is None else f"{x:.3f}" for x in (s["mean_skew"], s["skew_of_skewed"]))
-        lines.append(f"| {folder.name} | {cfg.seed} | {s['rounds'][0]}-{s['rounds'][1]} | {s['skewed']} | "
+        span = f"{s['rounds'][0]}-{s['rounds'][1]}" if s["rounds"] else f"– (only {len(history)} rounds)"
+        lines.append(f"| {folder.name} | {cfg.seed} | {span} | {s['skewed']} | "
                      f"{mean_skew} | {of_skewed} | {_pct(s['acc_skewed'])} | {_pct(s['acc_balanced'])} | {delta} | {r} | "
                      f"{by_class} |")
     print("\n".join(lines))

@@ -45,6 +45,7 @@ def test_summary_splits_skewed_from_balanced_rounds_after_the_start():
     assert s["rounds"] == (4, 8) and s["skewed"] == 3 and s["balanced"] == 2
     assert s["acc_skewed"] == pytest.approx((0.74 + 0.72 + 0.76) / 3) and s["acc_balanced"] == pytest.approx(0.87)
     assert s["r"] == pytest.approx(correlation(skews[3:8], accs[3:8])) and s["r"] < -0.95
+    assert summarize(skews[:2], accs[:2], skip=3)["rounds"] is None  # a run still in its start: nothing to split
     assert correlation([1, 1, 1], [1, 2, 3]) is None and correlation([1, 2], [2, 1]) is None
     leaning = [0] * 3 + [1, 1, 0, 0, 1, 1]  # rounds 5 and 8 lean to class 1, round 7 to class 0
     assert summarize(skews, accs, 0.2, 3, 8, leaning)["by_class"] == {
