@@ -492,3 +492,12 @@ def test_bytes_to_the_target_are_also_compared_seed_by_seed_as_a_geometric_mean(
     check = [c for c in check_targets(list(rows.values())) if c["target"] == "bytes to target vs lora-float32"][0]
     assert check["measured"] == ("4.5× (3.60 vs 0.80 MB, 2/2 seeds reached it); paired over seeds 1/2: 9.00× / 3.00×,"
                                  " geometric mean 5.20×, 2/2 seeds ≥ 2×")
+
+
+def test_a_seed_on_which_only_one_method_reached_the_target_is_named_not_averaged_away():
+    pafi = [_run("pafi", s, [0.7, 0.8, 0.8]) for s in (1, 2, 3)]
+    lora = [_run("lora", 1, [0.7, 0.8, 0.8]), _run("lora", 2, [0.7, 0.7, 0.8]), _run("lora", 3, [0.7, 0.7, 0.7])]
+    rows = {r["method"]: r for r in group_rows(pafi + lora, None, 0.80)}
+    check = [c for c in check_targets(list(rows.values())) if c["target"] == "bytes to target vs lora-float32"][0]
+    assert "3/3 seeds reached it; lora: 2/3 seeds reached it, its MB are their mean)" in check["measured"]
+    assert check["measured"].endswith("geometric mean 3.67×, 2/2 seeds ≥ 2×; seed 3: only pafi reached it")
