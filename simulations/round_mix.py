@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         stored = json.loads((folder / "run_config.json").read_text())
-        history = [h for h in json.loads((folder / "history.json").read_text()) if h.get("round", 0) >= 1]
-        handshake = [h for h in json.loads((folder / "history.json").read_text()) if h.get("round") == 0]
+        records = json.loads((folder / "history.json").read_text())
+        history = [h for h in records if h.get("round", 0) >= 1]
+        handshake = [h for h in records if h.get("round") == 0]
         if args.data_dir:
             stored["data-dir"] = args.data_dir
         try:
