@@ -58,6 +58,7 @@ def fmt_rounds(lengths: list[int] | None) -> str:
 
 
 TARGET_DENSITY = 0.005  # the density the targets are stated for (PaFi's paper); other densities are ablations
+ORDERING = ("pafi", "random", "magnitude")  # the PaFi paper: smallest > random > largest magnitude
 TAIL_ROUNDS = 10  # rounds averaged into the tail accuracy: one round's accuracy on 872 rows swings by ~1 pt
 
 
@@ -234,7 +235,8 @@ def paired_pairs(rows: list[dict[str, Any]], reference: str | None) -> list[tupl
         dens = r.get("mask_density")
         if r.get("partitioner") != "iid" and (dens is None or abs(dens - TARGET_DENSITY) <= 1e-9):
             first.setdefault(r.get("method"), r)
-    for ma, mb in (("pafi", "random"), ("random", "magnitude"), ("pafi", "magnitude"), ("pafi", "lora")):
+    neighbours = list(zip(ORDERING, ORDERING[1:]))
+    for ma, mb in neighbours + [(ORDERING[0], ORDERING[-1]), (ORDERING[0], "lora")]:
         if ma in first and mb in first:
             out.append((first[ma], first[mb]))
     return out

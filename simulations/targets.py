@@ -20,13 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from simulations.seeds import TAIL_ROUNDS, TARGET_DENSITY, ci95, fmt_paired, paired, paired_ratio
+from simulations.seeds import ORDERING, TAIL_ROUNDS, TARGET_DENSITY, ci95, fmt_paired, paired, paired_ratio
 
 UPLINK_REDUCTION = {"float16": 800.0, "int8": 1500.0}  # value-dtype -> required reduction vs full
 MAX_ACCURACY_GAP = 0.01  # 1.0 point
 MIN_BYTES_ADVANTAGE = 2.0  # vs lora
 MIN_BYTES_ADVANTAGE_FULL = 500.0
-ORDERING = ("pafi", "random", "magnitude")  # the PaFi paper: smallest > random > largest magnitude
 PLATEAU_GAIN = 0.005  # 0.5 point: the most the last quarter of the rounds may still add
 PLATEAU_METHODS = ("pafi", "full")
 MIN_PLATEAU_WINDOW = 2  # a quarter of at least 8 rounds: shorter runs are too short to tell
