@@ -5,7 +5,7 @@
 Each run goes to ``<out>/runs/<name>/`` (history.json, summary.json, run.log, run_config.json);
 a rerun skips runs whose summary.json exists and continues a stopped run from its last round's
 checkpoint (``resume``), so a preset of many seeds resumes where it stopped. At the end ``<out>`` holds runs.csv,
-rounds.csv, results.json, results.md and three PNG plots. ``-c`` overrides any run-config key for
+rounds.csv, results.json, results.md and four PNG plots. ``-c`` overrides any run-config key for
 every run (and ``target-accuracy``).
 """
 

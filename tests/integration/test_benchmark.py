@@ -18,7 +18,7 @@ def test_ci_preset_end_to_end_and_resume(tmp_path, tiny_model_dir, capsys):
     assert benchmark.main(args) == 0
 
     for name in ("runs.csv", "rounds.csv", "results.json", "results.md", "accuracy_vs_mb.png",
-                 "accuracy_vs_round.png", "bytes_per_client_round.png"):
+                 "accuracy_vs_round.png", "accuracy_vs_round_last10.png", "bytes_per_client_round.png"):
         assert (out / name).stat().st_size > 0, name
     with open(out / "runs.csv") as fh:
         rows = {r["name"]: r for r in csv.DictReader(fh)}

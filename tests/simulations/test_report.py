@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.plots import write_plots
+from simulations.plots import _style, trailing_mean, write_plots
 from simulations.report import (RUN_COLUMNS, ROUND_COLUMNS, ReportError, RunResult, load_run, reach_target,
                                 write_report)
 
@@ -108,9 +108,35 @@ def test_without_full_run_reduction_is_against_dense_bytes(tmp_path, two_runs):
 
 def test_plots_are_written(tmp_path, two_runs):
     paths = write_plots(tmp_path, two_runs, 0.8)
-    assert [p.name for p in paths] == ["accuracy_vs_mb.png", "accuracy_vs_round.png", "bytes_per_client_round.png"]
+    assert [p.name for p in paths] == ["accuracy_vs_mb.png", "accuracy_vs_round.png", "accuracy_vs_round_last10.png",
+                                       "bytes_per_client_round.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_trailing_mean_averages_the_last_rounds_and_drops_the_unfilled_window():
+    accs = [0.5, 0.6, 0.7, 0.8, 0.9]
+    run = RunResult("r", _summary("pafi", "float32", 1, 1, 1, accs), _history(accs, 1, 1))
+    smoothed = trailing_mean(run, window=3)
+    assert [h["round"] for h in smoothed.history] == [3, 4, 5]  # round 0 and the rounds before the window fills go
+    assert [h["accuracy"] for h in smoothed.history] == pytest.approx([0.6, 0.7, 0.8])
+    assert smoothed.history[0]["bytes_up"] == run.history[3]["bytes_up"] and run.history[3]["accuracy"] == 0.7
+
+
+def test_colours_tell_variants_apart_and_dtypes_share_one():
+    accs = [0.6, 0.7]
+
+    def run(name: str, dtype: str, **config) -> RunResult:
+        return RunResult(name, _summary("pafi", dtype, 1, 1, 1, accs), _history(accs, 1, 1),
+                         config={"method": "pafi", "value-dtype": dtype, "seed": 1, **config})
+
+    runs = [run("pafi-f32", "float32", **{"mask-density": 0.005}), run("pafi-i8", "int8", **{"mask-density": 0.005}),
+            run("pafi-d2", "float32", **{"mask-density": 0.02}), run("pafi-iid", "float32", partitioner="iid")]
+    style = _style(runs)
+    assert style["pafi-f32"]["color"] == style["pafi-i8"]["color"]  # only the dtype differs: one colour, two dashes
+    assert style["pafi-f32"]["linestyle"] != style["pafi-i8"]["linestyle"]
+    assert len({style[n]["color"] for n in ("pafi-f32", "pafi-d2", "pafi-iid")}) == 3
+    assert style["pafi-d2"]["label"] == "pafi · float32 (pafi-d2)"  # the legend names the group where method · dtype is shared
 
 
 def test_missing_run_files_raise_named_error(tmp_path):
