@@ -7,18 +7,26 @@ fraction of rows and columns it touches, the |w| of its entries against the cand
 each pair of masks shares (|A ∩ B| / k). Reads the base weights only: no data, no training.
 
     python -m simulations.mask_layout --methods pafi,random,magnitude -c "mask-density=0.005"
+
+sam chooses its mask federatedly (the clients' gradients at the pre-trained weights), so no static selector
+rebuilds it: ``--sam-run`` reads the positions a finished or stopped sam run chose from its checkpoint
+(``sel.sam.mask-index``) and lays them out beside the static masks (same model and density required):
+
+    python -m simulations.mask_layout --methods pafi,random,magnitude --sam-run docs/results/paper/runs/sam-s42
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from shared.config import ConfigError
-from shared.masks import Mask
+from shared.masks import Mask, encoder_matrix_names
 from shared.methods import get_method
 from shared.methods.mask import select_mask
 from shared.model import base_weights_digest, load_base_model
@@ -43,7 +51,11 @@ def layout(model: torch.nn.Module, mask: Mask) -> dict[str, Any]:
     sizes: dict[str, dict[str, int]] = {"kind": {}, "layer": {}}
     rows = cols = rows_all = cols_all = 0
     chosen, every = [], []
-    for name, idx, _, _ in mask.items():
+    in_mask = {name: idx for name, idx, _, _ in mask.items()}
+    empty = torch.zeros(0, dtype=torch.long)
+    # every candidate matrix counts in the densities, also one the mask left empty (sam's may skip a matrix whole)
+    for name in list(dict.fromkeys(encoder_matrix_names(model) + list(in_mask))):
+        idx = in_mask.get(name, empty)
         w = params[name].detach()
         kind, layer = _kind_and_layer(name)
         for key, group in (("kind", kind), ("layer", layer)):
@@ -107,10 +119,37 @@ def format_layouts(layouts: dict[str, dict[str, Any]], masks: dict[str, Mask]) -
     return "\n\n".join(out)
 
 
+def sam_run_mask(run_dir: Path, base, digest: str, model: str, density: float) -> Mask:
+    """The mask a sam run selected: its checkpoint's flat positions in the candidate space of ``base``, which must
+    be the run's own model at the run's own density (a one-line ConfigError says what differs)."""
+    from server.checkpoint import load_checkpoint
+    from shared.methods.sam.phase import SAM_POSITIONS
+    from shared.methods.sam.tuner import SamTuner
+
+    cfg_path, ck_path = run_dir / "run_config.json", run_dir / "checkpoint.safetensors"
+    if not cfg_path.is_file() or not ck_path.is_file():
+        raise ConfigError(f"--sam-run {run_dir} has no run_config.json and checkpoint.safetensors; pass a sam run's "
+                          f"folder, e.g. docs/results/paper/runs/sam-s42")
+    stored = json.loads(cfg_path.read_text())
+    stored.pop("data-dir", None)  # no data is read; the folder may be another machine's path
+    cfg = parse_run_config(stored)
+    if cfg.method != "sam":
+        raise ConfigError(f"--sam-run {run_dir} is a {cfg.method!r} run; pass a sam run's folder")
+    if (cfg.model or "") != (model or "") or abs(cfg.mask_density - density) > 1e-12:
+        raise ConfigError(f"--sam-run {run_dir} used model {cfg.model or 'bundled MiniLM'!r} at mask-density "
+                          f"{cfg.mask_density}; pass -c with the same model and mask-density")
+    flat = load_checkpoint(ck_path).selection.get(SAM_POSITIONS)  # digest-checked: a corrupt file is refused
+    if flat is None:
+        raise ConfigError(f"--sam-run {run_dir}: its checkpoint holds no {SAM_POSITIONS} (the run stopped before its "
+                          f"selection finished); pass a run that trained at least one round")
+    return SamTuner(base, cfg, digest).mask_from_flat_index(flat.long())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-c", "--run-config", default="", help="run-config overrides (model, mask-density, mask-scope, ...)")
     ap.add_argument("--methods", default="pafi,random,magnitude", help="comma-separated mask methods")
+    ap.add_argument("--sam-run", type=Path, help="a sam run's folder: lay out the mask it chose (its checkpoint)")
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     from flwr.common.config import parse_config_args
@@ -130,6 +169,13 @@ def main(argv: list[str] | None = None) -> None:
     base = load_base_model(first.model, num_labels_for(first), first.seed)
     digest = base_weights_digest(base.model, base.head_names)
     masks = {n: select_mask(base.model, cfgs[n], digest) for n in names}
+    if args.sam_run is not None:
+        try:
+            masks[f"sam ({args.sam_run.name})"] = sam_run_mask(args.sam_run, base, digest, first.model,
+                                                              first.mask_density)
+        except (ConfigError, ValueError) as exc:
+            raise SystemExit(f"mask_layout: {exc}") from None
+    names = list(masks)
     layouts = {n: layout(base.model, masks[n]) for n in names}
     print(f"mask-density {first.mask_density}  mask-scope {first.mask_scope}  model {first.model or 'bundled MiniLM'}\n")
     print(format_layouts(layouts, masks))
