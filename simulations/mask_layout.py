@@ -124,7 +124,6 @@ def sam_run_mask(run_dir: Path, base, digest: str, model: str, density: float) -
     be the run's own model at the run's own density (a one-line ConfigError says what differs)."""
     from server.checkpoint import load_checkpoint
     from shared.methods.sam.phase import SAM_POSITIONS
-    from shared.methods.sam.tuner import SamTuner
 
     cfg_path, ck_path = run_dir / "run_config.json", run_dir / "checkpoint.safetensors"
     if not cfg_path.is_file() or not ck_path.is_file():
@@ -133,8 +132,10 @@ def sam_run_mask(run_dir: Path, base, digest: str, model: str, density: float) -
     stored = json.loads(cfg_path.read_text())
     stored.pop("data-dir", None)  # no data is read; the folder may be another machine's path
     cfg = parse_run_config(stored)
-    if cfg.method != "sam":
-        raise ConfigError(f"--sam-run {run_dir} is a {cfg.method!r} run; pass a sam run's folder")
+    method = get_method(cfg.method)
+    if method.select is None:  # a static mask: --methods rebuilds it from the base weights
+        raise ConfigError(f"--sam-run {run_dir} is a {cfg.method!r} run, whose mask no selection phase chose; pass a "
+                          f"sam run's folder (or name {cfg.method} in --methods)")
     if (cfg.model or "") != (model or "") or abs(cfg.mask_density - density) > 1e-12:
         raise ConfigError(f"--sam-run {run_dir} used model {cfg.model or 'bundled MiniLM'!r} at mask-density "
                           f"{cfg.mask_density}; pass -c with the same model and mask-density")
@@ -142,7 +143,7 @@ def sam_run_mask(run_dir: Path, base, digest: str, model: str, density: float) -
     if flat is None:
         raise ConfigError(f"--sam-run {run_dir}: its checkpoint holds no {SAM_POSITIONS} (the run stopped before its "
                           f"selection finished); pass a run that trained at least one round")
-    return SamTuner(base, cfg, digest).mask_from_flat_index(flat.long())
+    return method.build(base, cfg, digest).mask_from_flat_index(flat.long())
 
 
 def main(argv: list[str] | None = None) -> None:

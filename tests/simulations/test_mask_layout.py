@@ -105,7 +105,7 @@ def test_a_sam_run_that_does_not_fit_is_refused_in_one_line(tmp_path, tiny_model
     some = {by_method["pafi"].names[0]: by_method["pafi"].indices[0]}
     cases = [(tmp_path / "nothing-here", "no run_config.json")]
     for name, positions, cfg, says in (("unselected", None, {}, "holds no sam.mask-index"),
-                                       ("pafi-run", some, {"method": "pafi"}, "is a 'pafi' run"),
+                                       ("pafi-run", some, {"method": "pafi"}, "is a 'pafi' run, whose mask no selection phase"),
                                        ("denser", some, {"mask-density": 0.1}, "same model and mask-density"),
                                        ("broken", some, {}, "checkpoint")):
         (tmp_path / name).mkdir()
