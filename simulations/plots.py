@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from simulations.runs import RunResult  # noqa: E402
-from simulations.seeds import TAIL_ROUNDS, band, group_runs  # noqa: E402
+from simulations.seeds import TAIL_ROUNDS, band, group_runs, tail_accuracy  # noqa: E402
 
 LINESTYLES = {"float32": "-", "float16": "--", "bfloat16": "-.", "int8": ":"}
 MARKER_MAX_ROUNDS = 30  # beyond this many rounds a marker per round hides the lines
@@ -117,10 +117,8 @@ def trailing_mean(run: RunResult, window: int = TAIL_ROUNDS) -> RunResult:
     round included); rounds before the window fills, and round 0, are dropped. One round's accuracy on a few
     hundred rows moves 1-3 pts with the sampled clients' label mix; the trailing mean shows the trend under it."""
     trained = [h for h in run.history if h.get("round", 0) >= 1 and h.get("accuracy") is not None]
-    smoothed = []
-    for i in range(window - 1, len(trained)):
-        accs = [h["accuracy"] for h in trained[i - window + 1:i + 1]]
-        smoothed.append({**trained[i], "accuracy": sum(accs) / window})
+    smoothed = [{**h, "accuracy": tail_accuracy(trained[:i + 1], window)}  # the report's last-N, round by round
+                for i, h in enumerate(trained) if i >= window - 1]
     return RunResult(run.name, run.summary, smoothed, run.group, run.config)
 
 

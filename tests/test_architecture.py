@@ -4,9 +4,12 @@ no import cycles, and no module outside a method's own folder tests a method's n
 from __future__ import annotations
 
 import ast
+import io
 import re
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -104,8 +107,6 @@ def test_the_fab_carries_the_apps_code_and_nothing_else(graph, repo_root):
     """``fab-include`` names the packages the ServerApp and ClientApp import; flwr's own build, run on this checkout
     plus a stray 12 MB merged model under docs/results (what a paper run leaves there, ignored by a nested .gitignore
     that flwr does not read), gives a FAB of those packages only, far under Flower's 10 MiB limit."""
-    import tomllib
-
     from flwr.cli.build import build_fab_from_files, collect_files
 
     include = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["fab-include"]
@@ -116,9 +117,6 @@ def test_the_fab_carries_the_apps_code_and_nothing_else(graph, repo_root):
     files = dict(collect_files(repo_root))
     files["docs/results/paper/runs/pafi-s1/model/tokenizer.json"] = b"{" + b" " * (12 * 2**20) + b"}"
     fab, _ = build_fab_from_files(files)
-    import io
-    import zipfile
-
     names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
     assert {n.split("/")[0] for n in names} == packages | {"pyproject.toml", ".info"}
     assert "server/server_app.py" in names and "client/client_app.py" in names
