@@ -100,15 +100,17 @@ def _paired_note(a: dict[str, Any], b: dict[str, Any], kind: str, line: float, w
             f" {hits}/{len(p['seeds'])} seeds {what}, {side}")
 
 
-def _reached(row: dict[str, Any]) -> str:
-    return f", {row['reached']}/{row['seeds']} seeds reached it" if row.get("seeds", 1) > 1 else ""
-
-
-def _reached_other(row: dict[str, Any]) -> str:
-    """``; lora: 2/3 seeds reached it, its MB are their mean`` when some of the other row's seeds never did: its
-    mean leaves them out, which flatters it."""
-    if row.get("seeds", 1) > 1 and row.get("reached", row["seeds"]) < row["seeds"]:
-        return f"; {row['method']}: {row['reached']}/{row['seeds']} seeds reached it, its MB are their mean"
+def _reached(row: dict[str, Any], *, other: bool = False) -> str:
+    """How many of a row's seeds reached the target: ``, 2/3 seeds reached it`` for pafi's own row; for the row it is
+    compared with, only when some seeds never did (``; lora: 2/3 seeds reached it, its MB are their mean``): its mean
+    leaves them out, which flatters it."""
+    seeds = row.get("seeds", 1)
+    if seeds <= 1:
+        return ""
+    if not other:
+        return f", {row['reached']}/{seeds} seeds reached it"
+    if row.get("reached", seeds) < seeds:
+        return f"; {row['method']}: {row['reached']}/{seeds} seeds reached it, its MB are their mean"
     return ""
 
 
@@ -127,7 +129,7 @@ def bytes_checks(pafi: list[dict[str, Any]], others: list[dict[str, Any]], need:
             measured, met = f"{other['name']} did not reach the target; pafi {mine / 1e6:,.2f} MB{_reached(row)}", True
         else:
             measured, met = (f"{theirs / mine:,.1f}× ({theirs / 1e6:,.2f} vs {mine / 1e6:,.2f} MB{_reached(row)}"
-                             f"{_reached_other(other)})", theirs / mine >= need)
+                             f"{_reached(other, other=True)})", theirs / mine >= need)
         out.append(_check(f"bytes to target vs {other['name']}", row["name"], measured + _paired_ratio_note(row, other, need),
                           f"≥ {need:,.0f}× fewer", met, (row, other)))
     return out
