@@ -234,7 +234,7 @@ def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
     assert dense["lr"] == 0.005  # its own sweep (paper-lr), not pafi's 1e-2
     # the drift diagnostics: each one knob away from pafi's run-config
     pafi = next(r for r in p.runs if r.name == "pafi-s42").run_config
-    for group, knobs in (("pafi-lr5e3", {"lr": 0.005}),
+    for group, knobs in (("pafi-lr5e3", {"lr": 0.005}), ("pafi-bal", {"local-loss": "balanced"}),
                          ("pafi-avgm", {"aggregator": "fedavgm", "server-lr": 0.1, "server-momentum": 0.9})):
         (run,) = [r for r in p.runs if r.group == group]
         assert run.seed == 42 and {k: v for k, v in run.run_config.items() if pafi.get(k) != v} == knobs, group
