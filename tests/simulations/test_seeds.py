@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -217,27 +216,6 @@ def test_an_extension_stopped_part_way_reads_as_stopped_not_done(tmp_path, monke
         assert benchmark.run_one(longer, run_dir, Preset("p", "", None, Simulation()), progress, progress.add_task("r", total=1), resume=True) == 124
     assert not (run_dir / "summary.json").exists()  # the 4-round summary no longer describes the run
     assert not is_done(longer, run_dir) and can_resume(longer, run_dir)
-
-
-def test_the_paper_preset_lists_the_issue_runs(repo_root: Path):
-    p = load_preset("paper")
-    groups: dict[str, list[int]] = {}
-    for r in p.runs:
-        groups.setdefault(r.group, []).append(r.seed)
-        assert r.run_config["partitioner"] in ("dirichlet", "iid") and r.run_config["dirichlet-alpha"] == 0.5
-    for m in ("pafi", "full", "lora", "random", "magnitude", "bitfit"):
-        assert len(groups[m]) == 3, m
-    for m in ("sam", "topk", "dsee", "hiwi", "pafi-iid", "full-iid", "pafi-d2"):
-        assert len(groups[m]) == 1, m
-    dense = next(r for r in p.runs if r.group == "pafi-d2").run_config
-    assert dense["mask-density"] == 0.02 and dense["method"] == "pafi" and dense["partitioner"] == "dirichlet"
-    assert dense["lr"] == 0.005  # its own sweep (paper-lr), not pafi's 1e-2
-    # the drift diagnostics: each one knob away from pafi's run-config
-    pafi = next(r for r in p.runs if r.name == "pafi-s42").run_config
-    for group, knobs in (("pafi-lr5e3", {"lr": 0.005}), ("pafi-bal", {"local-loss": "balanced"}),
-                         ("pafi-avgm", {"aggregator": "fedavgm", "server-lr": 0.1, "server-momentum": 0.9})):
-        (run,) = [r for r in p.runs if r.group == group]
-        assert run.seed == 42 and {k: v for k, v in run.run_config.items() if pafi.get(k) != v} == knobs, group
 
 
 def test_plateau_gain_compares_the_last_quarter_with_the_one_before():
