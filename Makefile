@@ -9,7 +9,7 @@ RUN_CONFIG ?=
 RUN_DEFAULTS ?= num-server-rounds=20 local-steps=15 local-loss='balanced'
 NUM_SUPERNODES ?= 10
 # One CPU per virtual client: two clients train at once on 2 cores, one thread each (1.45x the steps per second of
-# one client on two threads: python -m simulations.perf_benchmark --sections parallel; docs/performance.md)
+# one client on two threads: python -m simulations.performance.perf_benchmark --sections parallel; docs/performance.md)
 CPUS_PER_CLIENT ?= 1
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
@@ -25,7 +25,7 @@ install: .install.stamp
 
 ## run: federated PaFi on the bundled MiniLM + SST-2 (10 clients, Dirichlet 0.5), results in outputs/run
 run: install
-	$(PYTHON) -m simulations.launcher --num-supernodes $(NUM_SUPERNODES) --cpus-per-client $(CPUS_PER_CLIENT) \
+	$(PYTHON) -m simulations.engines.launcher --num-supernodes $(NUM_SUPERNODES) --cpus-per-client $(CPUS_PER_CLIENT) \
 		-c "$(RUN_DEFAULTS)" \
 		-c "data-dir='$(if $(DATA_DIR),$(abspath $(DATA_DIR)),)' output-dir='$(abspath outputs/run)' $(RUN_CONFIG)"
 

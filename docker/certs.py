@@ -4,7 +4,7 @@
 
 Needs only Python and ``cryptography`` (a dependency of flwr, so present in every Flower image and in
 this project's environment): no openssl or ssh-keygen binary, no network. docker-compose.yml's `certs`
-service runs it in the project's own image; simulations/deployment.py runs it through docker/certs.sh.
+service runs it in the project's own image; simulations/engines/deployment.py runs it through docker/certs.sh.
 Writes into OUT_DIR:
 
   ca.crt, ca.key                       a self-signed CA (RSA 4096), the root of trust for every TLS link

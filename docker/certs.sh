@@ -4,7 +4,7 @@
 #   docker/certs.sh OUT_DIR [NUM_SUPERNODES] [EXTRA_SAN ...]
 #
 # A thin wrapper around docker/certs.py (the one implementation: what it writes, SANs, idempotence and
-# file modes are described there), kept for simulations/deployment.py and for users who call it by this
+# file modes are described there), kept for simulations/engines/deployment.py and for users who call it by this
 # name. Runs ${PYTHON:-python3}, which needs the `cryptography` package (a dependency of flwr); no
 # openssl or ssh-keygen binary and no network. docker-compose.yml's `certs` service runs certs.py
 # directly in the project's image.

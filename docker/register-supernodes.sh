@@ -9,7 +9,7 @@
 # REGISTER_WAIT seconds (default 120) for the SuperLink to answer, then runs
 # `flwr supernode register KEY register` for each key. A key that is already registered (a restarted
 # SuperLink with persisted state) counts as success, so the script can run on every `compose up`.
-# Used by the `register` service in docker-compose.yml and by simulations/deployment.py.
+# Used by the `register` service in docker-compose.yml and by simulations/engines/deployment.py.
 set -eu
 
 ADDRESS=${1:?usage: register-supernodes.sh SUPERLINK_ADDRESS CA_CERT PUBLIC_KEY...}

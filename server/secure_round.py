@@ -8,12 +8,16 @@ after it (stage 2 on) its pairwise masks are removed with its secret key rebuilt
 shares, so the round completes with the survivors' sum while every secret keeps ``threshold`` shares.
 
 Bytes of every stage are measured from the real messages (``wire.records.message_bytes``).
+:func:`secure_train` is the strategy's train round under SecAgg+: the four stages, then the survivors' mean
+into the strategy's one update step; the strategy calls it where it would send plain train messages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Protocol
+
+import torch
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -21,10 +25,14 @@ from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp import Grid
 
-from server.rounds import send_and_receive
+from server.rounds import RoundLog, send_and_receive
 from server.secagg import (SecAggParams, SecureAggregationError, neighbour_graph, parse_key_shares,
                            parse_masked_vector, parse_public_keys, parse_unmask_shares, protocol_sizes,
                            short_of_threshold, unmask_mean)
+from server.validation import Expected
+from shared.config import RunConfig
+from shared.masks import MaskMismatchError
+from wire.protocol import split_secure
 from wire.records import message_bytes, metrics_of_secure_reply
 
 STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
@@ -172,6 +180,63 @@ class SecureRound:
         if short:
             raise SecureAggregationError(f"secagg {stage}: nodes {short[:5]} have fewer than {threshold} live "
                                          f"neighbours; their secrets could not be rebuilt")
+
+
+class RoundHost(Protocol):
+    """What a secure round needs of the strategy that runs it (``server.strategy.SparseStrategy``)."""
+
+    cfg: RunConfig
+    expected: Expected
+    secagg: SecAggParams
+    current: RoundLog
+
+    def reject(self, node: int, reason: str, failed: bool = False) -> None: ...
+
+    def skip(self, server_round: int, why: str) -> None: ...
+
+    def note_diagnostics(self, seconds: Any, worker: Any) -> None: ...
+
+    def apply_update(self, server_round: int, stack: torch.Tensor, weights: torch.Tensor, loss: float,
+                     num_clients: int) -> Any: ...
+
+
+def expect_fingerprint(fingerprint: str) -> Callable[[dict], None]:
+    """The check of a masked reply's clear part: this run's mask fingerprint (nothing else is trusted or needed)."""
+    def check(metrics: dict) -> None:
+        fp = metrics.get("fingerprint")
+        if not isinstance(fp, str) or fp != fingerprint:
+            raise MaskMismatchError(f"mask fingerprint {str(fp)[:16]!r} != server's {fingerprint[:16]!r}")
+    return check
+
+
+def secure_train(host: RoundHost, server_round: int, grid: Grid, msgs: list[Message], timeout: float) -> None:
+    """A train round through SecAgg+: the survivors' mean (uniform weights) into ``host.apply_update``; the stages'
+    bytes, survivors and dropouts into ``host.current``, each reply's clear diagnostics counted."""
+    k, h = host.expected.k, host.expected.head_size
+    check = expect_fingerprint(host.expected.fingerprint)
+    sa = SecureRound(grid, host.secagg, timeout, host.cfg.seed, host.reject, check, k + h + 1)
+    try:
+        outcome = sa.run(msgs, server_round)
+    except SecureAggregationError as exc:
+        outcome = None
+        host.skip(server_round, str(exc))
+    current = host.current
+    current.bytes_down += sum(sa.bytes.down.values())
+    current.bytes_up += sum(sa.bytes.up.values())
+    current.secagg = {"bytes": sa.bytes.as_dict(), "plain_down": sa.bytes.plain_down, "survivors": 0,
+                      "dropped_after_keys": 0}
+    if outcome is None:
+        return
+    current.secagg.update(survivors=len(outcome.survivors), dropped_after_keys=len(outcome.dropped))
+    current.replied = len(outcome.survivors)
+    for metrics in outcome.metrics.values():
+        host.note_diagnostics(metrics.get("train-seconds"), metrics.get("worker-node"))
+    if len(outcome.survivors) < host.cfg.min_train_replies:
+        host.skip(server_round, f"{len(outcome.survivors)} survivors < min-train-replies {host.cfg.min_train_replies}")
+        return
+    delta, head, loss = split_secure(outcome.mean, k, h)
+    host.apply_update(server_round, torch.cat([delta, head])[None], torch.ones(1, dtype=torch.float64), loss,
+                      len(outcome.survivors))
 
 
 def _record(conf: dict) -> RecordDict:

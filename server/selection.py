@@ -39,7 +39,7 @@ class GridPhase:
         for reply in self.grid.send_and_receive(msgs, timeout=self.cfg.round_timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                self.strategy._reject(node, f"selection failed: {reply.error.reason[:200]}", failed=True)
+                self.strategy.reject(node, f"selection failed: {reply.error.reason[:200]}", failed=True)
                 continue
             self.rl.bytes_up += message_bytes(reply)
             arrays, metrics, config = message_parts(reply)
@@ -47,7 +47,7 @@ class GridPhase:
         return sorted(good, key=lambda item: self.strategy.partitions.get(item[0], -1))
 
     def reject(self, node: int, reason: str) -> None:
-        self.strategy._reject(node, reason)
+        self.strategy.reject(node, reason)
 
     def exclude(self, node: int) -> None:
         self.strategy.partitions.pop(node, None)

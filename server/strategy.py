@@ -5,7 +5,9 @@ It follows Flower's ``Strategy`` contract (``configure_*`` / ``aggregate_*``) an
 (seeding by partition, never by random node id), per-reply validation with logged reasons, the
 method's update codec (``Expected.codec``: values-only, or topk's positions) decoding every reply
 into a dense aligned vector, ``server_step`` (every aggregator, DP, server optimizer) on the
-stack, the non-finite guard, and byte accounting per round. No method name is tested here.
+stack, the non-finite guard, and byte accounting per round. No method name is tested here. Under
+``secure-aggregation`` a round's sending and collecting is ``server.secure_round.secure_train``, which hands
+the survivors' mean back to the same ``apply_update``.
 """
 
 from __future__ import annotations
@@ -26,14 +28,13 @@ from server.rounds import GlobalState, RoundLog, send_and_receive  # noqa: F401 
 from server.aggregation import AggregationError
 from server.guards import bound_updates, capped_weights, example_caps
 from server.handshake import admit, duplicates
-from server.secagg import SecAggParams, SecureAggregationError, check_capacity
-from server.secure_round import SecureRound
+from server.secagg import SecAggParams, check_capacity
+from server.secure_round import secure_train
 from server.server_opt import OptState, ServerSettings, server_step
 from server.validation import Expected, validate_reply
 from shared.config import RunConfig
-from shared.masks import MaskMismatchError
 from wire.codec import MalformedUpdateError, relative_error, representable
-from wire.protocol import HANDSHAKE, TRAIN, Update, split_secure
+from wire.protocol import HANDSHAKE, TRAIN, Update
 from wire.records import message_bytes, message_parts, to_recorddict
 
 log = logging.getLogger("fedsparse.server")
@@ -42,8 +43,8 @@ log = logging.getLogger("fedsparse.server")
 def seeded_sample(items: list, fraction: float, seed: int, server_round: int) -> list:
     """The ``ceil(fraction * len(items))`` items (at least one) a round trains, drawn under ``seed`` and the round
     alone: every method run with the same seed trains the same partitions in the same rounds (``items`` in
-    partition-id order), which is what lets ``simulations.seeds.paired`` set methods against each other seed by
-    seed and ``simulations.round_mix`` replay a run's rounds."""
+    partition-id order), which is what lets ``simulations.benchmark.lib.seeds.paired`` set methods against each other seed by
+    seed and ``simulations.benchmark.round_mix`` replay a run's rounds."""
     count = max(1, min(len(items), math.ceil(fraction * len(items))))
     return random.Random(seed * 1_000_003 + server_round).sample(list(items), count)
 
@@ -91,74 +92,32 @@ class SparseStrategy(Strategy):
         updates = self._bounded(self._accepted(replies))
         self.current.replied = len(updates)
         if len(updates) < self.cfg.min_train_replies:
-            self._skip(server_round, f"{len(updates)} valid replies < min-train-replies {self.cfg.min_train_replies}")
+            self.skip(server_round, f"{len(updates)} valid replies < min-train-replies {self.cfg.min_train_replies}")
             return None, None
         weights, notes = capped_weights([(node, u.num_examples) for node, u in updates],
                                         example_caps(self.declared, self.cfg.examples_cap_multiple), self.cfg.weighting)
         self._note([node for node, _ in updates], notes)
         stack = torch.stack([torch.cat([u.delta, u.head_delta]) for _, u in updates])
         loss = float(sum(u.train_loss * w for (_, u), w in zip(updates, weights.tolist())) / weights.sum())
-        return self._apply(server_round, stack, weights, loss, len(updates))
+        return self.apply_update(server_round, stack, weights, loss, len(updates))
 
-    def _apply(self, server_round: int, stack: torch.Tensor, weights: torch.Tensor, loss: float,
+    def apply_update(self, server_round: int, stack: torch.Tensor, weights: torch.Tensor, loss: float,
                num_clients: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """``server_step`` on (n, k + h) ``stack`` (a secure round: its one mean row) and the guarded update."""
         try:
             step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round, num_clients)
         except AggregationError as exc:  # e.g. too few replies for multi-krum's f: skip, never crash
-            self._skip(server_round, str(exc))
+            self.skip(server_round, str(exc))
             return None, None
         k = self.expected.k
         new = GlobalState(self.state.values + step[:k], self.state.head + step[k:])
         dtype = self.cfg.value_dtype
         if not (representable(new.values, dtype) and representable(new.head, dtype)):
-            self._skip(server_round, f"the aggregated update leaves non-finite values or values beyond {dtype}'s range")
+            self.skip(server_round, f"the aggregated update leaves non-finite values or values beyond {dtype}'s range")
             return None, None
         self.state, self.opt_state = new, opt_state
         self.current.train_loss, self.current.aggregated = loss, True
         return ArrayRecord(), MetricRecord({"train-loss": loss, "replies": num_clients})
-
-    # ---- secure aggregation ----------------------------------------------------------------------
-    def secure_train(self, server_round: int, grid: Grid, msgs: list[Message], timeout: float) -> None:
-        """A train round through SecAgg+: the survivors' mean (uniform weights) into ``server_step``."""
-        k, h = self.expected.k, self.expected.head_size
-        sa = SecureRound(grid, self.secagg, timeout, self.cfg.seed, lambda n, why, failed: self._reject(n, why, failed),
-                         self._secure_expect, k + h + 1)
-        try:
-            outcome = sa.run(msgs, server_round)
-        except SecureAggregationError as exc:
-            outcome = None
-            self._skip(server_round, str(exc))
-        self.current.bytes_down += sum(sa.bytes.down.values())
-        self.current.bytes_up += sum(sa.bytes.up.values())
-        self.current.secagg = {"bytes": sa.bytes.as_dict(), "plain_down": sa.bytes.plain_down, "survivors": 0,
-                               "dropped_after_keys": 0}
-        if outcome is None:
-            return
-        self.current.secagg.update(survivors=len(outcome.survivors), dropped_after_keys=len(outcome.dropped))
-        self.current.replied = len(outcome.survivors)
-        for metrics in outcome.metrics.values():
-            self._note_diagnostics(metrics.get("train-seconds"), metrics.get("worker-node"))
-        if len(outcome.survivors) < self.cfg.min_train_replies:
-            self._skip(server_round, f"{len(outcome.survivors)} survivors < min-train-replies {self.cfg.min_train_replies}")
-            return
-        delta, head, loss = split_secure(outcome.mean, k, h)
-        self._apply(server_round, torch.cat([delta, head])[None], torch.ones(1, dtype=torch.float64), loss,
-                    len(outcome.survivors))
-
-    def _note_diagnostics(self, seconds: Any, worker: Any) -> None:
-        """A reply's diagnostics (train seconds; the Ray node a simulated client ran on): counted when well-formed,
-        ignored otherwise; never trusted, never needed."""
-        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
-            self.current.train_seconds += float(seconds)
-        if isinstance(worker, str) and 0 < len(worker) <= 128:
-            self.current.worker_nodes[worker] = self.current.worker_nodes.get(worker, 0) + 1
-
-    def _secure_expect(self, metrics: dict) -> None:
-        """The clear part of a masked reply: this run's fingerprint (nothing else is trusted or needed)."""
-        fp = metrics.get("fingerprint")
-        if not isinstance(fp, str) or fp != self.expected.fingerprint:
-            raise MaskMismatchError(f"mask fingerprint {str(fp)[:16]!r} != server's {self.expected.fingerprint[:16]!r}")
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -175,9 +134,9 @@ class SparseStrategy(Strategy):
             node = self._sender(msg)
             why = self._misplaced(node, msg, seen)
             if msg.has_error():
-                self._reject(node, f"client error: {str(msg.error.reason)[:200]}", failed=True)
+                self.reject(node, f"client error: {str(msg.error.reason)[:200]}", failed=True)
             elif why:
-                self._reject(node, why)
+                self.reject(node, why)
             else:
                 seen.add(node)
                 update = self._validated(node, msg)
@@ -208,7 +167,7 @@ class SparseStrategy(Strategy):
         out, r = [], 0
         for (node, u), kept, note in zip(updates, keep, notes):
             if not kept:
-                self._reject(node, note)
+                self.reject(node, note)
                 continue
             self._note([node], [note])
             out.append((node, dataclasses.replace(u, delta=rows[r, :k], head_delta=rows[r, k:])))
@@ -221,6 +180,14 @@ class SparseStrategy(Strategy):
                 log.warning("round %d: partition %s: %s", self.current.round, self.partitions.get(node, "?"), note)
                 self.current.reasons.append(f"partition {self.partitions.get(node, '?')}: {note}")
 
+    def note_diagnostics(self, seconds: Any, worker: Any) -> None:
+        """A reply's diagnostics (train seconds; the Ray node a simulated client ran on): counted when well-formed,
+        ignored otherwise; never trusted, never needed."""
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+            self.current.train_seconds += float(seconds)
+        if isinstance(worker, str) and 0 < len(worker) <= 128:
+            self.current.worker_nodes[worker] = self.current.worker_nodes.get(worker, 0) + 1
+
     # ---- the loop ------------------------------------------------------------------------------
     def _validated(self, node: int, msg: Message) -> Update | None:
         """The decoded update, or None after logging why the reply is rejected (never raises)."""
@@ -231,10 +198,10 @@ class SparseStrategy(Strategy):
                 raise MalformedUpdateError(f"reply is {size} bytes, over max-reply-mb ({self.expected.max_bytes} B)")
             parts = message_parts(msg)
             update = validate_reply(*parts, self.expected)
-            self._note_diagnostics(parts[1].get("train-seconds"), parts[2].get("worker-node"))
+            self.note_diagnostics(parts[1].get("train-seconds"), parts[2].get("worker-node"))
             return update
         except Exception as exc:  # the wall: any malformed reply is a rejection, never a crash
-            self._reject(node, f"{exc.__class__.__name__}: {str(exc)[:200]}")
+            self.reject(node, f"{exc.__class__.__name__}: {str(exc)[:200]}")
             return None
 
     def _codec_error(self, change: torch.Tensor) -> float | None:
@@ -250,11 +217,11 @@ class SparseStrategy(Strategy):
             return self.sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
         return msg.metadata.src_node_id
 
-    def _skip(self, server_round: int, why: str) -> None:
+    def skip(self, server_round: int, why: str) -> None:
         log.warning("round %d: %s; global state unchanged", server_round, why)
         self.current.reasons.append(f"round skipped: {why}; global state unchanged")
 
-    def _reject(self, node: int, reason: str, failed: bool = False) -> None:
+    def reject(self, node: int, reason: str, failed: bool = False) -> None:
         log.warning("round %d: %s reply from node %s (partition %s): %s", self.current.round,
                     "failed" if failed else "rejected", node, self.partitions.get(node, "?"), reason)
         self.current.reasons.append(f"partition {self.partitions.get(node, '?')}: {reason}")
@@ -280,7 +247,7 @@ class SparseStrategy(Strategy):
         for reply in grid.send_and_receive(msgs, timeout=max(self.cfg.round_timeout, wait_s)):  # cold starts
             node = reply.metadata.src_node_id
             if reply.has_error():
-                self._reject(node, f"handshake failed: {reply.error.reason[:200]}", failed=True)
+                self.reject(node, f"handshake failed: {reply.error.reason[:200]}", failed=True)
                 continue
             try:  # the handshake's wall: any malformed reply excludes its node, never crashes the server
                 self.current.bytes_up += message_bytes(reply)
@@ -290,10 +257,10 @@ class SparseStrategy(Strategy):
                 admitted[node] = admit(metrics, config, self.expected.fingerprint)
             except Exception as exc:  # noqa: BLE001
                 admitted.pop(node, None)
-                self._reject(node, f"handshake {exc.__class__.__name__}: {str(exc)[:200]}")
+                self.reject(node, f"handshake {exc.__class__.__name__}: {str(exc)[:200]}")
         clash = duplicates(admitted)
         for node in sorted(clash):
-            self._reject(node, f"partition id {admitted[node].partition_id} is claimed by more than one node")
+            self.reject(node, f"partition id {admitted[node].partition_id} is claimed by more than one node")
         self.partitions = {n: a.partition_id for n, a in admitted.items() if n not in clash}
         self.declared = {n: a.num_examples for n, a in admitted.items() if n not in clash}
         self.current.replied = len(self.partitions)
@@ -309,7 +276,7 @@ class SparseStrategy(Strategy):
         replied_nodes: set[int] = set()
         replies = [r for r in replies if not (self._sender(r) in replied_nodes or replied_nodes.add(self._sender(r)))]
         for node in {m.metadata.dst_node_id for m in msgs} - replied_nodes:
-            self._reject(node, f"no reply within {timeout:.0f}s", failed=True)
+            self.reject(node, f"no reply within {timeout:.0f}s", failed=True)
         self.aggregate_train(server_round, replies)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3,
@@ -329,7 +296,7 @@ class SparseStrategy(Strategy):
             self.current.sampled = len(msgs)
             before = self.state.values
             if self.secagg is not None:
-                self.secure_train(rnd, grid, msgs, timeout)
+                secure_train(self, rnd, grid, msgs, timeout)
             else:
                 self.plain_train(rnd, grid, msgs, timeout)
             if self.current.aggregated:  # what the run's codec loses on this round's applied update (reported)

@@ -28,7 +28,7 @@ def adamw(param_groups: list[dict], weight_decay: float = 0.0) -> torch.optim.Ad
 
     The fused step makes one pass over parameters, gradients and moments; the default (foreach) makes about
     ten, each with a temporary as large as the parameters: on full's 22.7 M values it is several times faster on
-    one CPU thread (``python -m simulations.perf_benchmark --sections optimizer``; docs/performance.md).
+    one CPU thread (``python -m simulations.performance.perf_benchmark --sections optimizer``; docs/performance.md).
     """
     params = [p for group in param_groups for p in group["params"]]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)

@@ -121,3 +121,58 @@ def test_the_fab_carries_the_apps_code_and_nothing_else(graph, repo_root):
     assert {n.split("/")[0] for n in names} == packages | {"pyproject.toml", ".info"}
     assert "server/server_app.py" in names and "client/client_app.py" in names
     assert len(fab) < 2 * 2**20
+
+
+# ---- simulations/: rooms with their commands at the top and their machinery in lib/ ---------------------------
+ROOMS = ("engines", "benchmark", "robustness", "performance")
+
+
+def _is_command(path: Path) -> bool:
+    """A command module: it runs as ``python -m`` (an ``if __name__ == "__main__"`` block)."""
+    return any(isinstance(n, ast.If) and "__name__" in ast.unparse(n.test) and "__main__" in ast.unparse(n.test)
+               for n in ast.parse(path.read_text()).body)
+
+
+def test_simulations_holds_rooms_not_modules(repo_root):
+    """Nothing lives directly in simulations/ but its map (``__init__``) and ``python -m simulations``; every
+    folder is one of the rooms, each a package with a ``lib/`` package."""
+    root = repo_root / "simulations"
+    assert sorted(p.name for p in root.glob("*.py")) == ["__init__.py", "__main__.py"]
+    rooms = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert rooms == sorted(ROOMS), rooms
+    for room in ROOMS:
+        assert (root / room / "__init__.py").is_file() and (root / room / "lib" / "__init__.py").is_file(), room
+
+
+def test_commands_at_a_rooms_top_machinery_in_its_lib(repo_root):
+    """A room's top holds commands only (each runnable with ``python -m``); its ``lib/`` holds none, and no
+    deeper folder holds code: the tree says what runs and what serves."""
+    root = repo_root / "simulations"
+    for room in ROOMS:
+        top = [p for p in (root / room).glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+        assert top and all(_is_command(p) for p in top), [p.name for p in top if not _is_command(p)]
+        assert not [p.name for p in (root / room / "lib").glob("*.py") if _is_command(p)], room
+        assert not list((root / room / "lib").glob("*/*.py")), room
+
+
+def test_a_room_uses_another_only_through_its_package(graph):
+    """``simulations.<room>.<anything>`` is imported only from inside that room (and by tests): other rooms import
+    the room's package, its stated public names. A room's package imports its own ``lib/`` only, never a command
+    (so ``python -m simulations.<room>.<command>`` runs the module once)."""
+    offenders = []
+    for name, deps in graph.items():
+        here = name.split(".")[1] if name.startswith("simulations.") and name.count(".") >= 1 else None
+        for dep in deps:
+            parts = dep.split(".")
+            if dep.startswith("simulations.") and len(parts) > 2 and parts[1] in ROOMS and parts[1] != here:
+                offenders.append(f"{name} imports {dep}")
+        if here in ROOMS and name == f"simulations.{here}":
+            offenders += [f"{name} imports the command {d}" for d in deps
+                          if d.startswith(f"simulations.{here}.") and not d.startswith(f"simulations.{here}.lib")]
+    assert not offenders, offenders
+
+
+def test_the_apps_never_import_the_simulations(graph):
+    for name, deps in graph.items():
+        if name.startswith(("client", "server", "shared", "wire")):
+            assert not {d for d in deps if d.startswith("simulations")}, name

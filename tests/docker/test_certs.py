@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from simulations.deployment import CERTS_SCRIPT, DeploymentError, make_certs
+from simulations.engines.deployment import CERTS_SCRIPT, DeploymentError, make_certs
 
 
 def sans(cert: Path) -> str:

@@ -18,7 +18,7 @@ import flwr
 import pytest
 import yaml
 
-from simulations.deployment import make_certs
+from simulations.engines.deployment import make_certs
 
 REPO = Path(__file__).resolve().parents[2]
 PATH_FLAGS = ("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile", "--root-certificates",

@@ -34,7 +34,7 @@ from pathlib import Path
 import flwr
 import pytest
 
-from simulations.launcher import format_run_config
+from simulations.engines import format_run_config
 
 pytestmark = pytest.mark.docker
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from simulations import benchmark
+from simulations.benchmark import benchmark
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from simulations.deployment import deployment
+from simulations.engines.deployment import deployment
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from simulations.launcher import run_simulation
+from simulations.engines import run_simulation
 from shared.methods.dsee.prune import remove_heads
 
 pytestmark = pytest.mark.integration

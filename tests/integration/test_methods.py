@@ -1,6 +1,6 @@
 """Every method end to end on the tiny model: in-process (LocalGrid: real ServerApp main, strategy,
 selection phase and ClientApp handlers, no network), and sam + lora + topk through the real Simulation
-Engine (``simulations/launcher.py``)."""
+Engine (``simulations/engines/launcher.py``)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_method_runs_end_to_end_in_process(method, repo_root, tiny_model_dir, ss
 
 
 def test_sam_and_lora_and_topk_in_the_simulation_engine(repo_root, tiny_model_dir, sst2_dir, tmp_path):
-    from simulations.launcher import run_simulation
+    from simulations.engines import run_simulation
 
     for method in ("sam", "lora", "topk"):
         out = tmp_path / method

@@ -1,7 +1,7 @@
 """The Simulation Engine on an existing Ray cluster: a head and one worker on this machine, 4 clients, 2 rounds.
 
 The cluster is started with ``ray start --head`` / ``ray start --address=...`` (1 CPU each, private
-temp dirs, free ports); the run attaches through ``simulations.launcher``'s ``ray_address`` (RAY_ADDRESS
+temp dirs, free ports); the run attaches through ``simulations.engines.launcher``'s ``ray_address`` (RAY_ADDRESS
 in the SuperLink's environment). Each train reply reports the Ray node it ran on: clients must have
 run on both nodes. Every process the test started (Ray's daemons and workers, the SuperLink tree) is
 stopped by PID and checked gone. Heavy: run it under the shared lock.
@@ -16,8 +16,8 @@ import subprocess
 import psutil
 import pytest
 
-from simulations.launcher import run_simulation
-from simulations.ray_cluster import _ray_env, ray_cluster, worker_counts
+from simulations.engines import run_simulation
+from simulations.engines.ray_cluster import _ray_env, ray_cluster, worker_counts
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from server.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-from simulations.launcher import REPO, format_run_config, run_simulation
+from simulations.engines import REPO, format_run_config, run_simulation
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def test_run_with_30_percent_failing_clients_completes(tmp_path, tiny_model_dir,
 
 
 def _launch(cfg: dict, home: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "simulations.launcher", "--num-supernodes", "4", "--cpus-per-client", "1",
+    cmd = [sys.executable, "-m", "simulations.engines.launcher", "--num-supernodes", "4", "--cpus-per-client", "1",
            "--flwr-home", str(home), "-c", format_run_config(cfg)]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -12,7 +12,7 @@ from shared.artifacts import read_delta
 from shared.methods.mask import apply_delta
 from shared.data import encode, load_splits
 from shared.model import load_base_model
-from simulations.launcher import run_simulation
+from simulations.engines import run_simulation
 
 pytestmark = pytest.mark.integration
 

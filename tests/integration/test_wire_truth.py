@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulations.wire_truth import measure
+from simulations.performance.wire_truth import measure
 
 pytestmark = pytest.mark.integration
 

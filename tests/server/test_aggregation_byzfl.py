@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from server.aggregation import (centered_clip, coordinate_median, multi_krum, trim_count, trimmed_mean)
-from simulations.attack_benchmark import make_scenario
+from simulations.robustness.attack_benchmark import make_scenario
 
 
 @pytest.fixture(scope="module")

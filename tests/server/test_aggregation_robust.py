@@ -13,7 +13,7 @@ from server.aggregation import (AggregationError, aggregate, centered_clip, cent
 from server.server_opt import ServerSettings, server_step
 from shared.config import ConfigError, RunConfig
 from shared.settings import parse_run_config
-from simulations.attack_benchmark import alie_z_max, attack_matrix, make_scenario
+from simulations.robustness.attack_benchmark import alie_z_max, attack_matrix, make_scenario
 
 ONES5 = torch.ones(5)
 

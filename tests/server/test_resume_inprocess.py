@@ -91,7 +91,7 @@ def test_sam_resume_reinstalls_the_checkpointed_mask_without_a_new_selection(tmp
 
 
 def test_a_finished_run_extended_to_more_rounds_equals_one_run_of_that_many(tmp_path, tiny_model_dir, sst2_dir):
-    """The benchmark extends finished runs when a preset asks for more rounds (simulations.benchmark.can_extend)."""
+    """The benchmark extends finished runs when a preset asks for more rounds (simulations.benchmark.benchmark.can_extend)."""
     ref, ext = tmp_path / "ref", tmp_path / "ext"
     _run(_config(tiny_model_dir, sst2_dir, ref))
     _run(_config(tiny_model_dir, sst2_dir, ext, **{"num-server-rounds": 2}))

@@ -1,5 +1,5 @@
-"""The in-process Grid lives in simulations/inprocess.py (the attack benchmark runs on it too)."""
+"""The in-process Grid lives in simulations/engines/lib/inprocess.py (public through simulations.engines) (the attack benchmark runs on it too)."""
 
-from simulations.inprocess import SERVER_NODE_ID, LocalGrid
+from simulations.engines import SERVER_NODE_ID, LocalGrid
 
 __all__ = ["LocalGrid", "SERVER_NODE_ID"]

@@ -1,0 +1,1 @@
+"""The machinery of simulations.benchmark's commands (no command lives here)."""

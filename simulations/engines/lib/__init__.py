@@ -1,0 +1,1 @@
+"""The machinery of simulations.engines's commands (no command lives here)."""

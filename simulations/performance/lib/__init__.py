@@ -1,0 +1,1 @@
+"""The machinery of simulations.performance's commands (no command lives here)."""

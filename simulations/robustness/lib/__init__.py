@@ -1,0 +1,1 @@
+"""The machinery of simulations.robustness's commands (no command lives here)."""

@@ -1,0 +1,168 @@
+"""Attackers in a real federation: a Grid wrapper that rewrites the attackers' train replies in flight.
+
+The attack benchmark's matrix scores one round's aggregate; this module runs whole federations under
+attack, to measure what an attack does to the model the server ends with. Every part of the run is
+the real one (the ServerApp's ``main``, the one server path with its wall, guards and aggregator, the
+ClientApp's training): :class:`AttackingGrid` sits between the server and an in-process grid
+(:class:`simulations.engines.lib.inprocess.LocalGrid`) and, in each pull, replaces the train replies of the attacker
+nodes by the attack computed from that round's honest replies (omniscient, colluding attackers, the
+threat model of Baruch et al. 2019 and Xie et al. 2019). The attackers train honestly first, so
+``sign-flip`` and ``scale-20`` start from their own true delta. The rewritten replies are well formed:
+the same arrays, dtype and fingerprint, so only the server's robustness stands between them and the model.
+
+    python -m simulations.robustness.attack_benchmark --federated     # the cells of FEDERATED_CELLS, resumable
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid
+
+from simulations.robustness.lib.attacks import ATTACKS, HUGE_CLAIM, attack_rows
+from wire.protocol import TRAIN, UP_KEYS
+from wire.records import message_parts, to_recorddict
+
+# (attack, aggregator): what an attack does to FedAvg, and whether each defence undoes it
+FEDERATED_CELLS = (
+    ("none", "fedavg"),
+    ("scale-20", "fedavg"),
+    ("scale-20", "centered-clipping"),
+    ("alie-zmax", "fedavg"),
+    ("alie-zmax", "median"),
+    ("alie-zmax", "centered-clipping"),
+)
+
+
+class AttackingGrid(Grid):
+    """``inner`` with the train replies of ``attackers`` (node ids) replaced by ``attack``'s rows.
+
+    Works on grids that return a round's replies in one pull (the in-process grid): the honest
+    statistics are those of the honest train replies of the same pull. Needs ``value-dtype = float32``
+    (the attack is written in the wire's values); any other dtype is refused.
+    """
+
+    def __init__(self, inner: Grid, attack: str, attackers: Iterable[int]):
+        if attack not in ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; choose one of {ATTACKS}")
+        self.inner, self.attack, self.attackers = inner, attack, frozenset(attackers)
+        self.rewritten = 0  # train replies replaced so far
+
+    def set_run(self, run) -> None:  # pragma: no cover - delegated
+        self.inner.set_run(run)
+
+    @property
+    def run(self):  # pragma: no cover
+        return self.inner.run
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover
+        return self.inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        got = list(self.inner.pull_messages(message_ids))
+        train = [m for m in got if m.metadata.message_type == TRAIN and not m.has_error()]
+        bad = [m for m in train if m.metadata.src_node_id in self.attackers]
+        if self.attack != "none" and bad:
+            self._rewrite(train, bad)
+        return got
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return list(self.pull_messages(self.push_messages(messages)))
+
+    def _rewrite(self, train: list[Message], bad: list[Message]) -> None:
+        parts = {id(m): message_parts(m) for m in train}
+        for m in train:
+            arrays = parts[id(m)][0]
+            if any(arrays.get(key) is None or arrays[key].dtype != np.float32 for key in UP_KEYS):
+                raise ValueError("the federated attack benchmark needs value-dtype='float32' (plain float32 replies)")
+        rows = {id(m): torch.from_numpy(np.concatenate([parts[id(m)][0][key] for key in UP_KEYS])) for m in train}
+        honest = [rows[id(m)] for m in train if m.metadata.src_node_id not in self.attackers]
+        stack = torch.stack(honest).double() if honest else torch.zeros(1, next(iter(rows.values())).numel())
+        mean = stack.mean(dim=0)
+        std = stack.std(dim=0, unbiased=True) if stack.shape[0] > 1 else torch.zeros_like(mean)
+        if self.attack == "weight-claim":
+            bad = bad[:1]  # one liar: it sign-flips its delta and claims HUGE_CLAIM examples
+            forged = -torch.stack([rows[id(m)] for m in bad])
+        else:
+            own = torch.stack([rows[id(m)] for m in bad])
+            forged = attack_rows(self.attack, own, mean, std, len(train))
+        k = parts[id(train[0])][0][UP_KEYS[0]].size
+        for m, row in zip(bad, forged):
+            arrays, metrics, config = parts[id(m)]
+            row = row.float().numpy()
+            arrays = {**arrays, UP_KEYS[0]: row[:k].copy(), UP_KEYS[1]: row[k:].copy()}
+            if self.attack == "weight-claim":
+                metrics = {**metrics, "num-examples": HUGE_CLAIM}
+            m.content = to_recorddict(arrays, config, metrics)
+            self.rewritten += 1
+
+
+def run_cell(attack: str, aggregator: str, run_config: dict, num_clients: int, attackers: int,
+             out_dir: Path) -> dict:
+    """One federated run under ``attack`` with ``aggregator``; its per-round accuracy and the wall's notes."""
+    from client.client_app import app as client_app
+    from server.server_app import main
+    from shared.settings import declared_defaults
+    from simulations.engines import LocalGrid
+
+    rc = {**declared_defaults(), "value-dtype": "float32", **run_config, "aggregator": aggregator,
+          "output-dir": str(out_dir), "min-available-nodes": num_clients}
+    if aggregator == "multi-krum":  # a round it cannot score is skipped, not failed
+        rc["min-train-replies"] = max(int(rc.get("min-train-replies", 1)), 2 * int(rc.get("krum-f", 1)) + 3)
+    if rc["value-dtype"] != "float32":
+        raise ValueError(f"the federated attack runs need value-dtype='float32', got {rc['value-dtype']!r}")
+    inner = LocalGrid(client_app, rc, num_clients)
+    nodes = sorted(inner.get_node_ids())  # partition i is node nodes[i]: the first `attackers` attack
+    grid = AttackingGrid(inner, attack, nodes[:attackers])
+    t0 = time.perf_counter()
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
+    history = json.loads((out_dir / "history.json").read_text())
+    return {"attack": attack, "aggregator": aggregator, "accuracy": [r["accuracy"] for r in history],
+            "aggregated": [r.get("aggregated") for r in history], "rewritten": grid.rewritten,
+            "notes": sorted({n for r in history for n in r.get("rejected_reasons", []) + r.get("notes", [])})[:6],
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def run_cells(cells, run_config: dict, num_clients: int, attackers: int, out: Path) -> dict[str, dict]:
+    """Every cell not already in ``out``/federated.json (resumable), each written as soon as it ends."""
+    store = out / "federated.json"
+    key = repr({"run_config": dict(sorted(run_config.items())), "num_clients": num_clients, "attackers": attackers})
+    done = json.loads(store.read_text()) if store.exists() else {}
+    if done.get("key") != key:
+        done = {"key": key, "cells": {}}
+    for attack, aggregator in cells:
+        name = f"{attack}|{aggregator}"
+        if name in done["cells"]:
+            continue
+        print(f"federated: {attack} x {aggregator} ...", flush=True)
+        done["cells"][name] = run_cell(attack, aggregator, run_config, num_clients, attackers,
+                                       out / "runs" / f"{attack}-{aggregator}")
+        print(f"  accuracy per round {done['cells'][name]['accuracy']}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(done, indent=1))
+    return done["cells"]
+
+
+def federated_table(cells: dict[str, dict]) -> str:
+    """Final and best accuracy per cell, as markdown."""
+    lines = ["| attack | aggregator | final acc. | best acc. | accuracy per round (round 0 = start) |",
+             "|---|---|---:|---:|---|"]
+    for cell in cells.values():
+        acc = cell["accuracy"]
+        per_round = " ".join(f"{a:.3f}" if a is not None else "–" for a in acc)
+        finite = [a for a in acc if a is not None]
+        lines.append(f"| {cell['attack']} | {cell['aggregator']} | {acc[-1]:.3f} | {max(finite):.3f} | "
+                     f"{per_round} |")
+    return "\n".join(lines)

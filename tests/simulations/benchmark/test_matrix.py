@@ -1,0 +1,140 @@
+"""Preset expansion: matrix x runs, precedence of overrides, names, and the shipped presets."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import parse_run_config
+from simulations.benchmark.lib.matrix import REPO, PresetError, build_runs, load_preset
+
+ALL_METHODS = {"pafi", "magnitude", "random", "bitfit", "sam", "topk", "full", "lora", "dsee", "hiwi"}
+
+
+def test_matrix_product_runs_and_precedence():
+    doc = {"run-config": {"lr": 0.005, "num-server-rounds": 10, "data-dir": "../shared/data/sst2"},
+           "matrix": {"method": ["pafi", "full"], "value-dtype": ["float32", "int8"]},
+           "runs": [{"method": "lora", "value-dtype": "float16", "lr": 0.002}],
+           "methods": {"full": {"lr": 3e-5}, "lora": {"lr": 1e-3, "lora-rank": 8}}}
+    runs = {r.name: r.run_config for r in build_runs(doc, {"num-server-rounds": 3})}
+    assert list(runs) == ["pafi-float32", "pafi-int8", "full-float32", "full-int8", "lora-float16-lr=0.002"]
+    assert runs["pafi-int8"]["lr"] == 0.005 and runs["full-int8"]["lr"] == 3e-5
+    assert runs["lora-float16-lr=0.002"]["lr"] == 0.002 and runs["lora-float16-lr=0.002"]["lora-rank"] == 8  # run > methods
+    assert all(c["num-server-rounds"] == 3 for c in runs.values())  # -c beats everything
+    assert runs["pafi-float32"]["data-dir"] == str((REPO / "../shared/data/sst2").resolve())
+
+
+def test_names_carry_extra_keys_and_duplicates_are_refused():
+    doc = {"runs": [{"method": "pafi", "value-dtype": "int8", "int8-block-size": 64}]}
+    assert build_runs(doc, {})[0].name == "pafi-int8-int8-block-size=64"
+    with pytest.raises(PresetError, match="both named"):
+        build_runs({"runs": [{"method": "pafi"}, {"method": "pafi"}]}, {})
+    with pytest.raises(PresetError, match="matrix"):
+        build_runs({"run-config": {}}, {})
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(PresetError, match="ci"):
+        load_preset("nope")
+
+
+@pytest.mark.parametrize("name", ["ci", "quick", "full"])
+def test_shipped_presets_parse_into_valid_run_configs(name):
+    preset = load_preset(name)
+    assert preset.runs and preset.target_accuracy is not None
+    for spec in preset.runs:
+        cfg = parse_run_config(spec.run_config)  # every run-config is valid for the app
+        assert cfg.seed == 42
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_quick_and_full_list_every_method_on_the_same_data(name):
+    preset = load_preset(name)
+    assert {s.run_config["method"] for s in preset.runs} == ALL_METHODS
+    same = {"seed", "num-server-rounds", "partitioner", "dirichlet-alpha", "data-dir", "local-steps"}
+    for key in same:
+        assert len({str(s.run_config.get(key)) for s in preset.runs}) == 1, key
+    dtypes = {s.run_config["value-dtype"] for s in preset.runs if s.run_config["method"] == "pafi"}
+    assert {"float32", "float16", "int8"} <= dtypes
+
+
+def test_full_preset_matches_the_issue_setting():
+    preset = load_preset("full")
+    cfg = preset.runs[0].run_config
+    assert preset.simulation.num_supernodes == 10
+    assert (cfg["partitioner"], cfg["dirichlet-alpha"], cfg["dataset"], cfg["mask-density"]) == \
+        ("dirichlet", 0.5, "sst2", 0.005)
+    assert cfg.get("model", "") == ""  # the bundled MiniLM
+
+
+def test_paper_preset_keeps_its_store_of_record_in_docs(tmp_path):
+    """The paper runs span sessions: their store is a committed folder, not outputs/ (which a fresh clone lacks)."""
+    assert load_preset("paper").out == REPO / "docs" / "results" / "paper"
+    assert load_preset("quick").out is None
+    bad = tmp_path / "bad.toml"
+    bad.write_text('out = 3\n[matrix]\nmethod = ["pafi"]\n')
+    with pytest.raises(PresetError, match="'out' must be a folder path"):
+        load_preset(str(bad))
+
+
+def test_the_store_of_record_commits_what_a_resume_needs_and_not_the_dense_checkpoints():
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    runs = "docs/results/paper/runs"
+    paths = [f"{runs}/{r}/{f}" for r in ("pafi-s42", "lora-s43") for f in
+             ("history.json", "summary.json", "run_config.json", "run.log", "checkpoint.safetensors")]
+    ignored = [f"{runs}/full-s42/checkpoint.safetensors", f"{runs}/full-iid-s42/checkpoint.safetensors",
+               f"{runs}/topk-s42/checkpoint.safetensors", f"{runs}/pafi-s42/model/model.safetensors",
+               f"{runs}/pafi-s42/delta.safetensors", f"{runs}/pafi-s42/.flwr/x"]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *paths, *ignored], cwd=REPO, capture_output=True,
+                         text=True).stdout.split()
+    assert sorted(out) == sorted(ignored)
+
+
+def test_ray_cpus_in_a_preset_is_checked(tmp_path):
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text('[simulation]\nray-cpus = 3\n[matrix]\nmethod = ["pafi"]\n')
+    assert load_preset(str(good)).simulation.ray_cpus == 3
+    bad.write_text('[simulation]\nray-cpus = -1\n[matrix]\nmethod = ["pafi"]\n')
+    with pytest.raises(PresetError, match="ray-cpus must be an integer"):
+        load_preset(str(bad))
+
+
+def test_an_only_glob_that_selects_no_run_is_refused_before_any_work(tmp_path, capsys):
+    """`--only pafi-d2` names a group whose runs are pafi-d2-s42...: it used to run nothing and exit 0."""
+    from simulations.benchmark import benchmark
+    from simulations.benchmark.benchmark import select_runs
+    preset = load_preset("paper")
+    assert [s.name for s in select_runs(preset, "pafi-d2-*")] == ["pafi-d2-s42"]
+    assert [s.name for s in select_runs(preset, "pafi-s42, full-s4[23]")] == ["pafi-s42", "full-s42", "full-s43"]
+    with pytest.raises(PresetError, match=r"--only 'pafi-d2' matches no run of preset paper: did you mean "
+                                          r"pafi-d2-s42 or 'pafi-d2-\*'\?"):
+        select_runs(preset, "pafi-s42,pafi-d2")
+    assert benchmark.main(["--preset", "paper", "--out", str(tmp_path), "--only", "nope"]) == 2
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    assert "--only 'nope' matches no run of preset paper: --list prints every run's name" in err.replace("\n", " ")
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_paper_preset_lists_the_issue_runs():
+    p = load_preset("paper")
+    groups: dict[str, list[int]] = {}
+    for r in p.runs:
+        groups.setdefault(r.group, []).append(r.seed)
+        assert r.run_config["partitioner"] in ("dirichlet", "iid") and r.run_config["dirichlet-alpha"] == 0.5
+    for m in ("pafi", "full", "lora", "random", "magnitude", "bitfit"):
+        assert len(groups[m]) == 3, m
+    for m in ("sam", "topk", "dsee", "hiwi", "pafi-iid", "full-iid", "pafi-d2"):
+        assert len(groups[m]) == 1, m
+    dense = next(r for r in p.runs if r.group == "pafi-d2").run_config
+    assert dense["mask-density"] == 0.02 and dense["method"] == "pafi" and dense["partitioner"] == "dirichlet"
+    assert dense["lr"] == 0.005  # its own sweep (paper-lr), not pafi's 1e-2
+    # the drift diagnostics: each one knob away from pafi's run-config
+    pafi = next(r for r in p.runs if r.name == "pafi-s42").run_config
+    for group, knobs in (("pafi-lr5e3", {"lr": 0.005}), ("pafi-bal", {"local-loss": "balanced"}),
+                         ("pafi-avgm", {"aggregator": "fedavgm", "server-lr": 0.1, "server-momentum": 0.9})):
+        (run,) = [r for r in p.runs if r.group == group]
+        assert run.seed == 42 and {k: v for k, v in run.run_config.items() if pafi.get(k) != v} == knobs, group
