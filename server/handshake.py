@@ -2,8 +2,10 @@
 
 A valid reply carries the server's mask fingerprint and integer metrics ``partition-id`` in
 [0, ``num-partitions``), ``num-partitions`` >= 1 and ``num-examples`` (the node's declared partition
-size, the cap on what its train replies may claim). Partition ids claimed by more than one node are
-refused for all of them: which one is genuine cannot be told, and sampling is by partition id.
+size, the cap on what its train replies may claim). A partition id stays with the node whose valid reply
+claimed it first (replies are read in the order they arrive); a later claimant is refused, so a node that copies
+another's id cannot evict it. A handshake that admits no node ends the run with one line
+(:class:`HandshakeError`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from shared.masks import MaskMismatchError
 from wire.codec import MalformedUpdateError
 
 MAX_PARTITIONS = 10**7
+
+
+class HandshakeError(RuntimeError):
+    """No node passed the handshake: the run cannot start (the message says why, for the first nodes)."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,16 @@ def admit(metrics: Mapping[str, Any], config: Mapping[str, Any], fingerprint: st
     return Admission(pid, nparts, _integer(metrics, "num-examples", 0, MAX_NUM_EXAMPLES))
 
 
-def duplicates(admitted: Mapping[int, Admission]) -> set[int]:
-    """Nodes whose partition id another admitted node claims too."""
-    claims: dict[int, list[int]] = {}
+def later_claimants(admitted: Mapping[int, Admission]) -> dict[int, int]:
+    """Node -> the node that claimed its partition id first, for every node whose id an earlier node holds.
+
+    ``admitted`` in arrival order (a dict keeps insertion order): the first valid claim of an id keeps it.
+    """
+    holder: dict[int, int] = {}
+    later: dict[int, int] = {}
     for node, adm in admitted.items():
-        claims.setdefault(adm.partition_id, []).append(node)
-    return {node for nodes in claims.values() if len(nodes) > 1 for node in nodes}
+        if adm.partition_id in holder:
+            later[node] = holder[adm.partition_id]
+        else:
+            holder[adm.partition_id] = node
+    return later

@@ -11,6 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import CheckpointError
+from server.handshake import HandshakeError
 from server.linkstate_index import install as install_linkstate_index
 from server.outputs import save_final_model, write_json
 from server.recovery import (checkpoint_round, prepare_output_dir, resume_from_checkpoint, run_identity,
@@ -93,7 +94,7 @@ class RunRecorder:
 
 
 # Errors caused by the user's input: reported as one line that says how to fix it, not a traceback.
-USER_ERRORS = (ConfigError, DataLoadError, ModelLoadError, MaskError, CheckpointError)
+USER_ERRORS = (ConfigError, DataLoadError, ModelLoadError, MaskError, CheckpointError, HandshakeError)
 
 
 @app.main()

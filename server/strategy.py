@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import Strategy
 from server.rounds import GlobalState, RoundLog, send_and_receive  # noqa: F401 (re-exported)
 from server.aggregation import AggregationError
 from server.guards import bound_updates, capped_weights, example_caps
-from server.handshake import admit, duplicates
+from server.handshake import HandshakeError, admit, later_claimants
 from server.secagg import SecAggParams, check_capacity
 from server.secure_round import secure_train
 from server.server_opt import OptState, ServerSettings, server_step
@@ -258,14 +258,17 @@ class SparseStrategy(Strategy):
             except Exception as exc:  # noqa: BLE001
                 admitted.pop(node, None)
                 self.reject(node, f"handshake {exc.__class__.__name__}: {str(exc)[:200]}")
-        clash = duplicates(admitted)
-        for node in sorted(clash):
-            self.reject(node, f"partition id {admitted[node].partition_id} is claimed by more than one node")
+        clash = later_claimants(admitted)
+        for node, holder in clash.items():
+            self.reject(node, f"partition id {admitted[node].partition_id} is held by node {holder}, which claimed it "
+                              f"first")
         self.partitions = {n: a.partition_id for n, a in admitted.items() if n not in clash}
         self.declared = {n: a.num_examples for n, a in admitted.items() if n not in clash}
         self.current.replied = len(self.partitions)
         if not self.partitions:
-            raise RuntimeError("no node passed the handshake: " + "; ".join(self.current.reasons[:3]))
+            raise HandshakeError(f"no node passed the handshake ({len(self.current.reasons)} refused; first: "
+                                 + "; ".join(self.current.reasons[:3]) + "); check that the nodes run this app "
+                                 "with the same model and settings")
         return self.current
 
     def plain_train(self, server_round: int, grid: Grid, msgs: list[Message], timeout: float) -> None:

@@ -133,6 +133,7 @@ class RunConfig:
                               "(the noise std is z*C/n); set dp-clip-norm")
         if self.secure_aggregation:
             check_secure_aggregation(self)
+        check_aggregator(self)
         check_schedule(self.lr_schedule, self.num_server_rounds, self.lr_warmup_rounds, self.lr_decay_rounds)
 
     @property
@@ -142,6 +143,20 @@ class RunConfig:
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_aggregator(cfg: RunConfig) -> None:
+    """One-line :class:`ConfigError` for aggregator settings that cannot work in a round the run may aggregate.
+
+    Multi-Krum scores each reply by its distances to its n - f - 2 nearest others, so it needs n > 2f + 2 replies;
+    a run that may aggregate fewer (``min-train-replies``) would fail in its first short round. (Trimmed mean's
+    fraction is checked by its knob's range, [0, 0.5).)
+    """
+    need = 2 * cfg.krum_f + 3
+    if cfg.aggregator == "multi-krum" and cfg.min_train_replies < need:
+        raise ConfigError(f"aggregator='multi-krum' with krum-f={cfg.krum_f} needs min-train-replies >= {need} (it "
+                          f"scores each reply against its n - f - 2 nearest, so n > 2f + 2): set "
+                          f"min-train-replies={need} with enough nodes sampled, or lower krum-f")
 
 
 def check_secure_aggregation(cfg: RunConfig) -> None:

@@ -111,8 +111,9 @@ def test_robust_knobs_reach_the_server_step():
 
 
 def test_multi_krum_needs_min_train_replies_above_2f_plus_2_at_start():
-    with pytest.raises(AggregationError, match="min-train-replies >= 5") as err:
-        ServerSettings.from_config(RunConfig(aggregator="multi-krum", krum_f=1))
+    """Refused where the settings are parsed, before any model loads (multi-krum's defaults: krum-f 1, min 1)."""
+    with pytest.raises(ConfigError, match="min-train-replies >= 5") as err:
+        parse_run_config({"aggregator": "multi-krum"})
     assert "\n" not in str(err.value)
     assert ServerSettings.from_config(RunConfig(aggregator="multi-krum", krum_f=1, min_train_replies=5)).krum_f == 1
 

@@ -146,13 +146,44 @@ def test_handshake_garbage_never_crashes_and_admits_only_valid_unique_partitions
     assert set(s.declared) == set(s.partitions)
 
 
-def test_duplicate_partition_ids_are_refused_for_every_claimant():
+def test_a_duplicate_partition_id_never_evicts_the_node_that_claimed_it_first():
     good = {"partition-id": 1, "num-partitions": 4, "num-examples": 10}
     answers = {300: (good, {"fingerprint": FP}, False), 301: (dict(good), {"fingerprint": FP}, False),
                302: ({**good, "partition-id": 2}, {"fingerprint": FP}, False)}
     s = _strategy(0)
     s.handshake(_HandshakeGrid(answers), 1, 1)
-    assert s.partitions == {302: 2} and sum("claimed by more than one node" in r for r in s.current.reasons) == 2
+    assert s.partitions == {300: 1, 302: 2}
+    assert [r.split(": ", 1)[1] for r in s.current.reasons if "held by" in r] == [
+        "partition id 1 is held by node 300, which claimed it first"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(order=st.permutations(range(6)), pids=st.lists(st.integers(0, 2), min_size=6, max_size=6))
+def test_duplicates_never_evict_the_first_holder_and_some_node_always_passes(order, pids):
+    """Any pattern of clashing ids, in any arrival order: each id stays with its first claimant."""
+    answers = {400 + i: ({"partition-id": pids[i], "num-partitions": 3, "num-examples": 10}, {"fingerprint": FP},
+                         False) for i in order}
+    grid = _HandshakeGrid(answers)
+    arrival = grid.send_and_receive
+    grid.send_and_receive = lambda msgs, timeout=None: sorted(  # replies arrive in `order`, not by node id
+        arrival(msgs, timeout), key=lambda m: order.index(m.metadata.src_node_id - 400))
+    s = _strategy(0)
+    s.handshake(grid, 1, 1)
+    first = {}
+    for i in order:
+        first.setdefault(pids[i], 400 + i)
+    assert s.partitions == {node: pid for pid, node in first.items()}
+    assert s.current.rejected == 6 - len(first)
+
+
+def test_a_handshake_nobody_passes_is_one_line():
+    from server.handshake import HandshakeError
+
+    answers = {500: ({"partition-id": 0, "num-partitions": 1, "num-examples": 1}, {"fingerprint": "other"}, False)}
+    s = _strategy(0)
+    with pytest.raises(HandshakeError) as err:
+        s.handshake(_HandshakeGrid(answers), 1, 1)
+    assert "no node passed the handshake" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_history_json_is_strict(tmp_path):

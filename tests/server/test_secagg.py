@@ -134,7 +134,7 @@ def test_a_round_whose_sum_could_wrap_is_refused_in_one_line():
     ({"secagg_num_shares": 2.0}, "'secagg-num-shares' must be a share in (0, 1] or an integer count > 2"),
     ({"secagg_num_shares": 3.0, "secagg_reconstruction_threshold": 3.0}, "must be below secagg-num-shares"),
     ({"aggregator": "trimmed-mean"}, "cannot run aggregator 'trimmed-mean'"),
-    ({"aggregator": "multi-krum"}, "cannot run aggregator 'multi-krum'"),
+    ({"aggregator": "multi-krum", "min_train_replies": 5}, "cannot run aggregator 'multi-krum'"),
     ({"aggregator": "centered-clipping"}, "cannot run aggregator 'centered-clipping'"),
     ({"max_update_norm": 1.0}, "cannot run 'max-update-norm' (a per-client norm policy)"),
     ({"update_norm_multiple": 3.0}, "cannot run 'update-norm-multiple'"),
