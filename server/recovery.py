@@ -18,7 +18,8 @@ import torch
 from server.checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError, check_compatible, load_checkpoint,
                                restore_rng, save_checkpoint)
 from server.strategy import GlobalState, SparseStrategy
-from shared.config import RunConfig
+from shared.config import CHANGED_DEFAULTS, RunConfig
+from shared.settings import declared_defaults, parse_run_config
 
 log = logging.getLogger("fedsparse.server")
 CRASH_EXIT_CODE = 17
@@ -45,6 +46,26 @@ def prepare_output_dir(cfg: RunConfig, out: Path) -> None:
                                   f"another output-dir")
         if tmp.exists() or tmp.is_symlink():
             tmp.unlink()  # a stale temporary file: its rename never happened, the real file is intact
+
+
+def kept_defaults(cfg: RunConfig, run_config: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """With ``resume``, the run's settings with every changed default put back to what the checkpoint's run had.
+
+    A knob in :data:`shared.config.CHANGED_DEFAULTS` that this run leaves at today's default takes the checkpoint's
+    value (or, where the checkpoint predates the knob, the value it ran with then); a value the user set stays and
+    meets the compatibility check. Read before anything is built from ``cfg``; (cfg, run_config) unchanged otherwise.
+    """
+    path = Path(cfg.output_dir).expanduser().resolve() / CHECKPOINT_NAME
+    if not cfg.resume or not path.exists():
+        return cfg, dict(run_config)
+    stored, defaults, kept = load_checkpoint(path).run_config, declared_defaults(), dict(run_config)
+    for key, before in CHANGED_DEFAULTS.items():
+        then, now = stored.get(key, before), defaults[key]
+        if kept.get(key, now) == now and then != now:
+            kept[key] = then
+            print(f"fedsparse: resume keeps {key}={then!r} of the checkpoint's run (today's default is {now!r})",
+                  flush=True)
+    return (parse_run_config(kept), kept) if kept != dict(run_config) else (cfg, kept)
 
 
 def saved_selection(cfg: RunConfig) -> dict[str, torch.Tensor]:

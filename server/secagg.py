@@ -199,8 +199,22 @@ def unmask_mean(masked: Mapping[int, list[np.ndarray]], seed_shares: Mapping[int
     n = len(masked)
     if int(factor) != n * q:  # every client weighs exactly Q: anything else is a corrupted sum
         raise SecureAggregationError(f"the unmasked weight total is {int(factor)}, not {n} x {q}: the sum is corrupt")
+    check_sum_range(vectors, n, q)
     summed = dequantize(vectors, c, q)[0] - (n - 1) * c  # dequantize shifts by -c once; n shifts were added
     return summed / n
+
+
+def check_sum_range(vectors: list[np.ndarray], n: int, q: int) -> None:
+    """Every coordinate of an honest sum of ``n`` quantized vectors lies in [0, n x Q] (each client clips to [-c, c]
+    and quantizes to [0, Q]), so its mean lies in [-c, c]; a coordinate outside is a client's offset on its masked
+    vector (the masks hide it until the sum): :class:`SecureAggregationError`, and the round is skipped."""
+    for arr in vectors:
+        ints = np.asarray(arr).astype(np.int64)
+        bad = int(((ints < 0) | (ints > n * q)).sum())
+        if bad:
+            raise SecureAggregationError(f"{bad} of {ints.size} coordinates of the unmasked sum lie outside [0, {n} x "
+                                         f"{q}], what {n} clipped clients can produce (the mean would leave "
+                                         f"[-c, c]): a client offset its masked vector")
 
 
 def secure_summary(cfg: RunConfig, rounds: list[dict], payload_bytes: int) -> dict:

@@ -14,8 +14,8 @@ from server.checkpoint import CheckpointError
 from server.handshake import HandshakeError
 from server.linkstate_index import install as install_linkstate_index
 from server.outputs import save_final_model, write_json
-from server.recovery import (checkpoint_round, prepare_output_dir, resume_from_checkpoint, run_identity,
-                             saved_selection)
+from server.recovery import (checkpoint_round, kept_defaults, prepare_output_dir, resume_from_checkpoint,
+                             run_identity, saved_selection)
 from server.secagg import secure_summary
 from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
@@ -112,6 +112,7 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     out = Path(cfg.output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     prepare_output_dir(cfg, out)  # before any model loads
+    cfg, run_config = kept_defaults(cfg, run_config)  # a resumed run trains with the settings it was made with
     # a bad data folder or file (or a missing eval split) fails here, in one line, before any model
     held_out(load_splits(cfg.dataset, cfg.data_dir), cfg.eval_split, cfg.data_dir)
     resolve_device(cfg.device)  # so does a device this machine lacks (device=cuda on a CPU-only host)

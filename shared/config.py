@@ -92,8 +92,9 @@ class RunConfig:
     norm_policy: str = knob("clip", "an update over a norm bound is clipped to it or rejected", choices=("clip", "reject"))
     weighting: str = knob("examples", "FedAvg weights: num-examples (capped at the handshake's declaration) or "
                           "uniform", choices=("examples", "uniform"))
-    examples_cap_multiple: float = knob(0.0, "cap each node's declared num-examples at this multiple of the median "
-                                        "declaration; 0 = no cap beyond the declaration", low=0)
+    examples_cap_multiple: float = knob(10.0, "cap each node's declared num-examples at this multiple of the median "
+                                        "declaration (honest Dirichlet partitions stay under 8x); 0 = no cap beyond "
+                                        "the declaration", low=0)
     dp_clip_norm: float = knob(0.0, "central DP: L2 bound of each client's update; 0 = no clipping", low=0)
     dp_noise_multiplier: float = knob(0.0, "central DP: noise std z*C/n on the mean; 0 = no noise", low=0)
     secure_aggregation: bool = knob(False, "train rounds through SecAgg+ (Flower's): the server learns only the sum "
@@ -193,6 +194,11 @@ def check_secure_aggregation(cfg: RunConfig) -> None:
 
 
 CORE_KEYS = frozenset(knobs(RunConfig))
+
+# Knobs whose default changed, with the value a run made before the change ran with (its checkpoint may hold that
+# value, or lack the key where the knob is newer). A resumed run keeps it unless the resuming run sets the key to
+# something other than today's default: a changed default never changes what a run of record trains with.
+CHANGED_DEFAULTS: dict[str, Any] = {"examples-cap-multiple": 0.0}
 
 
 def core_config(run_config: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> RunConfig:

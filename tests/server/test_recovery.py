@@ -87,3 +87,31 @@ def test_a_checkpoint_from_before_the_data_identity_resumes_on_the_same_data_dir
     assert resume_from_checkpoint(dst.cfg, tmp_path, dst, ident, {**RUN_CONFIG, "data-dir": "/d"})[0] == 2
     with pytest.raises(CheckpointError, match="data-dir"):
         resume_from_checkpoint(dst.cfg, tmp_path, dst, ident, {**RUN_CONFIG, "data-dir": "/elsewhere"})
+
+
+def test_a_run_of_record_resumes_with_the_defaults_it_was_made_with(tmp_path, repo_root):
+    """pafi-s42 of the `paper` record was made when examples-cap-multiple defaulted to 0 (no cap): resumed under
+    today's defaults it keeps 0 and passes the compatibility check; a value the user sets is kept and checked."""
+    import json
+    import shutil
+
+    from server.checkpoint import check_compatible
+    from server.recovery import kept_defaults
+    from shared.settings import declared_defaults, parse_run_config
+
+    run = repo_root / "docs" / "results" / "paper" / "runs" / "pafi-s42"
+    shutil.copy(run / CHECKPOINT_NAME, tmp_path / CHECKPOINT_NAME)
+    stored = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    today = {**declared_defaults(), **json.loads((run / "run_config.json").read_text()),
+             "output-dir": str(tmp_path), "resume": True}
+    assert today["examples-cap-multiple"] == 10.0 and stored.run_config["examples-cap-multiple"] == 0.0
+    cfg, kept = kept_defaults(parse_run_config(today), today)
+    assert cfg.examples_cap_multiple == 0.0 and kept["examples-cap-multiple"] == 0.0
+    check_compatible(stored, stored.identity, {**kept, "output-dir": stored.run_config["output-dir"]})
+    mine = {**today, "examples-cap-multiple": 4.0}
+    cfg, kept = kept_defaults(parse_run_config(mine), mine)
+    assert cfg.examples_cap_multiple == 4.0
+    with pytest.raises(CheckpointError, match="examples-cap-multiple=0.0, this run has 4.0"):
+        check_compatible(stored, stored.identity, {**kept, "output-dir": stored.run_config["output-dir"]})
+    fresh = {**today, "resume": False}
+    assert kept_defaults(parse_run_config(fresh), fresh)[0].examples_cap_multiple == 10.0

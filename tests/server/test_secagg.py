@@ -17,7 +17,7 @@ import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
-from flwr.common import bytes_to_ndarray
+from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 from flwr.common.secure_aggregation.quantization import quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from safetensors.torch import load_file
@@ -234,3 +234,40 @@ def test_central_dp_on_the_secure_sum_matches_dp_in_the_clear(tmp_path, tiny_mod
     rel = float((sec - plain).norm() / plain.norm())
     print(f"\ncentral DP on the secure sum vs in the clear: relative difference {rel:.2e}")
     assert all(r["aggregated"] for r in h_sec[1:]) and rel <= 1e-3
+
+
+class OffsetGrid(LocalGrid):
+    """Node ``attacker`` adds ``offset`` (mod M) to every coordinate of its masked vector, round after round: the
+    masks hide it, only the unmasked sum shows it."""
+
+    def __init__(self, *args, attacker: int, offset: int, **kw):
+        super().__init__(*args, **kw)
+        self.attacker, self.offset = attacker, offset
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        stages = [_stage(m) for m in messages]
+        ids = list(super().push_messages(messages))
+        for msg, mid, stage in zip(messages, ids, stages):
+            if stage == Stage.COLLECT_MASKED_VECTORS and msg.metadata.dst_node_id == self.attacker:
+                conf = self._replies[mid].content.config_records[RECORD_KEY_CONFIGS]
+                factor, vector = [bytes_to_ndarray(b) for b in conf[Key.MASKED_PARAMETERS]]
+                vector = ((vector.astype(np.int64) + self.offset) % 2**32).astype(vector.dtype)
+                conf[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(factor), ndarray_to_bytes(vector)]
+        return ids
+
+
+@pytest.mark.integration
+def test_an_offset_masked_vector_is_caught_in_the_unmasked_sum_and_its_round_skipped(tmp_path, tiny_model_dir,
+                                                                                     sst2_dir):
+    """Each client clips to [-c, c]: an honest mean never leaves it. An offset hidden under the masks moved every
+    coordinate of the mean by +66.7 before this check; now the round is skipped and the state kept."""
+    nodes = 3
+    cfg = _config(tiny_model_dir, sst2_dir, tmp_path / "sec", nodes, **SECURE, **{"num-server-rounds": 2})
+    grid = OffsetGrid(client_app, cfg, nodes, error_replies=True, attacker=1001, offset=2**30)
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
+    history = json.loads((tmp_path / "sec" / "history.json").read_text())
+    for rec in history[1:]:
+        assert not rec["aggregated"] and any("outside [0, 3 x 16777216]" in r for r in rec["rejected_reasons"])
+    values = load_file(str(tmp_path / "sec" / "delta.safetensors"))["values"]
+    assert torch.count_nonzero(values) == 0  # the merged state is the untouched start
