@@ -44,11 +44,18 @@ class RunRecorder:
         self.test = test_split(cfg, rt.base.tokenizer)
         self.history: list[dict] = []
         self.t_start = time.perf_counter()
+        self._last: tuple[GlobalState, tuple[float, float]] | None = None  # the last state evaluated and its figures
 
     def evaluate(self, state: GlobalState) -> tuple[float, float]:
+        """(loss, accuracy) of ``state`` on the held-out split; a state vetted before adoption is not evaluated
+        twice (the strategy's ``vet`` and the round's record share the figures of the same state object)."""
+        if self._last is not None and self._last[0] is state:
+            return self._last[1]
         head = unflatten_head(state.head, self.rt.tuner.head_state(), self.rt.base.head_names)
         self.rt.tuner.load(state.values, head)
-        return evaluate(self.rt.base.model, self.test, self.cfg.eval_batch_size, self.cfg.precision)  # on the device
+        out = evaluate(self.rt.base.model, self.test, self.cfg.eval_batch_size, self.cfg.precision)  # on the device
+        self._last = (state, out)
+        return out
 
     def record(self, rl: RoundLog, state: GlobalState, seconds: float) -> dict:
         t0 = time.perf_counter()
@@ -120,6 +127,7 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     rt.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
     strategy = _strategy(cfg, rt)
     recorder = RunRecorder(cfg, rt, out)
+    strategy.vet = lambda state: recorder.evaluate(state)[0]  # a state is adopted only if its loss does not explode
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
     saved = saved_selection(cfg) if rt.method.select is not None else {}

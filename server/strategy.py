@@ -62,6 +62,8 @@ class SparseStrategy(Strategy):
         self.round_nodes: set[int] | None = None  # the nodes sampled this round (None before configure_train)
         self.declared: dict[int, int] = {}  # node id -> num-examples it declared at the handshake
         self.secagg = SecAggParams.from_config(cfg) if cfg.secure_aggregation else None
+        self.vet: Callable[[GlobalState], float] | None = None  # a state's server-side evaluation loss (the ServerApp's)
+        self.adopted_loss: float | None = None  # that loss for the state last adopted (None: not evaluated yet)
 
     # ---- Strategy contract -----------------------------------------------------------------
     def summary(self) -> None:
@@ -115,9 +117,28 @@ class SparseStrategy(Strategy):
         if not (representable(new.values, dtype) and representable(new.head, dtype)):
             self.skip(server_round, f"the aggregated update leaves non-finite values or values beyond {dtype}'s range")
             return None, None
+        why = self._not_adoptable(new)
+        if why:
+            self.skip(server_round, why)
+            return None, None
         self.state, self.opt_state = new, opt_state
         self.current.train_loss, self.current.aggregated = loss, True
         return ArrayRecord(), MetricRecord({"train-loss": loss, "replies": num_clients})
+
+    def _not_adoptable(self, new: GlobalState) -> str:
+        """Why ``new`` may not become the global state ("" if it may): its evaluation loss is not finite, or over
+        ``state-loss-ratio`` x the last adopted state's. Both losses come from ``vet`` (deterministic)."""
+        ratio = self.cfg.state_loss_ratio
+        if self.vet is None or ratio <= 0:
+            return ""
+        if self.adopted_loss is None:
+            self.adopted_loss = self.vet(self.state)
+        loss = self.vet(new)
+        if math.isfinite(loss) and loss <= ratio * self.adopted_loss:
+            self.adopted_loss = loss
+            return ""
+        return (f"the new state's evaluation loss {loss:.4g} is over state-loss-ratio {ratio:g} x the last adopted "
+                f"state's {self.adopted_loss:.4g}: not adopted")
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

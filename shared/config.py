@@ -90,6 +90,9 @@ class RunConfig:
     update_norm_multiple: float = knob(0.0, "bound each update's norm at this multiple of the round's median norm; "
                                        "0 = none", low=0)
     norm_policy: str = knob("clip", "an update over a norm bound is clipped to it or rejected", choices=("clip", "reject"))
+    state_loss_ratio: float = knob(10.0, "a new global state whose server-side evaluation loss exceeds this multiple of "
+                                   "the last adopted state's is not adopted (the round is skipped; honest rounds of "
+                                   "the paper record rise at most 5.75x); 0 = adopt every finite state", low=0)
     weighting: str = knob("examples", "FedAvg weights: num-examples (capped at the handshake's declaration) or "
                           "uniform", choices=("examples", "uniform"))
     examples_cap_multiple: float = knob(10.0, "cap each node's declared num-examples at this multiple of the median "
@@ -198,7 +201,7 @@ CORE_KEYS = frozenset(knobs(RunConfig))
 # Knobs whose default changed, with the value a run made before the change ran with (its checkpoint may hold that
 # value, or lack the key where the knob is newer). A resumed run keeps it unless the resuming run sets the key to
 # something other than today's default: a changed default never changes what a run of record trains with.
-CHANGED_DEFAULTS: dict[str, Any] = {"examples-cap-multiple": 0.0}
+CHANGED_DEFAULTS: dict[str, Any] = {"examples-cap-multiple": 0.0, "state-loss-ratio": 0.0}
 
 
 def core_config(run_config: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> RunConfig:

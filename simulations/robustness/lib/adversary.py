@@ -25,7 +25,7 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
-from simulations.robustness.lib.attacks import ATTACKS, HUGE_CLAIM, attack_rows
+from simulations.robustness.lib.attacks import ATTACKS, FEDERATED_ATTACKS, HUGE_CLAIM, attack_rows
 from wire.protocol import TRAIN, UP_KEYS
 from wire.records import message_parts, to_recorddict
 
@@ -49,8 +49,8 @@ class AttackingGrid(Grid):
     """
 
     def __init__(self, inner: Grid, attack: str, attackers: Iterable[int]):
-        if attack not in ATTACKS:
-            raise ValueError(f"unknown attack {attack!r}; choose one of {ATTACKS}")
+        if attack not in ATTACKS + FEDERATED_ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; choose one of {ATTACKS + FEDERATED_ATTACKS}")
         self.inner, self.attack, self.attackers = inner, attack, frozenset(attackers)
         self.rewritten = 0  # train replies replaced so far
 

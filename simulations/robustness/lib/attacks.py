@@ -14,6 +14,10 @@ import torch
 HUGE_CLAIM = 1_000_000.0  # num-examples claimed by the lying client of the ``weight-claim`` attack
 ATTACKS = ("none", "sign-flip", "scale-20", "alie-zmax", "alie-1.0", "alie-1.5", "ipm-0.1", "ipm-0.5",
            "weight-claim")
+# Whole-federation attacks only (not in the one-round matrix): every value 1e30 (finite in float32), or all zeros
+# (pulls a median-based bound down)
+FEDERATED_ATTACKS = ("huge", "zeros")
+HUGE_VALUE = 1e30
 
 
 def alie_z_max(n: int, f: int) -> float:
@@ -40,4 +44,8 @@ def attack_rows(attack: str, own: torch.Tensor, mean: torch.Tensor, std: torch.T
         return (mean - z * std).float().expand(f, -1).clone()
     if attack.startswith("ipm-"):
         return (-float(attack[4:]) * mean).float().expand(f, -1).clone()
-    raise ValueError(f"unknown attack {attack!r}; choose one of {ATTACKS}")
+    if attack == "huge":
+        return torch.full_like(own, HUGE_VALUE, dtype=torch.float32)
+    if attack == "zeros":
+        return torch.zeros_like(own, dtype=torch.float32)
+    raise ValueError(f"unknown attack {attack!r}; choose one of {ATTACKS + FEDERATED_ATTACKS}")
