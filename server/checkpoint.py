@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from shared.config import CHANGED_DEFAULTS
 from shared.schedule import SCHEDULE_KEYS, same_factors
 from shared.settings import declared_defaults
 
@@ -139,9 +140,10 @@ def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Ma
                               f"lr-decay-rounds <= num-server-rounds - {ck.round}")
     if "data" not in ck.identity:
         keys.add("data-dir")
-    defaults = declared_defaults()  # a key one side lacks (a knob added since the checkpoint) ran at its default
+    defaults = declared_defaults()  # a key one side lacks (a knob added since the checkpoint) ran at its default,
+    then = {**defaults, **CHANGED_DEFAULTS}  # the checkpoint's side: the default of its time where it changed since
     for key in sorted(keys):
-        old, new = ck.run_config.get(key, defaults.get(key)), run_config.get(key, defaults.get(key))
+        old, new = ck.run_config.get(key, then.get(key)), run_config.get(key, defaults.get(key))
         if old != new:
             raise CheckpointError(f"checkpoint was written with {key}={old!r}, this run has {new!r}; resume with the "
                                   f"same settings or a new output-dir")

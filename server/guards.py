@@ -1,8 +1,11 @@
 """Bounds on what one client can do to a round: pure functions over decoded, aligned updates.
 
-- norm policy: an update whose L2 norm (values + head) exceeds ``max-update-norm`` and/or
-  ``update-norm-multiple`` x the round's median norm is clipped to the bound or rejected
-  (``norm-policy``); the bound never depends on the offending update alone;
+- norm policy: an update whose L2 norm (values + head) exceeds the round's bound is clipped to it or rejected
+  (``norm-policy``). The bound is the least of ``max-update-norm``, ``update-norm-multiple`` x the round's median
+  norm, and (by default, ``update-bound = "adaptive"``) ``update-bound-multiple`` x a *trusted scale* x the round's
+  lr factor: the scale starts at the norm of the server's own reference update (:mod:`server.reference`) and then
+  moves toward the median of the norms the server bounded in each round, by at most ``BOUND_STEP`` per round, so
+  no round's replies set their own bound and attackers who own a round's median move it by at most 1.5x;
 - weights: FedAvg weights are the replies' ``num-examples`` capped at what each node declared at the
   handshake (and at ``examples-cap-multiple`` x the median declaration), or uniform (``weighting``).
 """
@@ -14,9 +17,21 @@ import statistics
 import torch
 
 
-def norm_bound(norms: torch.Tensor, max_norm: float, multiple: float) -> float | None:
-    """The round's bound on an update's L2 norm (None = unbounded)."""
-    bounds = []
+BOUND_STEP = 1.5  # the most the trusted scale moves in one round (up or down)
+
+
+def next_scale(scale: float, norms: torch.Tensor, lr_factor: float) -> float:
+    """The trusted scale after a round whose bounded updates have L2 ``norms`` (n,), taken at ``lr_factor``: toward
+    their median per unit rate, by a factor in [1 / BOUND_STEP, BOUND_STEP]; unchanged without updates."""
+    if not norms.numel() or lr_factor <= 0 or scale <= 0:
+        return scale
+    ratio = float(norms.double().median()) / lr_factor / scale
+    return scale * min(max(ratio, 1.0 / BOUND_STEP), BOUND_STEP)
+
+
+def norm_bound(norms: torch.Tensor, max_norm: float, multiple: float, trusted: float | None = None) -> float | None:
+    """The round's bound on an update's L2 norm (None = unbounded); ``trusted``: the adaptive bound, if any."""
+    bounds = [] if trusted is None else [float(trusted)]
     if max_norm > 0:
         bounds.append(float(max_norm))
     if multiple > 0 and norms.numel():
@@ -24,11 +39,11 @@ def norm_bound(norms: torch.Tensor, max_norm: float, multiple: float) -> float |
     return min(bounds) if bounds else None
 
 
-def bound_updates(stack: torch.Tensor, max_norm: float, multiple: float,
-                  policy: str) -> tuple[torch.Tensor, list[bool], list[str]]:
+def bound_updates(stack: torch.Tensor, max_norm: float, multiple: float, policy: str,
+                  trusted: float | None = None) -> tuple[torch.Tensor, list[bool], list[str]]:
     """(kept rows, clipped if ``policy == "clip"``; which rows are kept; a note per row over the bound)."""
     norms = stack.double().norm(dim=1)
-    bound = norm_bound(norms, max_norm, multiple)
+    bound = norm_bound(norms, max_norm, multiple, trusted)
     keep, notes, rows = [True] * stack.shape[0], [""] * stack.shape[0], []
     if bound is None or not bool((norms > bound).any()):
         return stack, keep, notes  # nothing over the bound: the very same stack

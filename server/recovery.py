@@ -23,6 +23,7 @@ from shared.settings import declared_defaults, parse_run_config
 
 log = logging.getLogger("fedsparse.server")
 CRASH_EXIT_CODE = 17
+GUARD = "guard."  # checkpointed strategy state kept among the optimizer's tensors (``opt.guard.<name>``)
 
 
 def run_identity(strategy: SparseStrategy, model_source: str, method: str, data: str = "") -> dict[str, Any]:
@@ -99,7 +100,9 @@ def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, 
                               f"{tuple(ck.head.shape)}; this run needs ({strategy.expected.k},)/"
                               f"({strategy.expected.head_size},)")
     strategy.state = GlobalState(ck.values.clone(), ck.head.clone())
-    strategy.opt_state = {k: v.clone() for k, v in ck.opt_state.items()}
+    strategy.opt_state = {k: v.clone() for k, v in ck.opt_state.items() if not k.startswith(GUARD)}
+    scale = ck.opt_state.get(f"{GUARD}bound-scale")
+    strategy.bound_scale = float(scale[0]) if scale is not None else None
     restore_rng(ck.rng, ck.rng.get("torch"))
     print(f"fedsparse: resumed from {path} after round {ck.round}", flush=True)
     return ck.round + 1, list(ck.history)
@@ -113,7 +116,10 @@ def checkpoint_round(cfg: RunConfig, out: Path, strategy: SparseStrategy, server
     ``selection``: what a selection phase chose (sam's mask positions), so a resumed run re-installs it
     instead of running the phase again.
     """
-    save_checkpoint(out, Checkpoint(server_round, strategy.state.values, strategy.state.head, strategy.opt_state,
+    opt_state = dict(strategy.opt_state)
+    if strategy.bound_scale is not None:  # the adaptive bound's trusted scale, beside the optimizer's state
+        opt_state[f"{GUARD}bound-scale"] = torch.tensor([strategy.bound_scale], dtype=torch.float64)
+    save_checkpoint(out, Checkpoint(server_round, strategy.state.values, strategy.state.head, opt_state,
                                     history, dict(identity), dict(run_config), selection=dict(selection or {})))
     if server_round == cfg.crash_after_round:
         print(f"fedsparse: crash-after-round={server_round}: exiting hard after the checkpoint", flush=True)

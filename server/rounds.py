@@ -36,6 +36,8 @@ class RoundLog:
     train_seconds: float = 0.0  # sum of the replies' local-training seconds (client compute)
     secagg: dict | None = None  # secure rounds: measured bytes per SecAgg+ stage, survivors, dropouts
     worker_nodes: dict[str, int] = field(default_factory=dict)  # replies per reported worker node (Ray node id)
+    norm_bound: float | None = None  # the round's bound on an update's L2 norm (None = unbounded)
+    norm_median: float | None = None  # median L2 norm of the round's valid updates, before bounding
 
 
 def send_and_receive(grid: Grid, msgs: list[Message], timeout: float, poll_s: float = 0.05,

@@ -14,6 +14,7 @@ from server.checkpoint import CheckpointError
 from server.handshake import HandshakeError
 from server.linkstate_index import install as install_linkstate_index
 from server.outputs import save_final_model, write_json
+from server.reference import reference_norm
 from server.recovery import (checkpoint_round, kept_defaults, prepare_output_dir, resume_from_checkpoint,
                              run_identity, saved_selection)
 from server.secagg import secure_summary
@@ -65,6 +66,7 @@ class RunRecorder:
                "rejected_reasons": rl.reasons, "aggregated": rl.aggregated,
                "bytes_up": rl.bytes_up, "bytes_down": rl.bytes_down, "codec_rel_error": rl.codec_rel_error,
                "round_seconds": seconds, "train_seconds": rl.train_seconds, "worker_nodes": rl.worker_nodes,
+               "norm_bound": rl.norm_bound, "norm_median": rl.norm_median,
                "eval_seconds": time.perf_counter() - t0}
         if rl.secagg is not None:
             rec["secagg"] = rl.secagg
@@ -128,6 +130,8 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     strategy = _strategy(cfg, rt)
     recorder = RunRecorder(cfg, rt, out)
     strategy.vet = lambda state: recorder.evaluate(state)[0]  # a state is adopted only if its loss does not explode
+    if cfg.update_bound == "adaptive" and not cfg.secure_aggregation:  # the first bound's scale: the server's own
+        strategy.reference = lambda state, rnd: reference_norm(cfg, rt, state.values, state.head, rnd)
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
     saved = saved_selection(cfg) if rt.method.select is not None else {}

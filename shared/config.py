@@ -90,6 +90,14 @@ class RunConfig:
     update_norm_multiple: float = knob(0.0, "bound each update's norm at this multiple of the round's median norm; "
                                        "0 = none", low=0)
     norm_policy: str = knob("clip", "an update over a norm bound is clipped to it or rejected", choices=("clip", "reject"))
+    update_bound: str = knob("adaptive", "default bound on each update's L2 norm: 'adaptive' = update-bound-multiple "
+                             "x a trusted scale (the server's own reference update on trusted-examples training "
+                             "rows, then the bounded norms of past rounds, moving at most 1.5x a round); 'none' = "
+                             "only max-update-norm / update-norm-multiple (not applied under secure-aggregation)",
+                             choices=("adaptive", "none"))
+    update_bound_multiple: float = knob(3.0, "update-bound='adaptive': the bound as a multiple of the trusted scale",
+                                        low=1.0)
+    trusted_examples: int = knob(256, "training rows the server's reference update trains on (update-bound)", low=1)
     state_loss_ratio: float = knob(10.0, "a new global state whose server-side evaluation loss exceeds this multiple of "
                                    "the last adopted state's is not adopted (the round is skipped; honest rounds of "
                                    "the paper record rise at most 5.75x); 0 = adopt every finite state", low=0)
@@ -201,7 +209,7 @@ CORE_KEYS = frozenset(knobs(RunConfig))
 # Knobs whose default changed, with the value a run made before the change ran with (its checkpoint may hold that
 # value, or lack the key where the knob is newer). A resumed run keeps it unless the resuming run sets the key to
 # something other than today's default: a changed default never changes what a run of record trains with.
-CHANGED_DEFAULTS: dict[str, Any] = {"examples-cap-multiple": 0.0, "state-loss-ratio": 0.0}
+CHANGED_DEFAULTS: dict[str, Any] = {"examples-cap-multiple": 0.0, "state-loss-ratio": 0.0, "update-bound": "none"}
 
 
 def core_config(run_config: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> RunConfig:
