@@ -64,7 +64,8 @@ class RunConfig:
     int8_block_size: int = knob(256, "values per int8 scale", low=1)
     model: str = knob("", "Hugging Face id or local folder; empty = the bundled all-MiniLM-L6-v2")
     num_labels: int = knob(0, "classes of the task; 0 = from the dataset", low=0)
-    dataset: str = knob("sst2", "sst2 or agnews")
+    dataset: str = knob("sst2", "a registered task (shared/tasks): sst2, agnews, or a GLUE task: cola, mrpc, qqp, "
+                        "mnli, qnli, rte (stsb: read, not yet trainable)")
     data_dir: str = knob("", "local GLUE-style TSV folder; empty = the Hugging Face Hub")
     partitioner: str = knob("dirichlet", "how the train split is divided among the nodes", choices=PARTITIONERS)
     dirichlet_alpha: float = knob(0.5, "label skew of the dirichlet partitioner (smaller = more skewed)", low=0,

@@ -8,11 +8,9 @@ learning rates on (run-config ``eval-split = "validation"``) so that ``test`` is
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import os
-import re
 import socket
 import warnings
 from dataclasses import dataclass
@@ -23,84 +21,28 @@ import torch
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
+from shared.tasks import Task, TaskError, get_task, read_local
+
 
 class DataLoadError(RuntimeError):
     """A dataset could not be loaded or partitioned."""
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    hub_path: tuple[str, ...]
-    hub_test_split: str
-    text_column: str
-    label_names: tuple[str, ...]
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "sst2": DatasetSpec(("nyu-mll/glue", "sst2"), "validation", "sentence", ("negative", "positive")),
-    "agnews": DatasetSpec(("fancyzhx/ag_news",), "test", "text", ("World", "Sports", "Business", "Sci/Tech")),
-}
-
-
-def dataset_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise DataLoadError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)} (run-config key 'dataset')")
-    return DATASETS[name]
-
-
-def _parse_label(raw: str, names: tuple[str, ...], path: Path, line: int) -> int:
-    raw = raw.strip()
-    if re.fullmatch(r"-?[0-9]+", raw):
-        value = int(raw)
-        if not 0 <= value < len(names):
-            raise DataLoadError(f"{path}:{line}: label {value} outside 0..{len(names) - 1}")
-        return value
-    if raw in names:
-        return names.index(raw)
-    raise DataLoadError(f"{path}:{line}: unknown label {raw!r}; expected an index or one of {list(names)}")
-
-
-def read_tsv(path: Path, names: tuple[str, ...]) -> Dataset:
-    """Read a GLUE-style TSV (text<TAB>label, optional header, no quoting) into a Dataset."""
-    texts: list[str] = []
-    labels: list[int] = []
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            for line, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-                if not row:
-                    continue
-                if line == 1 and row[-1].strip().lower() == "label":
-                    continue  # header
-                if len(row) < 2:
-                    raise DataLoadError(f"{path}:{line}: expected 'text<TAB>label', got {len(row)} column(s)")
-                texts.append("\t".join(row[:-1]))
-                labels.append(_parse_label(row[-1], names, path, line))
-    except UnicodeDecodeError as exc:
-        raise DataLoadError(f"{path} is not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8") from None
-    if not texts:
-        raise DataLoadError(f"{path} has no rows")
-    return Dataset.from_dict({"text": texts, "label": labels})
-
-
 @functools.lru_cache(maxsize=4)
 def load_splits(dataset: str, data_dir: str) -> dict[str, Dataset]:
-    """``{"train": ..., "test": ...}`` with columns ``text`` (str) and ``label`` (int). Cached per process."""
-    spec = dataset_spec(dataset)
-    if data_dir:
-        root = Path(data_dir).expanduser()
-        train, test = root / "train.tsv", root / "test.tsv"
-        if not train.is_file() or not test.is_file():
-            raise DataLoadError(
-                f"data-dir {root} must hold train.tsv and test.tsv (GLUE TSV layout); e.g. data-dir=../shared/data/{dataset}"
-            )
-        out = {"train": read_tsv(train, spec.label_names), "test": read_tsv(test, spec.label_names)}
-        if (root / "validation.tsv").is_file():
-            out["validation"] = read_tsv(root / "validation.tsv", spec.label_names)
-        return out
-    return _load_from_hub(dataset, spec)
+    """The registered task ``dataset``'s splits (``shared.tasks``): ``train``, ``test`` and whatever else the data
+    holds, each with columns ``text`` [, ``text_pair``] and ``label``; from ``data_dir`` in the task's layout, or the
+    Hub when it is empty. Cached per process."""
+    try:
+        task = get_task(dataset)
+        if data_dir:
+            return read_local(task, Path(data_dir))
+    except TaskError as exc:
+        raise DataLoadError(str(exc)) from None
+    return _load_from_hub(task)
 
 
-SPLIT_FILES = ("train.tsv", "validation.tsv", "test.tsv")
+SPLIT_FILES = ("train.tsv", "validation.tsv", "test.tsv", "dev.tsv", "dev_matched.tsv", "dev_mismatched.tsv")
 
 
 def data_fingerprint(data_dir: str) -> str:
@@ -130,33 +72,45 @@ def held_out(splits: dict[str, Dataset], name: str, data_dir: str) -> Dataset:
     return splits[name]
 
 
-def _load_from_hub(dataset: str, spec: DatasetSpec) -> dict[str, Dataset]:
+def _load_from_hub(task: Task) -> dict[str, Dataset]:
     from datasets import load_dataset
 
-    hint = f"pass data-dir=<folder with train.tsv and test.tsv>, e.g. --run-config \"data-dir='../shared/data/{dataset}'\""
+    hub = task.hub
+    args = (hub.path, hub.config) if hub.config else (hub.path,)
+    hint = f"pass data-dir=<the task's folder>, e.g. --run-config \"data-dir='../shared/data/{task.name}'\""
     offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
     if offline or not _hub_reachable():  # only the local cache can serve; fail in one line, not after retries
         why = "HF offline mode is set" if offline else "the Hugging Face Hub cannot be reached from here"
         try:
-            ds = _load_cached(spec.hub_path)
+            ds = _load_cached(args)
         except Exception:  # noqa: BLE001 - any cache miss
-            raise DataLoadError(f"dataset {dataset!r} is not in the local Hugging Face cache and {why}; {hint}") from None
+            raise DataLoadError(f"dataset {task.name!r} is not in the local Hugging Face cache and {why}; {hint}") from None
     else:
         try:
-            ds = load_dataset(*spec.hub_path)
+            ds = load_dataset(*args)
         except Exception as exc:  # network errors come in many types
-            raise DataLoadError(f"cannot load dataset {dataset!r} from the Hugging Face Hub "
+            raise DataLoadError(f"cannot load dataset {task.name!r} from the Hugging Face Hub "
                                 f"({exc.__class__.__name__}); {hint}") from exc
+    return hub_splits(task, ds)
+
+
+def hub_splits(task: Task, ds) -> dict[str, Dataset]:
+    """Our splits from a Hub ``DatasetDict``: the task's split names and columns, renamed to ours."""
     out = {}
-    for ours, theirs in (("train", "train"), ("test", spec.hub_test_split)):
+    for ours, theirs in task.hub.splits.items():
+        if theirs not in ds:
+            raise DataLoadError(f"the Hub copy of {task.name!r} has no split {theirs!r} (it has {sorted(ds)})")
         split = ds[theirs]
-        if spec.text_column != "text":
-            split = split.rename_column(spec.text_column, "text")
-        out[ours] = split.select_columns(["text", "label"])
+        missing = [c for c in task.hub.columns.values() if c not in split.column_names]
+        if missing:
+            raise DataLoadError(f"split {theirs!r} of {task.hub.path} lacks column(s) {missing} task {task.name!r} "
+                                f"reads")
+        split = split.select_columns(list(task.hub.columns.values()))
+        out[ours] = split.rename_columns({v: k for k, v in task.hub.columns.items() if k != v})
     return out
 
 
-def _load_cached(hub_path: tuple[str, ...]):
+def _load_cached(hub_path: tuple[str, ...]):  # (path[, config])
     """``load_dataset`` from the local cache only (offline for this call)."""
     import datasets
     import huggingface_hub.constants as hub
@@ -319,12 +273,17 @@ class Encoded:
 
 
 def encode(ds: Dataset, tokenizer, max_length: int, limit: int = 0) -> Encoded:
-    """Tokenize ``text`` to fixed-length tensors; keep the first ``limit`` rows if ``limit`` > 0."""
+    """Tokenize ``text`` (and ``text_pair``, with the tokenizer's pair encoding) to fixed-length tensors; keep the
+    first ``limit`` rows if ``limit`` > 0. A pair longer than ``max_length`` is cut from its longer side first
+    (``longest_first``), so both sides keep tokens. Labels: int64 class indices, or float32 for a regression."""
     if limit and limit < len(ds):
         ds = ds.select(range(limit))
-    enc = tokenizer(list(ds["text"]), truncation=True, max_length=max_length, padding="max_length",
-                    return_tensors="pt")
-    return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor(ds["label"], dtype=torch.long))
+    pairs = list(ds["text_pair"]) if "text_pair" in ds.column_names else None
+    enc = tokenizer(list(ds["text"]), pairs, truncation="longest_first" if pairs else True, max_length=max_length,
+                    padding="max_length", return_tensors="pt")
+    floats = str(getattr(ds.features["label"], "dtype", "")).startswith("float")  # a regression's scores
+    return Encoded(enc["input_ids"], enc["attention_mask"],
+                   torch.tensor(ds["label"], dtype=torch.float32 if floats else torch.long))
 
 
 MEGA_BATCH = 50  # batches per length-sorted chunk (Hugging Face Trainer's ``group_by_length``)

@@ -14,7 +14,8 @@ import torch
 
 from shared.config import RunConfig
 from shared.device import resolve_device
-from shared.data import dataset_spec, encode, held_out, load_splits, partition, partition_size, Encoded
+from shared.data import encode, held_out, load_splits, partition, partition_size, Encoded
+from shared.tasks import get_task
 from shared.knobs import knobs
 from shared.methods import get_method
 from shared.methods.base import Method, Tuner
@@ -55,7 +56,7 @@ def _encoded_bytes(enc: Encoded) -> int:
 
 def num_labels_for(cfg: RunConfig) -> int:
     """Classes of the task: ``num-labels`` if set, else from the dataset's label names."""
-    return cfg.num_labels or len(dataset_spec(cfg.dataset).label_names)
+    return cfg.num_labels or get_task(cfg.dataset).num_labels
 
 
 def runtime_key(cfg: RunConfig) -> tuple:

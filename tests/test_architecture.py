@@ -176,3 +176,16 @@ def test_the_apps_never_import_the_simulations(graph):
     for name, deps in graph.items():
         if name.startswith(("client", "server", "shared", "wire")):
             assert not {d for d in deps if d.startswith("simulations")}, name
+
+
+def test_no_module_outside_the_task_folders_tests_a_task_name(repo_root):
+    """The server, the client, the methods and the simulations ask the task (shared.tasks), never its name."""
+    from shared.tasks import tasks
+
+    names = "|".join(re.escape(n) for n in tasks())
+    pattern = re.compile(rf"""(dataset\s*(==|!=|\bin\b|\bnot in\b)\s*[\(\[\{{]?\s*["']({names})["'])""")
+    offenders = []
+    for name, path in _modules(repo_root).items():
+        if not name.startswith("shared.tasks"):
+            offenders += [f"{path.relative_to(repo_root)}: {m[0]}" for m in pattern.findall(path.read_text())]
+    assert not offenders, offenders

@@ -26,7 +26,8 @@ import numpy as np
 from server.guards import capped_weights, example_caps
 from server.strategy import seeded_sample
 from shared.config import ConfigError
-from shared.data import DataLoadError, dataset_spec, load_splits, partition
+from shared.data import DataLoadError, load_splits, partition
+from shared.tasks import get_task
 from shared.schedule import full_rate_rounds
 from shared.settings import parse_run_config
 
@@ -162,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
                 train = load_splits(cfg.dataset, cfg.data_dir)["train"]
                 parts = [partition(train, clients, i, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)["label"]
                          for i in range(clients)]
-                tables[key] = label_table(parts, len(dataset_spec(cfg.dataset).label_names))
-            names = dataset_spec(cfg.dataset).label_names
+                tables[key] = label_table(parts, len(get_task(cfg.dataset).label_names))
+            names = get_task(cfg.dataset).label_names
         except (ConfigError, DataLoadError) as exc:
             raise SystemExit(f"round_mix: {folder.name}: {exc}") from None
         skews = replay(tables[key], cfg.fraction_train, cfg.seed, len(history), cfg.weighting,

@@ -1,0 +1,62 @@
+"""The task registry: every task the product fine-tunes on, one folder per task family (contract: ``base.py``).
+
+Registering a built-in family is one line in :data:`BUILTIN` (its folder's ``TASKS``); a task defined elsewhere is
+added with :func:`register`. Like the methods, the families are imported on first use. The server, the client and
+the methods ask the task (``num_labels``, ``problem_type``, ``pair``, ``score``, ``headline``), never its name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from datasets import Dataset
+
+from shared.tasks.base import HubSource, Task, TaskError
+
+__all__ = ["HubSource", "Task", "TaskError", "get_task", "read_local", "register", "tasks"]
+
+BUILTIN = (  # shared.tasks.<folder>: one line per family
+    "glue",
+    "text_classification",
+)
+
+_TASKS: dict[str, Task] = {}
+_LOADED = False
+
+
+def register(task: Task) -> Task:
+    """Add ``task`` under ``task.name`` (a second task of the same name is refused)."""
+    if task.name in _TASKS and _TASKS[task.name] is not task:
+        raise ValueError(f"a task named {task.name!r} is already registered")
+    _TASKS[task.name] = task
+    return task
+
+
+def tasks() -> dict[str, Task]:
+    """Name -> task, built-ins first (loaded on the first call)."""
+    global _LOADED
+    if not _LOADED:
+        for folder in BUILTIN:
+            for task in importlib.import_module(f"shared.tasks.{folder}").TASKS:
+                register(task)
+        _LOADED = True
+    return dict(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    """The registered task ``name``; :class:`TaskError` naming the registered ones otherwise."""
+    known = tasks()
+    if name not in known:
+        raise TaskError(f"unknown dataset {name!r}; use one of {sorted(known)} (run-config key 'dataset')")
+    return known[name]
+
+
+def read_local(task: Task, folder: Path) -> dict[str, Dataset]:
+    """The task's splits from a local folder in its layout (checked: the columns every split must have)."""
+    splits = task.read_local(task, Path(folder).expanduser())
+    for name, split in splits.items():
+        missing = [c for c in (*task.text_columns, "label") if c not in split.column_names]
+        if missing:
+            raise TaskError(f"split {name!r} of {folder} lacks column(s) {missing} that task {task.name!r} needs")
+    return splits
