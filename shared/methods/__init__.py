@@ -7,10 +7,9 @@ registry itself depends on nothing but the contract.
 
 from __future__ import annotations
 
-import importlib
-
 from shared.knobs import ConfigError
 from shared.methods.base import Method
+from shared.registry import Registry
 
 BUILTIN = (  # shared.methods.<folder>: one line per method
     "pafi",
@@ -26,27 +25,17 @@ BUILTIN = (  # shared.methods.<folder>: one line per method
     "hiwi",
 )
 
-_METHODS: dict[str, Method] = {}
-_LOADED = False
+_REGISTRY: Registry[Method] = Registry("shared.methods", BUILTIN, lambda module: [module.METHOD])
 
 
 def register(method: Method) -> Method:
     """Add ``method`` under ``method.name`` (a second method of the same name is refused)."""
-    if method.name in _METHODS and _METHODS[method.name] is not method:
-        raise ValueError(f"a method named {method.name!r} is already registered")
-    _METHODS[method.name] = method
-    return method
+    return _REGISTRY.register(method)
 
 
 def methods() -> dict[str, Method]:
     """Name -> method, built-ins first (loaded on the first call)."""
-    global _LOADED
-    if not _LOADED:
-        builtin = [importlib.import_module(f"shared.methods.{folder}").METHOD for folder in BUILTIN]
-        for method in builtin:
-            register(method)
-        _LOADED = True
-    return dict(_METHODS)
+    return _REGISTRY.all()
 
 
 def get_method(name: str) -> Method:

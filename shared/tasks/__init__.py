@@ -7,11 +7,11 @@ the methods ask the task (``num_labels``, ``problem_type``, ``pair``, ``score``,
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from datasets import Dataset
 
+from shared.registry import Registry
 from shared.tasks.base import HubSource, Task, TaskError
 
 __all__ = ["HubSource", "Task", "TaskError", "get_task", "read_local", "register", "tasks"]
@@ -21,27 +21,17 @@ BUILTIN = (  # shared.tasks.<folder>: one line per family
     "text_classification",
 )
 
-_TASKS: dict[str, Task] = {}
-_LOADED = False
+_REGISTRY: Registry[Task] = Registry("shared.tasks", BUILTIN, lambda module: module.TASKS)
 
 
 def register(task: Task) -> Task:
     """Add ``task`` under ``task.name`` (a second task of the same name is refused)."""
-    if task.name in _TASKS and _TASKS[task.name] is not task:
-        raise ValueError(f"a task named {task.name!r} is already registered")
-    _TASKS[task.name] = task
-    return task
+    return _REGISTRY.register(task)
 
 
 def tasks() -> dict[str, Task]:
     """Name -> task, built-ins first (loaded on the first call)."""
-    global _LOADED
-    if not _LOADED:
-        for folder in BUILTIN:
-            for task in importlib.import_module(f"shared.tasks.{folder}").TASKS:
-                register(task)
-        _LOADED = True
-    return dict(_TASKS)
+    return _REGISTRY.all()
 
 
 def get_task(name: str) -> Task:
