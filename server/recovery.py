@@ -2,7 +2,8 @@
 
 Bit-identical resume holds because everything a round computes is either a function of
 (seed, round, partition id) — node sampling, client batches and seeds, DP noise — or is in the
-checkpoint: global values and head, server-optimizer state, history, global RNG states.
+checkpoint: global values and head, server-optimizer state, SCAFFOLD's control variates (server/drift.py),
+history, global RNG states.
 ``crash-after-round=r`` (tests only) makes the ServerApp exit hard right after checkpoint r.
 """
 
@@ -79,6 +80,7 @@ def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, 
                               f"({strategy.expected.head_size},)")
     strategy.state = GlobalState(ck.values.clone(), ck.head.clone())
     strategy.opt_state = {k: v.clone() for k, v in ck.opt_state.items()}
+    strategy.drift.load(ck.drift)  # c, and each node's c_i to hand back with its next train message
     restore_rng(ck.rng, ck.rng.get("torch"))
     print(f"fedsparse: resumed from {path} after round {ck.round}", flush=True)
     return ck.round + 1, list(ck.history)
@@ -93,7 +95,8 @@ def checkpoint_round(cfg: RunConfig, out: Path, strategy: SparseStrategy, server
     instead of running the phase again.
     """
     save_checkpoint(out, Checkpoint(server_round, strategy.state.values, strategy.state.head, strategy.opt_state,
-                                    history, dict(identity), dict(run_config), selection=dict(selection or {})))
+                                    history, dict(identity), dict(run_config), selection=dict(selection or {}),
+                                    drift=strategy.drift.state()))
     if server_round == cfg.crash_after_round:
         print(f"fedsparse: crash-after-round={server_round}: exiting hard after the checkpoint", flush=True)
         os._exit(CRASH_EXIT_CODE)  # no cleanup, no final save: what a killed process leaves behind
