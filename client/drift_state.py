@@ -63,7 +63,8 @@ class ClientDrift:
             self.c_i = own if own is not None else load_variate(context, fingerprint, start.numel())
         terms = DriftTerms(correction=None if self.c is None else self.c - self.c_i,
                            anchor=start if cfg.prox_mu > 0 else None, mu=cfg.prox_mu)
-        self.adjuster = GradientAdjuster(params, terms) if terms.active else None
+        track = self.scaffold and cfg.scaffold_variate == "gradient"
+        self.adjuster = GradientAdjuster(params, terms, track_gradients=track) if terms.active else None
 
     @property
     def adjust(self) -> Callable[[], None] | None:
@@ -73,12 +74,16 @@ class ClientDrift:
     def finish(self, end: torch.Tensor, server_round: int) -> dict[str, np.ndarray]:
         """The reply's ``control-delta`` arrays after training ended at ``end`` (k + h,); {} without SCAFFOLD.
 
-        Option II with K = the optimizer steps taken; the node keeps ``c_i`` + the decoded delta it sends.
+        ``c_i+`` by ``scaffold-variate`` (``shared/drift.py``): the mean raw gradient of the K steps taken, or option
+        II; a client that took no step keeps its ``c_i``. The node keeps ``c_i`` + the decoded delta it sends.
         """
         if not self.scaffold:
             return {}
-        dtype, block = self.cfg.value_dtype, self.cfg.int8_block_size
-        new = option_ii(self.c_i, self.c, self.start, end, self.adjuster.steps, self.rates)
+        dtype, block, steps = self.cfg.value_dtype, self.cfg.int8_block_size, self.adjuster.steps
+        if self.cfg.scaffold_variate == "gradient":
+            new = self.adjuster.mean_gradient() if steps > 0 else self.c_i
+        else:
+            new = option_ii(self.c_i, self.c, self.start, end, steps, self.rates)
         arrays = encode_control(new - self.c_i, CONTROL_DELTA, dtype, block)
         sent = decode_control_up(arrays, dtype, self.start.numel(), block)
         keep_variate(self.context, self.fingerprint, self.c_i + sent, server_round)

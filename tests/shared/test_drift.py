@@ -108,6 +108,24 @@ def test_corrected_local_training_equals_the_formula_step_by_step(rt, data, part
     assert torch.equal(option_ii(c_i, c, x, y, steps, rates), c_i - c + (x - y) / (STEPS * lr_of))
 
 
+def test_the_gradient_variate_is_the_mean_raw_gradient_of_the_local_steps(rt, data):
+    """``scaffold-variate='gradient'``: c_i+ = the mean of the minibatch gradients the K steps saw, before any term."""
+    groups, seen = _groups(rt), []
+    params = [p for g in groups for p in g["params"]]
+    x = _vector(rt)
+
+    class Recording(GradientAdjuster):
+        def __call__(self) -> None:
+            seen.append(torch.cat([p.grad.reshape(-1).clone() for p in self.params]))
+            super().__call__()
+
+    hook = Recording(params, DriftTerms(correction=torch.full((x.numel(),), 0.3)), track_gradients=True)
+    train_local(rt.base.model, groups, data, STEPS, BATCH, SEED, group_by_length=False, adjust=hook)
+    assert len(seen) == hook.steps == STEPS
+    torch.testing.assert_close(hook.mean_gradient(), torch.stack(seen).mean(0), rtol=1e-6, atol=1e-9)
+    assert float(hook.mean_gradient().abs().max()) < 0.3  # raw gradients, without the correction added to them
+
+
 def test_the_adjuster_adds_exactly_the_correction_and_the_proximal_gradient(rt, data):
     params = rt.tuner.trainable()
     x = _vector(rt)
@@ -156,9 +174,10 @@ def _client_round(rt, cfg, data, ctx: Context, c: torch.Tensor, x: torch.Tensor,
     return y - x, drift.finish(y, 1)
 
 
-def test_with_identical_clients_scaffold_equals_fedavg(rt, tiny_cfg, data):
+@pytest.mark.parametrize("variate", ["gradient", "option-ii"])
+def test_with_identical_clients_scaffold_equals_fedavg(rt, tiny_cfg, data, variate):
     """Full participation, identical data and seeds: c = c_i after every round, so every correction is exactly 0."""
-    cfg, n, x0 = tiny_cfg.replace(drift_correction="scaffold"), 3, _vector(rt)
+    cfg, n, x0 = tiny_cfg.replace(drift_correction="scaffold", scaffold_variate=variate), 3, _vector(rt)
     server, contexts = ServerDrift(cfg), [_context() for _ in range(n)]
     x_avg, x_sc = x0.clone(), x0.clone()
     for _ in range(3):
