@@ -148,7 +148,7 @@ def test_the_non_iid_preset_lists_the_issue_41_runs_in_papers_setting():
     for r in p.runs:
         groups.setdefault(r.group, []).append(r.seed)
         parse_run_config(r.run_config)  # every run-config is valid for the app (drift knobs included)
-    variants = {"plain": {}, "bal": {"local-loss": "balanced"}, "prox": {"prox-mu": 0.01},
+    variants = {"plain": {}, "bal": {"local-loss": "balanced"}, "prox": {"prox-mu": None},
                 "scaf": {"drift-correction": "scaffold"},
                 "bal-scaf": {"local-loss": "balanced", "drift-correction": "scaffold"}}
     skews = {"a05": {}, "a01": {"dirichlet-alpha": 0.1}, "iid": {"partitioner": "iid"}}
@@ -161,4 +161,5 @@ def test_the_non_iid_preset_lists_the_issue_41_runs_in_papers_setting():
                 assert groups[group] == ([42, 43, 44] if many else [42]), group
                 run = next(r for r in p.runs if r.group == group and r.seed == 42).run_config
                 base = ref[f"{method}-s42"]  # paper's run of record: everything else is its setting
-                assert {k: v for k, v in run.items() if base.get(k) != v} == {**skew_knobs, **knobs}, group
+                mu = {"prox-mu": {"pafi": 1e-3, "full": 0.1}[method]} if variant == "prox" else {}
+                assert {k: v for k, v in run.items() if base.get(k) != v} == {**skew_knobs, **knobs, **mu}, group
