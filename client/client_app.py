@@ -158,8 +158,8 @@ def _train_locally(cfg: RunConfig, rt: Runtime, context: Context, control: Mappi
     lr, head_lr = rt.method.learning_rates(cfg)
     scale = lr_factor(server_round, cfg.num_server_rounds, cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_decay_rounds)
     groups = [{"params": params[:1], "lr": lr * scale}, {"params": params[1:], "lr": head_lr * scale}]
-    drift = ClientDrift(cfg, context, control, params, torch.cat([values, head_vec]),
-                        rate_vector(values.numel(), head_vec.numel(), lr * scale, head_lr * scale), rt.tuner.fingerprint)
+    rates = rate_vector(values.numel(), head_vec.numel(), lr * scale, head_lr * scale)
+    drift = ClientDrift(cfg, context, control, params, torch.cat([values, head_vec]), rates, rt.tuner.fingerprint)
     result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size, seed=seed,
                          weight_decay=cfg.weight_decay, precision=cfg.precision, group_by_length=cfg.group_by_length,
                          loss=cfg.local_loss, adjust=drift.adjust)

@@ -9,7 +9,9 @@ uniform, as in the paper, whatever ``aggregator`` does with the updates.
 The clients keep their ``c_i`` (``client/drift_state.py``). The server also mirrors each partition's ``c_i``
 (the sum of the ``delta c_i`` it accepted from it: N x (k + h) floats, in the checkpoint with ``c``), because
 a resumed run's nodes start with empty state: a node's first train message after a resume carries its
-mirrored ``c_i`` (``control-own``, float32), so a resumed run is bit-identical to an uninterrupted one.
+mirrored ``c_i`` (``control-own``, float32), so a resumed run is bit-identical to an uninterrupted one. The same
+message re-bases a node whose last reply failed or was refused (it may have moved its ``c_i`` while the server did
+not count the change), so ``c`` stays the mean of the nodes' ``c_i``.
 With ``drift-correction='none'`` every hook here is a no-op and a reply carrying control arrays is refused.
 """
 
@@ -33,12 +35,13 @@ class ServerDrift:
         self.dtype, self.block = cfg.value_dtype, cfg.int8_block_size
         self.c: torch.Tensor | None = None  # (k + h,) float32, created at the first round (k is known then)
         self.mirror: dict[int, torch.Tensor] = {}  # partition id -> its c_i as the accepted replies built it
-        self.restore: set[int] = set()  # partitions whose c_i goes down once (after a resume)
+        self.restore: set[int] = set()  # partitions whose c_i goes down once (after a resume or a refused reply)
         self.received: dict[int, torch.Tensor] = {}  # node id -> this round's accepted delta c_i
+        self.sent: set[int] = set()  # partitions this round's train messages went to
 
     def start_round(self, size: int) -> None:
         """Forget the last round's replies; ``c`` = 0 (size,) before the first round."""
-        self.received = {}
+        self.received, self.sent = {}, set()
         if self.on and self.c is None:
             self.c = torch.zeros(int(size))
 
@@ -46,9 +49,11 @@ class ServerDrift:
         """Arrays a train message to ``partition`` adds: ``control`` (+ ``control-own`` once after a resume)."""
         if not self.on:
             return {}
+        self.sent.add(partition)
         arrays = encode_control(self.c, CONTROL, self.dtype, self.block)
         if partition in self.restore:
-            arrays.update(encode_control(self.mirror[partition], CONTROL_OWN, self.dtype, self.block))
+            own = self.mirror.get(partition, torch.zeros_like(self.c))
+            arrays.update(encode_control(own, CONTROL_OWN, self.dtype, self.block))
         return arrays
 
     def take(self, node: int, control: Mapping[str, np.ndarray], size: int) -> None:
@@ -64,11 +69,16 @@ class ServerDrift:
         self.received[node] = decode_control_up(control, self.dtype, int(size), self.block)
 
     def absorb(self, accepted: list[tuple[int, int]], num_nodes: int) -> None:
-        """``c += sum(delta c_i) / num_nodes`` over ``accepted`` (node, partition) pairs, in partition order."""
-        if not self.on or not accepted:
+        """``c += sum(delta c_i) / num_nodes`` over ``accepted`` (node, partition) pairs, in partition order.
+
+        A partition sent a train message this round whose change is not absorbed (its reply failed or was
+        refused) gets the server's view of its ``c_i`` with its next train message: ``c`` stays the mean ``c_i``.
+        """
+        if not self.on:
             return
         taken = [(pid, self.received[node]) for node, pid in sorted(accepted, key=lambda a: a[1])
                  if node in self.received]
+        self.restore |= self.sent - {pid for pid, _ in taken}
         if not taken:
             return
         total = torch.stack([d for _, d in taken]).double().sum(0)

@@ -74,3 +74,22 @@ def test_the_checkpoint_carries_the_variates_bit_for_bit(tmp_path):
     back = _scaffold()
     back.load(load_checkpoint(tmp_path / "checkpoint.safetensors").drift)
     assert torch.equal(back.c, drift.c) and set(back.mirror) == {2} and torch.equal(back.mirror[2], drift.mirror[2])
+
+
+def test_a_node_whose_reply_was_not_counted_gets_the_servers_view_of_its_variate_next_time():
+    """It may have moved its c_i while the server did not count the change: the mirror re-bases it (0 if never
+    counted), so c stays the mean of the nodes' c_i."""
+    drift = _scaffold()
+    drift.start_round(SIZE)
+    drift.down(0), drift.down(1), drift.down(2)
+    drift.take(11, _reply(torch.ones(SIZE)), SIZE)
+    drift.take(12, _reply(torch.ones(SIZE)), SIZE)  # then refused by the norm bound: not in ``accepted``
+    drift.absorb([(11, 0)], num_nodes=3)  # partition 2 failed, partition 1 was refused
+    assert drift.restore == {1, 2}
+    drift.start_round(SIZE)
+    back = drift.down(1)
+    assert torch.equal(decode_values(back, "float32", SIZE, CONTROL_OWN), torch.zeros(SIZE))
+    assert set(drift.down(0)) == {CONTROL}
+    drift.take(21, _reply(torch.ones(SIZE)), SIZE)
+    drift.absorb([(21, 1)], num_nodes=3)  # partition 0 was sent a message this time and did not answer
+    assert drift.restore == {0, 2} and torch.equal(drift.mirror[1], torch.ones(SIZE))
