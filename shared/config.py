@@ -61,7 +61,7 @@ class RunConfig:
                                  choices=DRIFT_CORRECTIONS)
     scaffold_variate: str = knob("gradient", "how a SCAFFOLD client renews c_i: gradient (the mean minibatch gradient "
                                  "of its K local steps: the units the correction is added in) or option-ii (the "
-                                 "paper's c_i - c + (x - y)/(K lr): exact for SGD, ~1000x the gradients under AdamW)",
+                                 "paper's c_i - c + (x - y)/(K lr): exact for SGD, ~3000x the gradients under AdamW)",
                                  choices=SCAFFOLD_VARIATES)
     prox_mu: float = knob(0.0, "FedProx: each local step adds mu * (w - w_global) to the gradient of the values + "
                           "head (the term (mu/2)||w - w_global||^2); 0 = off", low=0)
