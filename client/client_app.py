@@ -20,9 +20,11 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from client.drift_state import ClientDrift
 from shared.clipping import clip_rows
 from shared.config import RunConfig
 from shared.device import to_cpu
+from shared.drift import rate_vector
 from shared.faults import act_before_training, planned_fault, poison
 from shared.masks import MaskMismatchError
 from shared.methods import methods
@@ -33,6 +35,7 @@ from shared.settings import parse_run_config
 from shared.training import evaluate as evaluate_model
 from shared.training import train_local
 from wire.codec import MalformedUpdateError
+from wire.drift import split_control
 from wire.protocol import CONFIG, UP_KEYS, Parts, flatten_head, secure_vector, unflatten_head
 from wire.records import message_parts, secure_train_reply, to_recorddict
 
@@ -87,7 +90,10 @@ def _runtime(context: Context, state: dict[str, Any] | None = None) -> tuple[Run
 
 
 def _receive(msg: Message, cfg: RunConfig, rt: Runtime) -> tuple:
-    """Check the fingerprint, decode the global values and head with the method's codec, load them."""
+    """Check the fingerprint, decode the global values and head with the method's codec, load them.
+
+    Returns (values (k,), head (h,), value dtype, the message's control-variate arrays (``wire/drift.py``)).
+    """
     conf = msg.content[CONFIG]
     if conf.get("fingerprint") != rt.tuner.fingerprint:
         raise MaskMismatchError(
@@ -97,9 +103,10 @@ def _receive(msg: Message, cfg: RunConfig, rt: Runtime) -> tuple:
     dtype = str(conf["value-dtype"])
     head_like = rt.tuner.head_state()
     h = sum(t.numel() for t in head_like.values())
-    values, head_vec = rt.tuner.codec.decode_down(message_parts(msg)[0], dtype, rt.tuner.k, h, cfg.int8_block_size)
+    arrays, control = split_control(message_parts(msg)[0])
+    values, head_vec = rt.tuner.codec.decode_down(arrays, dtype, rt.tuner.k, h, cfg.int8_block_size)
     rt.tuner.load(values, unflatten_head(head_vec, head_like, rt.base.head_names))
-    return values, head_vec, dtype
+    return values, head_vec, dtype, control
 
 
 def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -117,27 +124,21 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.secure_aggregation and not secure:
         raise ValueError("this run uses secure-aggregation: a plain train message is refused (its reply would "
                          "show this node's update to the server)")
-    values, head_vec, dtype = _receive(msg, cfg, rt)
+    values, head_vec, dtype, control = _receive(msg, cfg, rt)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
     server_round = int(msg.content[CONFIG].get("server-round", 0))
     fault = planned_fault(cfg.seed, pid, server_round, cfg.fail_rate, cfg.fail_mode)
     act_before_training(fault, cfg.round_timeout, pid, server_round)
-    params = rt.tuner.trainable()
-    lr, head_lr = rt.method.learning_rates(cfg)
-    scale = lr_factor(server_round, cfg.num_server_rounds, cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_decay_rounds)
-    groups = [{"params": params[:1], "lr": lr * scale}, {"params": params[1:], "lr": head_lr * scale}]
-    result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
-                         seed=cfg.seed * 100_003 + pid * 1_009 + server_round, weight_decay=cfg.weight_decay,
-                         precision=cfg.precision, group_by_length=cfg.group_by_length,
-                         loss=cfg.local_loss)
-    delta = rt.tuner.values.detach().cpu() - values  # the wire is on the CPU, whatever the device
-    head_delta = flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names) - head_vec
+    result, local, local_head, drift = _train_locally(cfg, rt, context, control, values, head_vec, data,
+                                                      cfg.seed * 100_003 + pid * 1_009 + server_round, server_round)
+    delta, head_delta = local - values, local_head - head_vec
     if secure:
         vector = _secure_update(cfg, pid, server_round, delta, head_delta, result.loss, fault)
         clear = {"fingerprint": rt.tuner.fingerprint, "train-seconds": result.seconds, **_worker_node()}
         return Message(secure_train_reply(vector, clear), reply_to=msg)
     arrays = rt.tuner.codec.encode_up(delta, head_delta, dtype, cfg.int8_block_size)
+    arrays.update(drift.finish(torch.cat([local, local_head]), server_round))  # SCAFFOLD's control-delta
     if fault == "nan":
         arrays = poison(arrays, UP_KEYS[0])
     metrics = {"num-examples": len(data), "train-loss": result.loss, "train-seconds": result.seconds,
@@ -146,6 +147,24 @@ def train(msg: Message, context: Context) -> Message:
     config.update(_worker_node())
     content = to_recorddict(arrays, config, metrics)
     return Message(content, reply_to=msg)
+
+
+def _train_locally(cfg: RunConfig, rt: Runtime, context: Context, control: Mapping[str, np.ndarray],
+                   values: torch.Tensor, head_vec: torch.Tensor, data: Any, seed: int,
+                   server_round: int) -> tuple[Any, torch.Tensor, torch.Tensor, ClientDrift]:
+    """Local AdamW training from the global (values (k,), head (h,)) at the round's rates, with the run's drift
+    terms (``client/drift_state.py``); (result, local values (k,), local head (h,), the drift terms)."""
+    params = rt.tuner.trainable()
+    lr, head_lr = rt.method.learning_rates(cfg)
+    scale = lr_factor(server_round, cfg.num_server_rounds, cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_decay_rounds)
+    groups = [{"params": params[:1], "lr": lr * scale}, {"params": params[1:], "lr": head_lr * scale}]
+    rates = rate_vector(values.numel(), head_vec.numel(), lr * scale, head_lr * scale)
+    drift = ClientDrift(cfg, context, control, params, torch.cat([values, head_vec]), rates, rt.tuner.fingerprint)
+    result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size, seed=seed,
+                         weight_decay=cfg.weight_decay, precision=cfg.precision, group_by_length=cfg.group_by_length,
+                         loss=cfg.local_loss, adjust=drift.adjust)
+    local = rt.tuner.values.detach().cpu()  # the wire is on the CPU, whatever the device
+    return result, local, flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names), drift
 
 
 def _secure_update(cfg: RunConfig, pid: int, server_round: int, delta: torch.Tensor, head_delta: torch.Tensor,

@@ -1,7 +1,8 @@
 """Per-round server checkpoint: save atomically, load with a checksum, refuse a mismatched one.
 
 One file, ``<output-dir>/checkpoint.safetensors``: tensors ``values`` (k,), ``head`` (h,),
-``opt.<name>`` (server-optimizer state, float64) and ``rng.torch`` (uint8), plus metadata
+``opt.<name>`` (server-optimizer state, float64), ``drift.<name>`` (SCAFFOLD's ``c`` and the mirrored ``c_i``,
+float32; server/drift.py) and ``rng.torch`` (uint8), plus metadata
 ``meta`` (JSON: round, history so far, identity, run config, Python/NumPy RNG states) and
 ``sha256`` (over the meta JSON and every tensor's name and bytes). Written to a temp file, fsynced,
 then renamed over the old one, so a crash at any instant leaves the previous complete checkpoint.
@@ -53,6 +54,7 @@ class Checkpoint:
     run_config: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     selection: dict[str, torch.Tensor] = field(default_factory=dict)  # a selection phase's outcome (sam's positions)
+    drift: dict[str, torch.Tensor] = field(default_factory=dict)  # SCAFFOLD's c and c-i.<partition> (server/drift.py)
 
 
 def capture_rng() -> tuple[dict[str, Any], torch.Tensor]:
@@ -91,6 +93,7 @@ def save_checkpoint(out_dir: Path, ck: Checkpoint) -> Path:
                "rng.torch": torch_rng.contiguous()}
     tensors.update({f"opt.{k}": v.detach().contiguous() for k, v in ck.opt_state.items()})
     tensors.update({f"sel.{k}": v.detach().contiguous() for k, v in ck.selection.items()})
+    tensors.update({f"drift.{k}": v.detach().contiguous() for k, v in ck.drift.items()})
     meta_json = json.dumps({"round": ck.round, "history": ck.history, "identity": ck.identity,
                             "run_config": ck.run_config, "rng": rng}, sort_keys=True)
     path = Path(out_dir) / CHECKPOINT_NAME
@@ -120,9 +123,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
     body = json.loads(meta["meta"])
     opt = {k[len("opt."):]: v for k, v in tensors.items() if k.startswith("opt.")}
     sel = {k[len("sel."):]: v for k, v in tensors.items() if k.startswith("sel.")}
+    drift = {k[len("drift."):]: v for k, v in tensors.items() if k.startswith("drift.")}
     return Checkpoint(round=int(body["round"]), values=tensors["values"], head=tensors["head"], opt_state=opt,
                       history=body["history"], identity=body["identity"], run_config=body["run_config"],
-                      rng={**body["rng"], "torch": tensors["rng.torch"]}, selection=sel)
+                      rng={**body["rng"], "torch": tensors["rng.torch"]}, selection=sel, drift=drift)
 
 
 def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Mapping[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 Bit-identical resume holds because everything a round computes is either a function of
 (seed, round, partition id) — node sampling, client batches and seeds, DP noise — or is in the
-checkpoint: global values and head, server-optimizer state, history, global RNG states.
+checkpoint: global values and head, server-optimizer state, SCAFFOLD's control variates (server/drift.py),
+history, global RNG states.
 ``crash-after-round=r`` (tests only) makes the ServerApp exit hard right after checkpoint r.
 """
 
@@ -103,6 +104,7 @@ def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, 
     strategy.opt_state = {k: v.clone() for k, v in ck.opt_state.items() if not k.startswith(GUARD)}
     scale = ck.opt_state.get(f"{GUARD}bound-scale")
     strategy.bound_scale = float(scale[0]) if scale is not None else None
+    strategy.drift.load(ck.drift)  # c, and each node's c_i to hand back with its next train message
     restore_rng(ck.rng, ck.rng.get("torch"))
     print(f"fedsparse: resumed from {path} after round {ck.round}", flush=True)
     return ck.round + 1, list(ck.history)
@@ -120,7 +122,8 @@ def checkpoint_round(cfg: RunConfig, out: Path, strategy: SparseStrategy, server
     if strategy.bound_scale is not None:  # the adaptive bound's trusted scale, beside the optimizer's state
         opt_state[f"{GUARD}bound-scale"] = torch.tensor([strategy.bound_scale], dtype=torch.float64)
     save_checkpoint(out, Checkpoint(server_round, strategy.state.values, strategy.state.head, opt_state,
-                                    history, dict(identity), dict(run_config), selection=dict(selection or {})))
+                                    history, dict(identity), dict(run_config), selection=dict(selection or {}),
+                                    drift=strategy.drift.state()))
     if server_round == cfg.crash_after_round:
         print(f"fedsparse: crash-after-round={server_round}: exiting hard after the checkpoint", flush=True)
         os._exit(CRASH_EXIT_CODE)  # no cleanup, no final save: what a killed process leaves behind

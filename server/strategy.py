@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import Strategy
 
 from server.rounds import GlobalState, RoundLog, send_and_receive  # noqa: F401 (re-exported)
 from server.aggregation import AggregationError
+from server.drift import ServerDrift
 from server.guards import bound_updates, capped_weights, example_caps, next_scale, norm_bound
 from server.handshake import HandshakeError, admit, later_claimants
 from server.secagg import SecAggParams, check_capacity
@@ -35,6 +36,7 @@ from server.validation import Expected, validate_reply
 from shared.config import RunConfig
 from shared.schedule import lr_factor
 from wire.codec import MalformedUpdateError, relative_error, representable
+from wire.drift import split_control
 from wire.protocol import HANDSHAKE, TRAIN, Update
 from wire.records import message_bytes, message_parts, to_recorddict
 
@@ -74,6 +76,7 @@ class SparseStrategy(Strategy):
         # (norm per unit lr factor) it starts; None until the first bounded round (checkpointed after it)
         self.reference: Callable[[GlobalState, int], float] | None = None
         self.bound_scale: float | None = None
+        self.drift = ServerDrift(cfg)  # SCAFFOLD's c and its arrays (no-op unless drift-correction='scaffold')
 
     # ---- Strategy contract -----------------------------------------------------------------
     def summary(self) -> None:
@@ -98,10 +101,14 @@ class SparseStrategy(Strategy):
                                                               "server-round": server_round})
         nodes = self.sample(server_round)
         self.round_nodes = set(nodes)
-        return [Message(to_recorddict({k: a.numpy() for k, a in arrays.items()}, conf), node, TRAIN) for node in nodes]
+        self.drift.start_round(self.expected.k + self.expected.head_size)
+        plain = {k: a.numpy() for k, a in arrays.items()}
+        return [Message(to_recorddict({**plain, **self.drift.down(self.partitions.get(node, -1))}, conf), node, TRAIN)
+                for node in nodes]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates = self._bounded(self._accepted(replies))
+        self.drift.absorb([(node, self.partitions[node]) for node, _ in updates], len(self.partitions))
         self.current.replied = len(updates)
         if len(updates) < self.cfg.min_train_replies:
             self.skip(server_round, f"{len(updates)} valid replies < min-train-replies {self.cfg.min_train_replies}")
@@ -249,7 +256,9 @@ class SparseStrategy(Strategy):
             if size > self.expected.max_bytes + 2**20:  # refuse before decoding anything big
                 raise MalformedUpdateError(f"reply is {size} bytes, over max-reply-mb ({self.expected.max_bytes} B)")
             parts = message_parts(msg)
-            update = validate_reply(*parts, self.expected)
+            arrays, control = split_control(parts[0])
+            update = validate_reply(arrays, parts[1], parts[2], self.expected)
+            self.drift.take(node, control, self.expected.k + self.expected.head_size)
             self.note_diagnostics(parts[1].get("train-seconds"), parts[2].get("worker-node"))
             return update
         except Exception as exc:  # the wall: any malformed reply is a rejection, never a crash

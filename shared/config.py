@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from shared.device import PRECISIONS, check_device_name
+from shared.drift import DRIFT_CORRECTIONS, SCAFFOLD_VARIATES, check_drift_config
 from shared.faults import FAIL_MODES
 from shared.knobs import ConfigError, build, knob, knobs, validate
 from shared.schedule import SCHEDULES, check_schedule
@@ -55,6 +56,15 @@ class RunConfig:
     local_loss: str = knob("ce", "local training loss: ce (the model's cross-entropy) or balanced (classes weighted "
                            "n / (C n_c) by the client's own labels: its label skew does not pull the global head)",
                            choices=LOCAL_LOSSES)
+    drift_correction: str = knob("none", "client-drift correction on the aligned vectors: none, or scaffold (control "
+                                 "variates c and c_i of the values + head; 2x the vector each way; docs/drift.md)",
+                                 choices=DRIFT_CORRECTIONS)
+    scaffold_variate: str = knob("gradient", "how a SCAFFOLD client renews c_i: gradient (the mean minibatch gradient "
+                                 "of its K local steps: the units the correction is added in) or option-ii (the "
+                                 "paper's c_i - c + (x - y)/(K lr): exact for SGD, ~3000x the gradients under AdamW)",
+                                 choices=SCAFFOLD_VARIATES)
+    prox_mu: float = knob(0.0, "FedProx: each local step adds mu * (w - w_global) to the gradient of the values + "
+                          "head (the term (mu/2)||w - w_global||^2); 0 = off", low=0)
     lr_schedule: str = knob("constant", "clients' lr over the server rounds: constant, or a linear or cosine decay "
                             "(shared/schedule.py)", choices=SCHEDULES)
     lr_warmup_rounds: int = knob(0, "first rounds at a rate ramping up to lr (round r: r / (W + 1))", low=0)
@@ -147,6 +157,7 @@ class RunConfig:
         if self.secure_aggregation:
             check_secure_aggregation(self)
         check_aggregator(self)
+        check_drift_config(self.drift_correction, self.secure_aggregation, self.dp_noise_multiplier)
         check_schedule(self.lr_schedule, self.num_server_rounds, self.lr_warmup_rounds, self.lr_decay_rounds)
 
     @property

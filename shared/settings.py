@@ -16,6 +16,7 @@ import argparse
 from typing import Any, Mapping
 
 from shared.config import CORE_KEYS, RunConfig, core_config
+from shared.drift import check_drift_method
 from shared.knobs import ConfigError, build, coerce, help_rows, knobs, refuse_unknown
 from shared.methods import get_method, methods
 
@@ -48,6 +49,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"secure-aggregation=true cannot run method '{cfg.method}': its updates are not aligned "
                           f"(each carries its own positions), so SecAgg+ masks cannot cancel coordinate by "
                           f"coordinate; use a shared-mask method (e.g. pafi) or secure-aggregation=false")
+    check_drift_method(cfg.drift_correction, cfg.method, method.aligned)
     return cfg
 
 

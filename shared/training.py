@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,8 @@ def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps: int, batch_size: int,
                 seed: int, weight_decay: float = 0.0, precision: str = "fp32",
-                group_by_length: bool = True, loss: str = "ce") -> TrainResult:
+                group_by_length: bool = True, loss: str = "ce",
+                adjust: Callable[[], None] | None = None) -> TrainResult:
     """Run ``steps`` Adam steps on seeded batches of ``data``; only ``param_groups`` change.
 
     ``param_groups``: torch optimizer groups, each ``{"params": [...], "lr": float}``. Dropout is on
@@ -61,7 +63,8 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
     optimizer state stay float32). ``group_by_length``: batches of rows of similar length
     (:func:`shared.data.grouped_pass`), so a step pays for little padding. ``loss``: ``"ce"``, the model's own
     cross-entropy; ``"balanced"``, cross-entropy with :func:`balanced_weights` of the client's labels, which takes
-    the client's label prior out of its update (the non-IID start, docs/benchmark.md).
+    the client's label prior out of its update (the non-IID start, docs/benchmark.md). ``adjust``: called after
+    each backward pass, before the optimizer step (drift correction: :class:`shared.drift.GradientAdjuster`).
     """
     if loss not in LOCAL_LOSSES:
         raise ValueError(f"local loss must be one of {', '.join(LOCAL_LOSSES)}, got {loss!r}")
@@ -89,6 +92,8 @@ def train_local(model: nn.Module, param_groups: list[dict], data: Encoded, steps
                     step_loss = F.cross_entropy(logits, labels, weight=weights)
             opt.zero_grad(set_to_none=True)
             step_loss.backward()
+            if adjust is not None:
+                adjust()
             opt.step()
             total += float(step_loss.detach()) * len(idx)
             seen += len(idx)

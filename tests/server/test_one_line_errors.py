@@ -42,6 +42,11 @@ def _refusal(tmp_path, capsys, **rc) -> str:
     ({"secure-aggregation": True, "method": "topk"}, "cannot run method 'topk': its updates are not aligned"),
     ({"secure-aggregation": True, "aggregator": "median"}, "cannot run aggregator 'median': it needs each client's"),
     ({"secure-aggregation": True, "secagg-modulus-range": 3 * 2**30}, "'secagg-modulus-range' must be a power of two"),
+    ({"drift-correction": "scaffold", "method": "topk"}, "cannot run method 'topk': its updates are not aligned"),
+    ({"drift-correction": "scaffold", "secure-aggregation": True}, "cannot run drift-correction='scaffold'"),
+    ({"drift-correction": "scaffold", "dp-clip-norm": 1.0, "dp-noise-multiplier": 0.5}, "not be covered by the noise"),
+    ({"drift-correction": "fedprox"}, "'drift-correction' must be one of 'none', 'scaffold'"),
+    ({"prox-mu": -0.1}, "'prox-mu' must be >= 0"),
 ])
 def test_bad_knobs(tmp_path, capsys, rc, needle):
     assert needle in _refusal(tmp_path, capsys, **rc)

@@ -118,3 +118,25 @@ def test_a_run_annealed_from_its_checkpoint_equals_the_scheduled_run_and_the_dec
     h_ref, h_const = (json.loads((d / "history.json").read_text()) for d in (ref, const))
     assert [r["accuracy"] for r in h_ref[:3]] == [r["accuracy"] for r in h_const[:3]]  # rounds 0-2 alike
     assert not torch.equal(_final(ref), _final(const))  # round 3 at half the rate (cos(pi/2) decay step)
+
+
+def test_scaffold_resume_hands_each_node_its_variate_back_and_is_bit_identical(tmp_path, tiny_model_dir, sst2_dir):
+    """The resumed run's nodes start with empty state: the checkpoint's mirrored c_i go back with each node's
+    first train message (``control-own``), so the variates, the model and the history replay exactly."""
+    sc = {"drift-correction": "scaffold", "dp-noise-multiplier": 0.0, "aggregator": "fedavg", "server-lr": 1.0}
+    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+    _run(_config(tiny_model_dir, sst2_dir, ref, **sc))
+    child = mp.get_context("spawn").Process(target=_run, args=(_config(tiny_model_dir, sst2_dir, crashed, **sc,
+                                                                       **{"crash-after-round": 2}),))
+    child.start()
+    child.join(300)
+    assert child.exitcode == CRASH_EXIT_CODE
+    saved = load_checkpoint(crashed / CHECKPOINT_NAME).drift
+    assert "c" in saved and any(k.startswith("c-i.") for k in saved) and float(saved["c"].abs().max()) > 0
+    _run(_config(tiny_model_dir, sst2_dir, crashed, resume=True, **sc))
+    assert torch.equal(_final(crashed), _final(ref))
+    got, want = (load_checkpoint(d / CHECKPOINT_NAME).drift for d in (crashed, ref))
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    h_ref, h_res = (json.loads((d / "history.json").read_text()) for d in (ref, crashed))
+    assert [r["accuracy"] for r in h_res] == [r["accuracy"] for r in h_ref]
+    assert [r["bytes_up"] for r in h_res[1:3]] == [r["bytes_up"] for r in h_ref[1:3]]

@@ -138,3 +138,28 @@ def test_the_paper_preset_lists_the_issue_runs():
                          ("pafi-avgm", {"aggregator": "fedavgm", "server-lr": 0.1, "server-momentum": 0.9})):
         (run,) = [r for r in p.runs if r.group == group]
         assert run.seed == 42 and {k: v for k, v in run.run_config.items() if pafi.get(k) != v} == knobs, group
+
+
+def test_the_non_iid_preset_lists_the_issue_41_runs_in_papers_setting():
+    p, paper = load_preset("non-iid"), load_preset("paper")
+    assert p.out == REPO / "docs" / "results" / "non-iid"
+    ref = {r.name: r.run_config for r in paper.runs}
+    groups: dict[str, list[int]] = {}
+    for r in p.runs:
+        groups.setdefault(r.group, []).append(r.seed)
+        parse_run_config(r.run_config)  # every run-config is valid for the app (drift knobs included)
+    variants = {"plain": {}, "bal": {"local-loss": "balanced"}, "prox": {"prox-mu": None},
+                "scaf": {"drift-correction": "scaffold"},
+                "bal-scaf": {"local-loss": "balanced", "drift-correction": "scaffold"}}
+    skews = {"a05": {}, "a01": {"dirichlet-alpha": 0.1}, "iid": {"partitioner": "iid"}}
+    assert len(groups) == 2 * len(variants) * len(skews)
+    for method in ("pafi", "full"):
+        for skew, skew_knobs in skews.items():
+            for variant, knobs in variants.items():
+                group = f"{method}-{skew}-{variant}"
+                many = skew != "iid" and variant in ("plain", "bal-scaf")
+                assert groups[group] == ([42, 43, 44] if many else [42]), group
+                run = next(r for r in p.runs if r.group == group and r.seed == 42).run_config
+                base = ref[f"{method}-s42"]  # paper's run of record: everything else is its setting
+                mu = {"prox-mu": {"pafi": 1e-3, "full": 0.1}[method]} if variant == "prox" else {}
+                assert {k: v for k, v in run.items() if base.get(k) != v} == {**skew_knobs, **knobs, **mu}, group
