@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from shared.config import RunConfig
-from shared.masks import MaskError, candidates, encoder_matrix_names, select_by_score
+from shared.masks import MaskError, candidates, block_matrix_names, select_by_score
 from shared.methods.mask import mask_method
 
 
 def attention_matrix_names(model: nn.Module) -> list[str]:
     """The encoder matrices of the attention blocks (names containing ``.attention.``)."""
-    names = [n for n in encoder_matrix_names(model) if ".attention." in f".{n}"]
+    names = [n for n in block_matrix_names(model) if ".attention." in f".{n}"]
     if not names:
         raise MaskError("the model has no encoder attention matrices; pafi-attention needs a BERT-style encoder")
     return names
