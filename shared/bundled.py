@@ -97,6 +97,10 @@ def smollm2_path() -> Path:
 
         tok = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_path()))
         model = AutoModelForCausalLM.from_pretrained(str(gguf_folder()), gguf_file=GGUF_FILE, dtype=torch.float32)
+        # The weights are already dequantized to float32; only the GGUF quantizer's flag stops save_pretrained.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 

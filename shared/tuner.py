@@ -97,6 +97,21 @@ def _dense_masked_linear(x, weight, bias, flat_idx, vals, transposed=False):
     return F.linear(x, w.t() if transposed else w, bias)
 
 
+def csr_pattern(shape: tuple[int, int], idx: torch.Tensor) -> torch.Tensor:
+    """The CSR pattern of sorted flat indices ``idx`` (int64) into a matrix of ``shape`` as stored.
+
+    Row-major, i.e. exactly mask order, so ``sampled_addmm``'s ``.values()`` is the (k_i,) gradient slice;
+    built once per layer, its values (float32 zeros) are ignored (beta=0).
+    """
+    n_rows, n_cols = shape
+    rows, cols = idx // n_cols, idx % n_cols
+    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel()), shape, check_invariants=True)
+
+
 class _AddScattered(nn.Module):
     """Parametrization: tensor + scatter(slice of the shared value vector)."""
 
@@ -143,16 +158,7 @@ class SparseTuner(Tuner):
 
     def _wrap_linear(self, module: nn.Module, idx: torch.Tensor, start: int, stop: int) -> None:
         """Replace the forward of an ``nn.Linear`` or ``Conv1D`` (weight (in, out)) by the masked linear."""
-        n_rows, n_cols = module.weight.shape  # the stored layout, in which the mask's flat indices count
-        rows, cols = idx // n_cols, idx % n_cols
-        crow = torch.zeros(n_rows + 1, dtype=torch.long)
-        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
-        # The CSR pattern is row-major, i.e. exactly mask order, so sampled_addmm's .values() is
-        # the (k_i,) gradient slice; built once per layer, its values are ignored (beta=0).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel()),
-                                              (n_rows, n_cols), check_invariants=True)
+        pattern = csr_pattern(tuple(module.weight.shape), idx)
         transposed = is_transposed(module)
         device = self.values.device
         layer = {"idx": idx.to(device), "pattern": pattern.to(device)}
