@@ -62,8 +62,11 @@ def _entry(kind: str) -> Path:
 
 
 def _build_once(target: Path, write) -> Path:
-    """Run ``write(tmp_folder)`` once per machine under a lock, then rename the folder to ``target``."""
-    if (target / "config.json").is_file() or (target / "tokenizer_config.json").is_file():
+    """Run ``write(tmp_folder)`` once per machine under a lock, then rename the folder to ``target``.
+
+    Only a complete folder is ever renamed to ``target``, so its existence means it is ready.
+    """
+    if target.is_dir():
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
