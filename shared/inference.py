@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from shared.architectures import PROJECTIONS
+
 
 def synthetic_batch(vocab_size: int, batch_size: int = 32, length: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
     """``input_ids`` (batch, length) int64 drawn from a seeded generator, all-ones ``attention_mask``."""
@@ -51,17 +53,17 @@ def count_flops(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, i
     """FLOPs of one forward pass over ``batch``.
 
     ``dense``: every op as executed (FlopCounterMode). ``linear_dense`` / ``linear_nonzero``: the
-    ``nn.Linear`` layers' share, counting all weights or only the non-zero ones.
+    ``nn.Linear`` (and GPT-2 ``Conv1D``) layers' share, counting all weights or only the non-zero ones.
     ``sparse_aware``: dense − linear_dense + linear_nonzero, i.e. what skipping zero weights costs.
     """
     linear = {"dense": 0, "nonzero": 0}
 
-    def hook(mod: nn.Linear, inputs, _output) -> None:
-        tokens = inputs[0].numel() // mod.in_features
+    def hook(mod: nn.Module, inputs, _output) -> None:
+        tokens = inputs[0].numel() // inputs[0].shape[-1]
         linear["dense"] += 2 * tokens * mod.weight.numel()
         linear["nonzero"] += 2 * tokens * int(torch.count_nonzero(mod.weight))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PROJECTIONS)]
     was_training = model.training
     model.eval()
     try:

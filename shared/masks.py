@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from shared.architectures import block_matrix_names  # noqa: F401 - the candidates, re-exported
+
 
 class MaskError(ValueError):
     """A mask could not be built (unknown method, empty candidate set, bad density)."""
@@ -55,25 +57,11 @@ class Mask:
             yield name, self.indices[i], offs[i], offs[i + 1]
 
 
-def encoder_matrix_names(model: nn.Module) -> list[str]:
-    """PaFi's candidates: the 2-D weight matrices of the encoder's attention and feed-forward blocks.
-
-    Embeddings, LayerNorms, the pooler and the task head are excluded.
-    """
-    names = []
-    for name, p in model.named_parameters():
-        if p.dim() != 2 or not name.endswith("weight"):
-            continue
-        if ".encoder." not in f".{name}" or "embeddings" in name or "LayerNorm" in name:
-            continue
-        names.append(name)
-    return names
-
-
 def candidates(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     if not names:
-        raise MaskError("the model has no candidate encoder matrices; is it a BERT-style encoder?")
+        raise MaskError("the model has no candidate matrices (attention/feed-forward projections inside its blocks); "
+                        "use a BERT, GPT-2 or Llama-style model")
     return {n: params[n].detach() for n in names}
 
 

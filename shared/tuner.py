@@ -1,6 +1,7 @@
 """Train only the masked entries: one (k,) value vector wired into the frozen base model's forward.
 
-The base weights are never written during training; a masked ``nn.Linear`` computes with
+The base weights are never written during training; a masked ``nn.Linear`` (or GPT-2's ``Conv1D``, whose
+weight is stored (in, out)) computes with
 ``W_base + scatter(values)``, and its backward forms the weight gradient only at the k masked
 positions (dW[i, j] = sum_t g[t, i] * x[t, j]), never the dense d_out x d_in gradient. Other
 masked tensors (biases, LayerNorm) add their scattered slice in a parametrization. The optimizer
@@ -20,6 +21,7 @@ from torch.nn.utils import parametrize
 import warnings
 from pathlib import Path
 
+from shared.architectures import PROJECTIONS, is_transposed
 from shared.artifacts import head_tensors, read_delta, save_delta
 from shared.device import model_device, sampled_addmm_works
 from shared.masks import Mask, MaskMismatchError
@@ -47,12 +49,14 @@ class _MaskedLinearFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, flat_idx, pattern, vals):  # noqa: D401 - autograd signature
+    def forward(ctx, x, weight, bias, flat_idx, pattern, vals, transposed=False):  # noqa: D401 - autograd signature
         w = weight.detach().clone()
         w.view(-1).index_add_(0, flat_idx, vals.detach().to(w.dtype))
+        w = w.t() if transposed else w  # Conv1D stores (in, out): the linear weight is its transpose
         ctx.save_for_backward(x, w)
         ctx.pattern = pattern  # a constant of the layer, not an activation
         ctx.vals_dtype = vals.dtype
+        ctx.transposed = transposed
         return F.linear(x, w, bias)  # under autocast (precision=bf16) this matmul runs in bfloat16
 
     @staticmethod
@@ -72,15 +76,40 @@ class _MaskedLinearFn(torch.autograd.Function):
             # The sampled product is O(T·k): always in float32 (the value gradient's dtype), also under bf16.
             xs = x2 if sub is None else x2.index_select(0, sub)
             pattern = ctx.pattern if ctx.pattern.dtype == torch.float32 else ctx.pattern.float()
-            gvals = torch.sparse.sampled_addmm(pattern, gs.float().t().contiguous(), xs.float().t().contiguous().t(),
-                                               beta=0.0).values().to(ctx.vals_dtype)
-        return gx, None, None, None, None, gvals
+            gvals = _sampled_grad(pattern, gs.float(), xs.float(), ctx.transposed).to(ctx.vals_dtype)
+        return gx, None, None, None, None, gvals, None
 
 
-def _dense_masked_linear(x, weight, bias, flat_idx, vals):
+def _sampled_grad(pattern: torch.Tensor, g: torch.Tensor, x: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """The weight gradient at ``pattern``'s positions, in the stored layout: (nnz,) float32.
+
+    ``g`` (T, d_out), ``x`` (T, d_in). ``nn.Linear`` stores (d_out, d_in): dW = gᵀx; ``Conv1D`` stores
+    (d_in, d_out): dW = xᵀg. Either way mat1 is a contiguous (rows, T) and mat2 the transpose of a
+    contiguous (cols, T), the layout ``sampled_addmm``'s CPU kernel reads without copying.
+    """
+    rows, cols = (x, g) if transposed else (g, x)
+    return torch.sparse.sampled_addmm(pattern, rows.t().contiguous(), cols.t().contiguous().t(), beta=0.0).values()
+
+
+def _dense_masked_linear(x, weight, bias, flat_idx, vals, transposed=False):
     """Reference path: builds the dense effective weight and lets autograd form the dense gradient."""
     w = weight.detach().reshape(-1).index_add(0, flat_idx, vals).view_as(weight)
-    return F.linear(x, w, bias)
+    return F.linear(x, w.t() if transposed else w, bias)
+
+
+def csr_pattern(shape: tuple[int, int], idx: torch.Tensor) -> torch.Tensor:
+    """The CSR pattern of sorted flat indices ``idx`` (int64) into a matrix of ``shape`` as stored.
+
+    Row-major, i.e. exactly mask order, so ``sampled_addmm``'s ``.values()`` is the (k_i,) gradient slice;
+    built once per layer, its values (float32 zeros) are ignored (beta=0).
+    """
+    n_rows, n_cols = shape
+    rows, cols = idx // n_cols, idx % n_cols
+    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel()), shape, check_invariants=True)
 
 
 class _AddScattered(nn.Module):
@@ -121,33 +150,26 @@ class SparseTuner(Tuner):
         for name, idx, start, stop in mask.items():
             mod_name, _, attr = name.rpartition(".")
             module = modules[mod_name]
-            if isinstance(module, nn.Linear) and attr == "weight":
+            if isinstance(module, PROJECTIONS) and attr == "weight":
                 self._wrap_linear(module, idx, start, stop)
             else:
                 scattered = _AddScattered(self, idx.to(self.values.device), start, stop)
                 parametrize.register_parametrization(module, attr, scattered, unsafe=True)
 
-    def _wrap_linear(self, module: nn.Linear, idx: torch.Tensor, start: int, stop: int) -> None:
-        d_in = module.in_features
-        rows, cols = idx // d_in, idx % d_in
-        crow = torch.zeros(module.out_features + 1, dtype=torch.long)
-        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=module.out_features), 0)
-        # The CSR pattern is row-major, i.e. exactly mask order, so sampled_addmm's .values() is
-        # the (k_i,) gradient slice; built once per layer, its values are ignored (beta=0).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.numel()),
-                                              (module.out_features, d_in), check_invariants=True)
+    def _wrap_linear(self, module: nn.Module, idx: torch.Tensor, start: int, stop: int) -> None:
+        """Replace the forward of an ``nn.Linear`` or ``Conv1D`` (weight (in, out)) by the masked linear."""
+        pattern = csr_pattern(tuple(module.weight.shape), idx)
+        transposed = is_transposed(module)
         device = self.values.device
         layer = {"idx": idx.to(device), "pattern": pattern.to(device)}
         self._linears.append(layer)
         tuner = self
 
-        def forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        def forward(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
             vals = tuner.values[start:stop]
             if tuner.sparse_grad and tuner.sparse_kernel:
-                return _MaskedLinearFn.apply(x, mod.weight, mod.bias, layer["idx"], layer["pattern"], vals)
-            return _dense_masked_linear(x, mod.weight, mod.bias, layer["idx"], vals)
+                return _MaskedLinearFn.apply(x, mod.weight, mod.bias, layer["idx"], layer["pattern"], vals, transposed)
+            return _dense_masked_linear(x, mod.weight, mod.bias, layer["idx"], vals, transposed)
 
         module.forward = types.MethodType(forward, module)
 

@@ -40,6 +40,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model")
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide GPT-2 (Conv1D projections, biases; SmolLM2's tokenizer, no pad token) saved once."""
+    from shared.tiny import make_tiny_gpt2
+
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide Llama (no biases, grouped KV heads; SmolLM2's tokenizer, no pad token) saved once."""
+    from shared.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+TINY_MODELS = {"bert": "tiny_model_dir", "gpt2": "tiny_gpt2_dir", "llama": "tiny_llama_dir"}  # family -> fixture
+
+
 @pytest.fixture()
 def tiny_cfg(tiny_model_dir, sst2_dir):
     """A RunConfig on the tiny model and real SST-2 (fast enough for unit tests)."""

@@ -93,6 +93,16 @@ def test_no_module_outside_a_method_folder_tests_a_method_name(repo_root):
     assert not offenders, offenders
 
 
+def test_no_module_tests_a_model_family_name(repo_root):
+    """What a layout offers is found from its modules (``shared/architectures.py``), never from ``model_type`` or a
+    model class's name: the apps and the methods serve a new family that follows a known layout unchanged."""
+    pattern = re.compile(r"""(model_type\s*(==|!=|\bin\b)|isinstance\([^)]*(Bert|GPT2|Llama|Qwen2)\w*(Model|For))""")
+    offenders = [f"{path.relative_to(repo_root)}: {m[0]}" for name, path in _modules(repo_root).items()
+                 if name.startswith(("server", "client", "shared", "wire")) and not name.startswith("shared.tiny")
+                 for m in pattern.findall(path.read_text())]
+    assert not offenders, offenders
+
+
 def _reachable(graph: dict[str, set[str]], roots: tuple[str, ...]) -> set[str]:
     seen, todo = set(), list(roots)
     while todo:

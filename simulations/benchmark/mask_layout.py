@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from shared.config import ConfigError
-from shared.masks import Mask, encoder_matrix_names
+from shared.masks import Mask, block_matrix_names
 from shared.methods import get_method
 from shared.methods.mask import select_mask
 from shared.model import base_weights_digest, load_base_model
@@ -54,7 +54,7 @@ def layout(model: torch.nn.Module, mask: Mask) -> dict[str, Any]:
     in_mask = {name: idx for name, idx, _, _ in mask.items()}
     empty = torch.zeros(0, dtype=torch.long)
     # every candidate matrix counts in the densities, also one the mask left empty (sam's may skip a matrix whole)
-    for name in list(dict.fromkeys(encoder_matrix_names(model) + list(in_mask))):
+    for name in list(dict.fromkeys(block_matrix_names(model) + list(in_mask))):
         idx = in_mask.get(name, empty)
         w = params[name].detach()
         kind, layer = _kind_and_layer(name)

@@ -65,7 +65,9 @@ def test_unknown_keys_are_refused_with_the_closest_valid_name():
 def test_method_knobs_are_typed_and_defaulted_in_their_settings():
     cfg = parse_run_config({"method": "lora", "lora-rank": 4})
     st = get_method("lora").settings_of(cfg)
-    assert (st.rank, st.alpha, st.targets) == (4, 16.0, ["query", "value"])
+    assert (st.rank, st.alpha, st.target_modules, st.targets) == (4, 16.0, "auto", [])  # auto: the model's q/v
+    st = get_method("lora").settings_of(parse_run_config({"method": "lora", "lora-target-modules": "query, value"}))
+    assert st.targets == ["query", "value"]
 
 
 def test_each_method_has_its_own_learning_rate_and_an_explicit_lr_wins():

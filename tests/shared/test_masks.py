@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shared.config import ConfigError, RunConfig
-from shared.masks import MaskError, encoder_matrix_names
+from shared.masks import MaskError, block_matrix_names
 from shared.methods.mask import select_mask
 from shared.model import base_weights_digest, load_base_model
 
@@ -22,11 +22,11 @@ def tiny(tiny_model_dir):
 
 def _cands(model):
     params = dict(model.named_parameters())
-    return {n: params[n].detach() for n in encoder_matrix_names(model)}
+    return {n: params[n].detach() for n in block_matrix_names(model)}
 
 
 def test_candidates_are_encoder_attention_and_ffn_matrices(tiny):
-    names = encoder_matrix_names(tiny[0].model)
+    names = block_matrix_names(tiny[0].model)
     assert names and all(".encoder.layer." in n and n.endswith("weight") for n in names)
     assert not any("embeddings" in n or "LayerNorm" in n or "classifier" in n or "pooler" in n for n in names)
     assert len(names) == 6 * 2  # q, k, v, attn-out, intermediate, output per layer; 2 layers

@@ -1,7 +1,9 @@
-"""``bitfit``: every bias term of the pre-trained body (embeddings LayerNorm, encoder, pooler).
+"""``bitfit``: every bias term of the pre-trained body (BERT: embeddings LayerNorm, encoder, pooler; GPT-2:
+every projection and LayerNorm bias).
 
-The body is the ``base_model_prefix`` sub-model (``bert.*``), so the task head's bias, which trains
-densely anyway, is never in the mask. Its budget is its own: ``mask-density`` is ignored.
+The body is the ``base_model_prefix`` sub-model (``bert.*``, ``transformer.*``), so the task head's bias, which
+trains densely anyway, is never in the mask. Its budget is its own: ``mask-density`` is ignored. A model without
+biases (Llama, Qwen2's MLP, …) is refused when the tuner is built, before any training, in one line.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def select_bitfit(model: nn.Module, density: float, cfg: RunConfig) -> dict[str,
     sel = {n: torch.arange(p.numel()) for n, p in model.named_parameters()
            if n.startswith(prefix) and n.endswith("bias")}
     if not sel:
-        raise MaskError(f"the model has no bias terms under '{prefix}*'; bitfit needs a model with biases")
+        raise MaskError(f"bitfit needs bias terms and this model has none under '{prefix}*' (Llama-style decoders "
+                        f"have none); use method='pafi', or method='hiwi' with hiwi-target='weight'")
     return sel
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from shared.inference import count_flops, forward_seconds, num_params, synthetic_batch
-from shared.masks import MaskMismatchError, encoder_matrix_names
+from shared.masks import MaskMismatchError, block_matrix_names
 from shared.methods.dsee.prune import head_scores, lowest_heads, magnitude_prune, remove_heads, zero_fraction, zero_heads
 
 FORMAT = "fedsparse-dsee-v1"
@@ -71,7 +71,7 @@ def prune_final(tuner, merged: nn.Module, values: torch.Tensor) -> tuple[nn.Modu
     """A pruned copy of ``merged``: L1 magnitude pruning, then the lowest-|ΔW| heads zeroed (recorded)."""
     st = tuner.settings
     pruned = copy.deepcopy(merged)
-    magnitude_prune(pruned, encoder_matrix_names(pruned), st.prune_ratio)
+    magnitude_prune(pruned, block_matrix_names(pruned), st.prune_ratio)
     heads: dict[int, list[int]] = {}
     if st.prune_heads > 0:
         scores = head_scores(tuner.deltas(values), int(pruned.config.num_attention_heads))
@@ -95,7 +95,7 @@ def finalize_dsee(tuner, merged: nn.Module, values: torch.Tensor, accuracy_fn: C
         gap = float((fast(**batch).logits - pruned(**batch).logits).abs().max())
     seconds = forward_seconds({"before": merged, "after": fast}, batch)
     before, after = _cost(merged, batch, seconds["before"]), _cost(fast, batch, seconds["after"])
-    names = encoder_matrix_names(pruned)
+    names = block_matrix_names(pruned)
     return {"dsee": {
         "accuracy_before_pruning": acc_before, "accuracy_after_pruning": acc_after,
         "prune_ratio": st.prune_ratio, "encoder_matrix_sparsity": zero_fraction(pruned, names),

@@ -84,6 +84,14 @@ def _attention(model: nn.Module, layer: int) -> nn.Module:
         raise PruneError("head pruning supports BERT-style encoders (encoder.layer[i].attention)") from exc
 
 
+def supports_head_pruning(model: nn.Module) -> bool:
+    """Whether heads can be zeroed and removed: BERT's layout (``encoder.layer[i].attention.self.query``)."""
+    try:
+        return hasattr(_attention(model, 0).self, "query")
+    except (PruneError, IndexError, TypeError):
+        return False
+
+
 def _head_rows(attn: nn.Module, heads: list[int]) -> torch.Tensor:
     size = attn.self.attention_head_size
     return torch.cat([torch.arange(h * size, (h + 1) * size) for h in heads]) if heads else torch.zeros(0, dtype=torch.long)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.architectures import linear_weight, query_value_names
 from shared.config import ConfigError, RunConfig
 from shared.knobs import build
 from shared.masks import mask_fingerprint
@@ -25,19 +26,17 @@ from shared.methods.base import Tuner
 from shared.methods.common import check_vector, write_head
 from shared.methods.dsee.config import DseeSettings
 from shared.methods.dsee.decompose import sparse_positions
+from shared.methods.dsee.prune import supports_head_pruning
 from shared.methods.dsee.final import finalize_dsee, read_dsee_values, save_dsee_artifact
 from shared.model import BaseModel
 from shared.sparse import MergeError
-
-TARGET_SUFFIXES = (".query", ".value", ".q_proj", ".v_proj", ".q_lin", ".v_lin")
-
 
 @dataclass(frozen=True)
 class Target:
     """One adapted matrix: its parameter name, shape, S positions and slices of the value vector."""
 
     name: str  # e.g. "bert.encoder.layer.0.attention.self.query.weight"
-    shape: tuple[int, int]  # (out, in)
+    shape: tuple[int, int]  # (out, in): nn.Linear's layout, also for a Conv1D (stored (in, out))
     positions: torch.Tensor  # (N,) int64 sorted flat indices of S
     start: int  # A at [start, start + r*in), then B (out*r), then S (N)
     rank: int
@@ -63,18 +62,19 @@ class Target:
 
 
 def target_names(model: nn.Module) -> list[str]:
-    """Weights of the attention query and value projections, in model order."""
-    mods = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.endswith(TARGET_SUFFIXES)]
+    """Weights of the attention query and value projections (GPT-2: the fused c_attn), in model order."""
+    mods = query_value_names(model)
     if not mods:
-        raise MergeError("DSEE found no attention query/value linears; is the model a BERT-style encoder?")
+        raise MergeError("DSEE found no attention query/value projections (BERT query/value, GPT-2 c_attn, "
+                         "Llama q_proj/v_proj); use method='pafi' for this model")
     return [f"{n}.weight" for n in mods]
 
 
 def build_targets(model: nn.Module, st: DseeSettings) -> tuple[Target, ...]:
-    """Targets with their S positions from the decomposition of the pre-trained weights."""
-    params, targets, start = dict(model.named_parameters()), [], 0
+    """Targets with their S positions from the decomposition of the pre-trained weights (in (out, in) layout)."""
+    modules, targets, start = dict(model.named_modules()), [], 0
     for name in target_names(model):
-        w = params[name].detach()
+        w = linear_weight(modules[name.rpartition(".")[0]]).detach()
         if st.sparse_per_matrix > 0:
             pos = sparse_positions(w, min(st.rank, min(w.shape)), min(st.sparse_per_matrix, w.numel()))
         else:
@@ -112,7 +112,7 @@ class DseeTuner(Tuner):
         for t in self.targets:
             self._wrap(modules[t.name.rpartition(".")[0]], t)
 
-    def _wrap(self, module: nn.Linear, t: Target) -> None:
+    def _wrap(self, module: nn.Module, t: Target) -> None:
         tuner, scale = self, self.settings.scale
         positions = {t.positions.device: t.positions}  # per device: the mask's copy stays on the CPU
 
@@ -123,7 +123,8 @@ class DseeTuner(Tuner):
             # S enters through the weight: autograd forms the (out, in) weight gradient and gathers
             # S's N entries from it (affordable for the few query/value matrices); the low-rank
             # path never forms the (out, in) product.
-            w = mod.weight.reshape(-1).index_add(0, positions[mod.weight.device], s * scale).view_as(mod.weight)
+            lw = linear_weight(mod)
+            w = lw.reshape(-1).index_add(0, positions[mod.weight.device], s * scale).view(lw.shape)
             return F.linear(x, w, mod.bias) + F.linear(F.linear(x, a), b) * scale
 
         module.forward = types.MethodType(forward, module)
@@ -150,11 +151,11 @@ class DseeTuner(Tuner):
     def merge(self, fresh: nn.Module, values: torch.Tensor, head: dict[str, torch.Tensor]) -> nn.Module:
         """W ← W + (B·A + S)·α/r for every target and the head, in ``fresh`` (a plain base copy)."""
         deltas = self.deltas(values)  # checks values before any write
-        params = dict(fresh.named_parameters())
+        params, modules = dict(fresh.named_parameters()), dict(fresh.named_modules())
         write_head(params, head)
         with torch.no_grad():
             for name, d in deltas.items():
-                params[name].add_(d.to(params[name].dtype))
+                linear_weight(modules[name.rpartition(".")[0]]).add_(d.to(params[name].dtype))
         return fresh
 
     def save_artifact(self, out, values: torch.Tensor, head: dict[str, torch.Tensor], cfg: RunConfig, source: str):
@@ -173,6 +174,9 @@ def make_dsee_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> DseeTuner:
     """The method's ``build``; checks the head-pruning knob against the model before any work."""
     heads = int(getattr(base.model.config, "num_attention_heads", 0))
     asked = build(DseeSettings, cfg.options).prune_heads
+    if asked and not supports_head_pruning(base.model):
+        raise ConfigError(f"run-config key 'dsee-prune-heads' is {asked} but head removal needs a BERT-style encoder "
+                          f"(this model is {type(base.model).__name__}); set dsee-prune-heads=0")
     if asked and asked >= heads:
         raise ConfigError(f"run-config key 'dsee-prune-heads' is {asked} but the model has {heads} heads per layer; "
                           f"set it below {heads} (0 = keep all heads)")

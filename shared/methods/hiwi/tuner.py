@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from shared.architectures import PROJECTIONS, ffn_kind
 from shared.config import ConfigError, RunConfig
 from shared.knobs import build
 from shared.masks import MaskMismatchError, mask_fingerprint
@@ -73,21 +74,16 @@ class Adapter:
         return torch.tanh(F.linear(hidden, w_up, b_up) / TRUST) * (TRUST * self.scale)
 
 
-def ffn_kind(module_name: str) -> str | None:
-    """'intermediate' or 'output' for a BERT-style FFN linear, else None (attention output is not FFN)."""
-    if module_name.endswith("intermediate.dense"):
-        return "intermediate"
-    if module_name.endswith("output.dense") and "attention" not in module_name:
-        return "output"
-    return None
-
-
 def hiwi_targets(model: nn.Module, attr: str) -> dict[str, str]:
-    """FFN parameter name -> adapter kind, in model order."""
+    """FFN parameter name -> adapter kind (``shared.architectures.ffn_kind``), in model order.
+
+    ``attr = "weight"``: the rows of the weight as stored (``Conv1D``: (in, out), so rows of width out)."""
     out = {f"{n}.{attr}": ffn_kind(n) for n, m in model.named_modules()
-           if isinstance(m, nn.Linear) and ffn_kind(n) and getattr(m, attr, None) is not None}
+           if isinstance(m, PROJECTIONS) and ffn_kind(n) and getattr(m, attr, None) is not None}
     if not out:
-        raise ConfigError(f"HiWi found no feed-forward {attr} tensors; use a BERT-style encoder or hiwi-target='weight'")
+        hint = "set hiwi-target='weight' (Llama-style decoders have no biases) or use method='pafi'" \
+            if attr == "bias" else "use method='pafi'"
+        raise ConfigError(f"HiWi found no feed-forward {attr} tensors in this model; {hint}")
     return out
 
 

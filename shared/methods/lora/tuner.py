@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
+from shared.architectures import is_transposed, query_value_targets
 from shared.config import ConfigError, RunConfig
 from shared.masks import MaskMismatchError
 from shared.methods.base import Tuner
@@ -30,11 +31,19 @@ from shared.model import BaseModel
 from shared.sparse import MergeError
 
 
-def lora_config(st: LoraSettings) -> LoraConfig:
-    """PEFT's LoraConfig from the settings (no task type: the head is ours, trained densely)."""
-    if not st.targets:
-        raise ConfigError("run-config key 'lora-target-modules' must name at least one module, e.g. \"query,value\"")
-    return LoraConfig(r=st.rank, lora_alpha=st.alpha, target_modules=st.targets, lora_dropout=0.0, bias="none")
+def lora_config(st: LoraSettings, model: nn.Module) -> LoraConfig:
+    """PEFT's LoraConfig from the settings (no task type: the head is ours, trained densely).
+
+    ``auto`` targets the model's query/value projections; ``fan_in_fan_out`` is set when the targets are
+    GPT-2's ``Conv1D`` (weight stored (in, out)), as PEFT needs for them.
+    """
+    targets = st.targets or query_value_targets(model)
+    if not targets:
+        raise ConfigError("run-config key 'lora-target-modules' must name at least one module of this model, "
+                          "e.g. \"query,value\" (BERT), \"c_attn\" (GPT-2), \"q_proj,v_proj\" (Llama)")
+    fan_in_fan_out = any(is_transposed(m) for n, m in model.named_modules() if n.rpartition(".")[2] in targets)
+    return LoraConfig(r=st.rank, lora_alpha=st.alpha, target_modules=targets, lora_dropout=0.0, bias="none",
+                      fan_in_fan_out=fan_in_fan_out)
 
 
 def wrap_with_lora(model: nn.Module, config: LoraConfig, seed: int) -> PeftModel:
@@ -65,7 +74,7 @@ class LoraTuner(Tuner):
     """PEFT LoRA installed into the runtime's base model."""
 
     def __init__(self, base: BaseModel, settings: LoraSettings, seed: int, digest: str):
-        self.config, self.seed, self.head_names = lora_config(settings), seed, tuple(base.head_names)
+        self.config, self.seed, self.head_names = lora_config(settings, base.model), seed, tuple(base.head_names)
         params = dict(base.model.named_parameters())
         self._head = {n: params[n] for n in self.head_names}
         self.peft = wrap_with_lora(base.model, self.config, seed)

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from shared.config import RunConfig
-from shared.masks import candidates, encoder_matrix_names, select_by_score
+from shared.masks import candidates, block_matrix_names, select_by_score
 from shared.methods.mask import mask_method
 
 
 def select_magnitude(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
     """PaFi's candidates, ranked the other way."""
-    cands = candidates(model, encoder_matrix_names(model))
+    cands = candidates(model, block_matrix_names(model))
     return select_by_score(cands, lambda t: -t.abs(), density, cfg.mask_scope)
 
 

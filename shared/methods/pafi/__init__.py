@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from shared.config import RunConfig
-from shared.masks import candidates, encoder_matrix_names, select_by_score
+from shared.masks import candidates, block_matrix_names, select_by_score
 from shared.methods.mask import mask_method
 
 
 def select_pafi(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
     """The candidate entries with the smallest pre-trained |w|."""
-    return select_by_score(candidates(model, encoder_matrix_names(model)), torch.abs, density, cfg.mask_scope)
+    return select_by_score(candidates(model, block_matrix_names(model)), torch.abs, density, cfg.mask_scope)
 
 
 METHOD = mask_method("pafi", "smallest pre-trained |w| of the encoder's attention/FFN matrices", select_pafi)

@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from shared.config import RunConfig
-from shared.masks import candidates, encoder_matrix_names, split_flat
+from shared.masks import candidates, block_matrix_names, split_flat
 from shared.methods.mask import mask_method
 from shared.methods.random.config import RandomSettings
 
 
 def select_random(model: nn.Module, density: float, cfg: RunConfig) -> dict[str, torch.Tensor]:
     """``density`` of the candidates, uniformly at random from ``mask-seed``."""
-    cands = candidates(model, encoder_matrix_names(model))
+    cands = candidates(model, block_matrix_names(model))
     gen = torch.Generator().manual_seed(METHOD.settings_of(cfg).seed)
     if cfg.mask_scope == "per-matrix":
         return {n: torch.randperm(t.numel(), generator=gen)[: int(density * t.numel())] for n, t in cands.items()}

@@ -28,7 +28,7 @@ from torch import nn
 from shared.config import RunConfig
 from shared.data import Encoded, batch_indices
 from shared.device import model_device, to_device
-from shared.masks import encoder_matrix_names, select_by_score
+from shared.masks import block_matrix_names, select_by_score
 from shared.methods.sam.config import SamSettings
 
 def recipe_fingerprint(digest: str, cfg: RunConfig, st: SamSettings) -> str:
@@ -41,7 +41,7 @@ def recipe_fingerprint(digest: str, cfg: RunConfig, st: SamSettings) -> str:
 def candidate_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every SAM candidate, in flat-space order."""
     params = dict(model.named_parameters())
-    return {n: tuple(params[n].shape) for n in encoder_matrix_names(model)}
+    return {n: tuple(params[n].shape) for n in block_matrix_names(model)}
 
 
 def accumulate_gradients(model: nn.Module, names: list[str], data: Encoded, batches: int, batch_size: int,

@@ -9,7 +9,7 @@ global model stayed at chance for 5 rounds, 49.4 %) and 5e-3 for the head.
 from __future__ import annotations
 
 from shared.config import RunConfig
-from shared.masks import encoder_matrix_names
+from shared.masks import block_matrix_names
 from shared.methods.base import Method
 from shared.methods.full.tuner import DenseTuner
 from shared.methods.topk.codec import TopkCodec
@@ -30,7 +30,7 @@ class TopkTuner(DenseTuner):
 def build_topk(base: BaseModel, cfg: RunConfig, digest: str) -> TopkTuner:
     """k = ``mask-density`` of the candidate entries (at least 1)."""
     params = dict(base.model.named_parameters())
-    n_cand = sum(params[n].numel() for n in encoder_matrix_names(base.model))
+    n_cand = sum(params[n].numel() for n in block_matrix_names(base.model))
     return TopkTuner(base, digest, max(1, int(cfg.mask_density * n_cand)))
 
 

@@ -1,9 +1,11 @@
 """The contract test: every registered method through the same checks (PEFT's ``test_custom_models.py`` idea).
 
-Per method, on the tiny BERT, a real federation in-process: the real ClientApp handlers, the server's
+Per method and per model family (a tiny BERT, a tiny GPT-2 with Conv1D projections, a tiny Llama without
+biases), a real federation in-process: the real ClientApp handlers, the server's
 handshake and the method's selection phase (if any), one round of real replies; then the one server path
 (``SparseStrategy.aggregate_train``) must treat that method exactly as every other. A new method gets all of
-this by being registered.
+this by being registered, on encoders and decoders alike. Where a method cannot serve a family (bitfit on
+a model without biases), the refusal is checked instead (``tests/shared/test_decoders.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from shared.methods import methods
 from shared.model import load_base_model
 from shared.runtime import Runtime, get_runtime
 from shared.settings import parse_run_config
+from tests.conftest import TINY_MODELS
 from tests.server.replies import message
 from tests.support.local_grid import LocalGrid
 from wire.protocol import unflatten_head
@@ -46,12 +49,22 @@ class Fed:
     replies: list  # round 1's real replies, as (node, arrays, metrics, config)
 
 
-@pytest.fixture(scope="module", params=list(methods()))
-def fed(request, repo_root, tiny_model_dir, sst2_dir) -> Fed:
+# What a family needs of a method's knobs: DSEE removes heads of BERT-style encoders only; HiWi adapts
+# Llama's FFN weight rows (it has no biases). Methods that cannot serve a family are refused at build.
+FAMILY_OPTIONS = {"bert": {"dsee-prune-heads": 1}, "gpt2": {"dsee-prune-heads": 0},
+                  "llama": {"dsee-prune-heads": 0, "hiwi-target": "weight"}}
+REFUSED = {("bitfit", "llama")}  # no biases: refused in one line (tests/shared/test_decoders.py)
+CASES = [(m, f) for f in TINY_MODELS for m in methods() if (m, f) not in REFUSED]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{f}" for m, f in CASES])
+def fed(request, repo_root, sst2_dir) -> Fed:
+    method, family = request.param
+    model_dir = request.getfixturevalue(TINY_MODELS[family])
     rc = dict(tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
-    rc.update({"method": request.param, "model": str(tiny_model_dir), "data-dir": str(sst2_dir), "mask-density": 0.05,
+    rc.update({"method": method, "model": str(model_dir), "data-dir": str(sst2_dir), "mask-density": 0.05,
                "local-steps": 1, "batch-size": 4, "max-length": 32, "max-eval-examples": 16, "sam-batches": 1,
-               "dsee-prune-heads": 1, "fraction-train": 1.0, "min-available-nodes": NODES})
+               "fraction-train": 1.0, "min-available-nodes": NODES, **FAMILY_OPTIONS[family]})
     cfg = parse_run_config(rc)
     rt = get_runtime(cfg)
     rt.tuner.reset()

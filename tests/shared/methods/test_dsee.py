@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from shared.config import ConfigError
-from shared.masks import encoder_matrix_names
+from shared.masks import block_matrix_names
 from shared.model import base_weights_digest, load_base_model
 from shared.methods.dsee.tuner import DseeTuner, make_dsee_tuner
 from shared.methods.dsee.final import prune_final, read_dsee_values
@@ -115,7 +115,7 @@ def test_training_reaches_only_the_value_vector(dsee_cfg):
 
 def test_magnitude_pruning_reaches_the_requested_sparsity(tiny_model_dir):
     model = load_base_model(str(tiny_model_dir), 2, 0).model
-    names = encoder_matrix_names(model)
+    names = block_matrix_names(model)
     total = sum(dict(model.named_parameters())[n].numel() for n in names)
     threshold_before = None
     for ratio in (0.2, 0.5):
@@ -160,8 +160,8 @@ def test_prune_final_and_artifact(dsee_cfg, tmp_path):
     merged = tuner.merge(load_base_model(dsee_cfg.model, 2, dsee_cfg.seed).model, values, tuner.head_state())
     pruned, heads = prune_final(tuner, merged, values)
     assert set(heads) == {0, 1} and all(len(h) == 1 for h in heads.values())
-    assert zero_fraction(pruned, encoder_matrix_names(pruned)) >= 0.2
-    assert zero_fraction(merged, encoder_matrix_names(merged)) == 0.0  # the merged model is untouched
+    assert zero_fraction(pruned, block_matrix_names(pruned)) >= 0.2
+    assert zero_fraction(merged, block_matrix_names(merged)) == 0.0  # the merged model is untouched
     tuner.save_artifact(tmp_path, values, tuner.head_state(), dsee_cfg, tuner.base.source)
     got, head = read_dsee_values(tmp_path / "delta.safetensors", _tuner(dsee_cfg))
     assert torch.equal(got, values) and set(head) == set(tuner.base.head_names)

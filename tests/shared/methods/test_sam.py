@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from shared.data import Encoded
-from shared.masks import encoder_matrix_names
+from shared.masks import block_matrix_names
 from shared.model import base_weights_digest, load_base_model
 from shared.methods.sam.statistic import (accumulate_gradients, global_statistic, local_top, overlap, to_flat_index,
                         top_by_square)
@@ -98,7 +98,7 @@ def test_gradients_on_the_tiny_bert_are_deterministic_and_cover_every_candidate(
 
     base, _ = sam_base
     data = client_partition(tiny_cfg, base.tokenizer, 0, 4)
-    names = encoder_matrix_names(base.model)
+    names = block_matrix_names(base.model)
     a = accumulate_gradients(base.model, names, data, 2, 4, seed=1)
     b = accumulate_gradients(base.model, names, data, 2, 4, seed=1)
     assert torch.equal(a, b) and a.numel() == sum(p.numel() for n, p in base.model.named_parameters() if n in names)

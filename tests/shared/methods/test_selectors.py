@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.config import RunConfig
-from shared.masks import encoder_matrix_names
+from shared.masks import block_matrix_names
 from shared.methods.mask import select_mask
 from shared.model import base_weights_digest, load_base_model
 
@@ -22,7 +22,7 @@ def _selected_and_rest(model, mask):
     params = dict(model.named_parameters())
     chosen, rest = [], []
     by_name = dict(zip(mask.names, mask.indices))
-    for name in encoder_matrix_names(model):
+    for name in block_matrix_names(model):
         flat = params[name].detach().abs().reshape(-1)
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         if name in by_name:
@@ -73,7 +73,7 @@ def test_random_per_matrix_takes_the_same_fraction_of_each_matrix(tiny):
     base, digest = tiny
     mask = select_mask(base.model, RunConfig(method="random", mask_density=0.1, mask_scope="per-matrix"), digest)
     params = dict(base.model.named_parameters())
-    assert set(mask.names) == set(encoder_matrix_names(base.model))
+    assert set(mask.names) == set(block_matrix_names(base.model))
     for name, idx in zip(mask.names, mask.indices):
         assert idx.numel() == int(0.1 * params[name].numel())
 
