@@ -221,7 +221,8 @@ CORE_KEYS = frozenset(knobs(RunConfig))
 # Knobs whose default changed, with the value a run made before the change ran with (its checkpoint may hold that
 # value, or lack the key where the knob is newer). A resumed run keeps it unless the resuming run sets the key to
 # something other than today's default: a changed default never changes what a run of record trains with.
-CHANGED_DEFAULTS: dict[str, Any] = {"examples-cap-multiple": 0.0, "state-loss-ratio": 0.0, "update-bound": "none"}
+CHANGED_DEFAULTS: dict[str, Any] = {"examples-cap-multiple": 0.0, "state-loss-ratio": 0.0, "update-bound": "none",
+                                     "lora-target-modules": "query,value"}  # (a method's knob: lora's, now "auto")
 
 
 def core_config(run_config: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> RunConfig:
