@@ -43,11 +43,6 @@ from wire.records import message_bytes, message_parts, to_recorddict
 log = logging.getLogger("fedsparse.server")
 
 
-def _bound_of(stack: torch.Tensor, cfg: RunConfig, trusted: float | None) -> float | None:
-    """The bound :func:`server.guards.bound_updates` applied to ``stack`` (for the round's record)."""
-    return norm_bound(stack.double().norm(dim=1), cfg.max_update_norm, cfg.update_norm_multiple, trusted)
-
-
 def seeded_sample(items: list, fraction: float, seed: int, server_round: int) -> list:
     """The ``ceil(fraction * len(items))`` items (at least one) a round trains, drawn under ``seed`` and the round
     alone: every method run with the same seed trains the same partitions in the same rounds (``items`` in
@@ -217,10 +212,11 @@ class SparseStrategy(Strategy):
             return updates
         k = self.expected.k
         stack = torch.stack([torch.cat([u.delta, u.head_delta]) for _, u in updates])
-        self.current.norm_median = float(stack.double().norm(dim=1).median())
+        norms = stack.double().norm(dim=1)  # the round's record: the median and the bound bound_updates applies
+        self.current.norm_median = float(norms.median())
+        self.current.norm_bound = norm_bound(norms, self.cfg.max_update_norm, self.cfg.update_norm_multiple, trusted)
         rows, keep, notes = bound_updates(stack, self.cfg.max_update_norm, self.cfg.update_norm_multiple,
                                           self.cfg.norm_policy, trusted)
-        self.current.norm_bound = _bound_of(stack, self.cfg, trusted)
         if self.bound_scale is not None and rows.shape[0]:
             self.bound_scale = next_scale(self.bound_scale, rows.double().norm(dim=1), factor)
         out, r = [], 0
