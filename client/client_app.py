@@ -32,6 +32,7 @@ from shared.methods.base import ClientCall, ClientRoute, Method
 from shared.runtime import Runtime, client_partition, client_partition_size, get_runtime
 from shared.schedule import lr_factor
 from shared.settings import parse_run_config
+from shared.tasks import task_of
 from shared.training import evaluate as evaluate_model
 from shared.training import train_local
 from wire.codec import MalformedUpdateError
@@ -206,8 +207,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     _receive(msg, cfg, rt)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
-    loss, acc = evaluate_model(rt.base.model, data, cfg.eval_batch_size, cfg.precision)
-    metrics = {"num-examples": len(data), "eval-loss": loss, "eval-acc": acc}
+    ev = evaluate_model(rt.base.model, data, task_of(cfg), cfg.eval_batch_size, cfg.precision)
+    metrics = {"num-examples": len(data), "eval-loss": ev.loss, **{f"eval-{m}": v for m, v in ev.metrics.items()}}
+    if "accuracy" in ev.metrics:
+        metrics["eval-acc"] = ev.metrics["accuracy"]  # the name replies had before tasks had metrics
     return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)
 
 

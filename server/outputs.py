@@ -46,7 +46,8 @@ def save_final_model(out: Path, cfg: RunConfig, rt: Runtime, values: torch.Tenso
     A fresh copy (not the tuner-wrapped runtime model) so the saved checkpoint is a plain
     ``transformers`` model. Returns the merged in-memory model.
     """
-    fresh = load_base_model(cfg.model, rt.num_labels, cfg.seed)
+    fresh = load_base_model(cfg.model, rt.num_labels, cfg.seed,
+                            problem_type=rt.base.model.config.problem_type)
     head = unflatten_head(head_vec, fresh.head_state(), fresh.head_names)
     merged = rt.tuner.merge(fresh.model, values, head)
     merged.save_pretrained(out / "model")

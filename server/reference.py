@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from shared.config import RunConfig
-from shared.data import encode, load_splits
+from shared.data import encode, run_splits
 from shared.runtime import Runtime
 from shared.schedule import lr_factor
 from shared.training import train_local
@@ -22,7 +22,7 @@ from wire.protocol import flatten_head, unflatten_head
 
 def trusted_sample(cfg: RunConfig, tokenizer):
     """``trusted-examples`` rows of the training split drawn under the seed (the server's root sample), encoded."""
-    train = load_splits(cfg.dataset, cfg.data_dir)["train"]
+    train = run_splits(cfg)["train"]
     n = min(cfg.trusted_examples, len(train))
     rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 7_919 + 17))[:n]
     return encode(train.select(sorted(rows.tolist())), tokenizer, cfg.max_length)

@@ -22,14 +22,15 @@ from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
 from server.validation import Expected
 from shared.config import ConfigError, RunConfig
-from shared.data import DataLoadError, data_fingerprint, held_out, load_splits
+from shared.data import DataLoadError, data_fingerprint, held_out, run_splits
 from shared.device import resolve_device, to_cpu
 from shared.masks import MaskError
 from shared.model import ModelLoadError
-from shared.runtime import Runtime, get_runtime, test_split
+from shared.runtime import Runtime, extra_held_out, get_runtime, test_split
 from shared.schedule import describe
 from shared.settings import parse_run_config
-from shared.training import evaluate
+from shared.tasks import score_of, short_name, task_of
+from shared.training import Evaluation, evaluate
 from wire.protocol import BYTES_PER_VALUE, flatten_head, unflatten_head
 
 install_linkstate_index()  # the Simulation Engine's hand-out: O(messages), not O(nodes x messages)
@@ -38,30 +39,39 @@ log = logging.getLogger("fedsparse.server")
 
 
 class RunRecorder:
-    """Evaluates the global model after each round and keeps history.json up to date."""
+    """Evaluates the global model after each round and keeps history.json up to date.
+
+    Every round's record carries every metric of the task (``metrics``), its headline value (``score``) and, where
+    the task has accuracy, ``accuracy`` as before, so tools that read accuracy keep reading it."""
 
     def __init__(self, cfg: RunConfig, rt: Runtime, out: Path):
         self.cfg, self.rt, self.out = cfg, rt, out
+        self.task = task_of(cfg)
         self.test = test_split(cfg, rt.base.tokenizer)
         self.history: list[dict] = []
         self.t_start = time.perf_counter()
-        self._last: tuple[GlobalState, tuple[float, float]] | None = None  # the last state evaluated and its figures
+        self._last: tuple[GlobalState, Evaluation] | None = None  # the last state evaluated and its figures
 
-    def evaluate(self, state: GlobalState) -> tuple[float, float]:
-        """(loss, accuracy) of ``state`` on the held-out split; a state vetted before adoption is not evaluated
+    def evaluate(self, state: GlobalState) -> Evaluation:
+        """Loss and metrics of ``state`` on the held-out split; a state vetted before adoption is not evaluated
         twice (the strategy's ``vet`` and the round's record share the figures of the same state object)."""
         if self._last is not None and self._last[0] is state:
             return self._last[1]
         head = unflatten_head(state.head, self.rt.tuner.head_state(), self.rt.base.head_names)
         self.rt.tuner.load(state.values, head)
-        out = evaluate(self.rt.base.model, self.test, self.cfg.eval_batch_size, self.cfg.precision)  # on the device
+        out = self.score(self.rt.base.model, self.test)  # on the device
         self._last = (state, out)
         return out
 
+    def score(self, model, data) -> Evaluation:
+        return evaluate(model, data, self.task, self.cfg.eval_batch_size, self.cfg.precision)
+
     def record(self, rl: RoundLog, state: GlobalState, seconds: float) -> dict:
         t0 = time.perf_counter()
-        loss, acc = self.evaluate(state)
-        rec = {"round": rl.round, "accuracy": acc, "loss": loss, "train_loss": rl.train_loss,
+        ev = self.evaluate(state)
+        score = ev.metrics[self.task.headline]
+        rec = {"round": rl.round, **({"accuracy": ev.metrics["accuracy"]} if "accuracy" in ev.metrics else {}),
+               "score": score, "metrics": ev.metrics, "loss": ev.loss, "train_loss": rl.train_loss,
                "sampled": rl.sampled, "replied": rl.replied, "rejected": rl.rejected, "failed": rl.failed,
                "rejected_reasons": rl.reasons, "aggregated": rl.aggregated,
                "bytes_up": rl.bytes_up, "bytes_down": rl.bytes_down, "codec_rel_error": rl.codec_rel_error,
@@ -72,10 +82,19 @@ class RunRecorder:
             rec["secagg"] = rl.secagg
         self.history.append(rec)
         write_json(self.out / "history.json", self.history)
-        print(f"[round {rl.round:>3}/{self.cfg.num_server_rounds}] acc {acc:.4f}  loss {loss:.4f}  "
-              f"replies {rl.replied}/{rl.sampled}  up {rl.bytes_up / 1e3:,.1f} kB  "
+        print(f"[round {rl.round:>3}/{self.cfg.num_server_rounds}] {short_name(self.task.headline)} {score:.4f}  "
+              f"loss {ev.loss:.4f}  replies {rl.replied}/{rl.sampled}  up {rl.bytes_up / 1e3:,.1f} kB  "
               f"down {rl.bytes_down / 1e3:,.1f} kB  {seconds:.1f}s", flush=True)
         return rec
+
+    def final_metrics(self, final: GlobalState) -> dict[str, float]:
+        """The final state's metrics, and where the run scores on test, every further held-out split of the task
+        (MNLI's mismatched dev set: ``accuracy_mismatched``)."""
+        metrics = dict(self.evaluate(final).metrics)  # loads the final state (a vetted, refused one may be loaded)
+        for split, data in extra_held_out(self.cfg, self.rt.base.tokenizer).items():
+            suffix = split.removeprefix("test_")
+            metrics.update({f"{name}_{suffix}": v for name, v in self.score(self.rt.base.model, data).metrics.items()})
+        return metrics
 
     def summary(self, strategy: SparseStrategy) -> dict:
         rounds = [r for r in self.history if r["round"] >= 1]
@@ -93,7 +112,10 @@ class RunRecorder:
             "bytes_up_per_client_round": up, "bytes_down_per_client_round": down,
             "dense_bytes_per_client_round": n_params * 4,
             "value_bytes_per_client_round": payload,
-            "final_accuracy": self.history[-1]["accuracy"] if self.history else None,
+            "headline_metric": self.task.headline,
+            "final_score": score_of(self.history[-1]) if self.history else None,
+            **({"final_accuracy": self.history[-1]["accuracy"] if self.history else None}
+               if "accuracy" in self.task.metrics else {}),
             "rounds": len(rounds), "wall_seconds": time.perf_counter() - self.t_start,
             "seconds_per_round": sum(r["round_seconds"] for r in rounds) / max(1, len(rounds)),
             "mask_fingerprint": self.rt.tuner.fingerprint, "model": self.rt.base.source,
@@ -124,13 +146,13 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     prepare_output_dir(cfg, out)  # before any model loads
     cfg, run_config = kept_defaults(cfg, run_config)  # a resumed run trains with the settings it was made with
     # a bad data folder or file (or a missing eval split) fails here, in one line, before any model
-    held_out(load_splits(cfg.dataset, cfg.data_dir), cfg.eval_split, cfg.data_dir)
+    held_out(run_splits(cfg), cfg.eval_split, cfg.data_dir)
     resolve_device(cfg.device)  # so does a device this machine lacks (device=cuda on a CPU-only host)
     rt = get_runtime(cfg)
     rt.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
     strategy = _strategy(cfg, rt)
     recorder = RunRecorder(cfg, rt, out)
-    strategy.vet = lambda state: recorder.evaluate(state)[0]  # a state is adopted only if its loss does not explode
+    strategy.vet = lambda state: recorder.evaluate(state).loss  # a state is adopted only if its loss does not explode
     if cfg.update_bound == "adaptive" and not cfg.secure_aggregation:  # the first bound's scale: the server's own
         strategy.reference = lambda state, rnd: reference_norm(cfg, rt, state.values, state.head, rnd)
     t0 = time.perf_counter()
@@ -177,8 +199,10 @@ def _finish(cfg: RunConfig, rt: Runtime, out: Path, recorder: RunRecorder, strat
     merged = save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
     summary.update(rt.tuner.describe())  # method-specific figures (topk k, LoRA rank, ...)
-    accuracy = lambda m: evaluate(m, recorder.test, cfg.eval_batch_size, cfg.precision)[1]  # noqa: E731
-    summary.update(rt.tuner.finalize(merged, final.values, accuracy, out))  # e.g. DSEE pruning
+    summary["metrics"] = recorder.final_metrics(final)
+    headline = recorder.task.headline
+    score = lambda m: recorder.score(m, recorder.test).metrics[headline]  # noqa: E731
+    summary.update(rt.tuner.finalize(merged, final.values, score, out))  # e.g. DSEE pruning (by the headline score)
     write_json(out / "summary.json", summary)
-    print(f"fedsparse: final accuracy {summary['final_accuracy']:.4f}; "
+    print(f"fedsparse: final {headline} {summary['final_score']:.4f}; "
           f"up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)

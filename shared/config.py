@@ -74,9 +74,23 @@ class RunConfig:
     int8_block_size: int = knob(256, "values per int8 scale", low=1)
     model: str = knob("", "Hugging Face id or local folder; empty = the bundled all-MiniLM-L6-v2")
     num_labels: int = knob(0, "classes of the task; 0 = from the dataset", low=0)
-    dataset: str = knob("sst2", "a registered task (shared/tasks): sst2, agnews, or a GLUE task: cola, mrpc, qqp, "
-                        "mnli, qnli, rte (stsb: read, not yet trainable)")
-    data_dir: str = knob("", "local GLUE-style TSV folder; empty = the Hugging Face Hub")
+    dataset: str = knob("sst2", "a registered task (shared/tasks): sst2, agnews, or a GLUE task: cola, sst2, mrpc, "
+                        "stsb, qqp, mnli, qnli, rte; or 'custom': your own data, described by the text-columns, "
+                        "label-column, task-type and task-metrics keys (docs/tasks.md)")
+    data_dir: str = knob("", "the task's local folder in its official layout (e.g. ../shared/data/glue/RTE; custom: "
+                         "train and test files as .csv, .tsv, .json or .jsonl); empty = the Hugging Face Hub")
+    hub_dataset: str = knob("", "dataset='custom' from the Hub: the id passed to datasets.load_dataset (empty: read "
+                            "data-dir)")
+    hub_config: str = knob("", "dataset='custom' from the Hub: the dataset's configuration name, if it has several")
+    text_columns: str = knob("text", "dataset='custom': the input column, or two comma-separated for a sentence pair")
+    label_column: str = knob("label", "dataset='custom': the target column (class index or name; a number for a "
+                             "regression)")
+    task_type: str = knob("classification", "dataset='custom': classification or regression",
+                          choices=("classification", "regression"))
+    task_metrics: str = knob("", "dataset='custom': comma-separated metrics, the first the headline (accuracy, f1, "
+                             "matthews, pearson, spearman); empty = accuracy (classification) or spearman,pearson")
+    label_names: str = knob("", "dataset='custom': the classes in index order, comma-separated; empty = the sorted "
+                            "distinct labels of the train split")
     partitioner: str = knob("dirichlet", "how the train split is divided among the nodes", choices=PARTITIONERS)
     dirichlet_alpha: float = knob(0.5, "label skew of the dirichlet partitioner (smaller = more skewed)", low=0,
                                   low_open=True)
@@ -138,8 +152,12 @@ class RunConfig:
     fail_rate: float = knob(0.0, "fault injection: share of client rounds that fail", low=0, high=1)
     fail_mode: str = knob("raise", "fault injection: how a client fails", choices=FAIL_MODES)
     eval_split: str = knob("test", "split the server scores on: test (SST-2: the GLUE dev set papers report) or "
-                           "validation (the data folder's validation.tsv: choose learning rates here)",
+                           "validation (the data's own validation split, else validation-fraction of train "
+                           "carved under the seed: choose learning rates here)",
                            choices=("test", "validation"))
+    validation_fraction: float = knob(0.1, "eval-split='validation' where the data has no validation split: this "
+                                      "share of train is held out under the seed (never trained on) and scored",
+                                      low=0, high=0.5, low_open=True, high_open=True)
     max_eval_examples: int = knob(0, "server-side evaluation rows; 0 = the whole held-out split", low=0)
     eval_batch_size: int = knob(64, "evaluation batch size", low=1)
     round_timeout: float = knob(3600.0, "seconds to wait for a round's replies", low=0, low_open=True)

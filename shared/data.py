@@ -1,9 +1,11 @@
-"""Datasets: load (Hub or local GLUE-style TSV), partition (flwr-datasets), tokenize, batch.
+"""Datasets: load a task's splits (shared/tasks: its local layout or the Hub), partition (flwr-datasets), tokenize,
+batch.
 
-Splits used: ``train`` (partitioned among clients) and ``test`` (held out, evaluated by the server;
-for SST-2 the labelled GLUE validation set, the split papers report on). A local folder may also hold
-``validation.tsv`` (for SST-2: rows of the GLUE training set kept out of train.tsv), the split to choose
-learning rates on (run-config ``eval-split = "validation"``) so that ``test`` is never tuned on.
+Splits used: ``train`` (partitioned among clients) and ``test`` (held out, evaluated by the server; for GLUE tasks
+the labelled dev set, the split papers report on). ``validation`` is the split to choose learning rates on
+(run-config ``eval-split = "validation"``) so that ``test`` is never tuned on: the data's own where it has one
+(../shared/data/sst2's validation.tsv: rows of the GLUE training set kept out of train.tsv), else carved from train
+under the seed (:func:`run_splits`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
-from shared.tasks import Task, TaskError, get_task, read_local
+from shared.tasks import Task, TaskError, get_task, read_local, task_of
 
 
 class DataLoadError(RuntimeError):
@@ -40,6 +42,37 @@ def load_splits(dataset: str, data_dir: str) -> dict[str, Dataset]:
     except TaskError as exc:
         raise DataLoadError(str(exc)) from None
     return _load_from_hub(task)
+
+
+def run_splits(cfg) -> dict[str, Dataset]:
+    """A run's splits (``cfg``: a :class:`shared.config.RunConfig`): its task's (:func:`load_splits`), and where the
+    run scores on ``validation`` and the data has none, a validation split carved out of train under the seed
+    (``validation-fraction`` of its rows; they leave train, so no client trains on them). Cached per process."""
+    task = task_of(cfg)
+    carve = cfg.eval_split == "validation"
+    return _run_splits(task.name, cfg.data_dir, carve, cfg.seed if carve else 0,
+                       cfg.validation_fraction if carve else 0.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _run_splits(task: str, data_dir: str, carve: bool, seed: int, fraction: float) -> dict[str, Dataset]:
+    splits = load_splits(task, data_dir)
+    if not carve or "validation" in splits:
+        return splits
+    return carve_validation(splits, fraction, seed)
+
+
+def carve_validation(splits: dict[str, Dataset], fraction: float, seed: int) -> dict[str, Dataset]:
+    """``splits`` with ``validation`` = a seeded ``fraction`` of train's rows (at least one) and train the rest, both
+    in file order."""
+    train = splits["train"]
+    n = len(train)
+    m = min(n - 1, max(1, round(n * fraction)))
+    if m < 1:
+        raise DataLoadError(f"a validation split cannot be carved from {n} training row(s); use eval-split='test'")
+    perm = np.random.default_rng(int(seed)).permutation(n)
+    return {**splits, "train": train.select(np.sort(perm[m:]).tolist()),
+            "validation": train.select(np.sort(perm[:m]).tolist())}
 
 
 SPLIT_FILES = ("train.tsv", "validation.tsv", "test.tsv", "dev.tsv", "dev_matched.tsv", "dev_mismatched.tsv")
@@ -64,11 +97,11 @@ def data_fingerprint(data_dir: str) -> str:
 
 
 def held_out(splits: dict[str, Dataset], name: str, data_dir: str) -> Dataset:
-    """The split the server scores on: ``test`` or ``validation`` (only where the data folder has one)."""
+    """The split the server scores on: ``test`` or ``validation`` (:func:`run_splits` carves one where the data
+    has none)."""
     if name not in splits:
         where = f"data-dir {data_dir}" if data_dir else "the Hugging Face Hub copy"
-        raise DataLoadError(f"eval-split={name!r} but {where} has no {name}.tsv; pass a data-dir that holds one "
-                            f"(e.g. ../shared/data/sst2) or use eval-split='test'")
+        raise DataLoadError(f"eval-split={name!r} but {where} has no {name} split; use eval-split='test'")
     return splits[name]
 
 
@@ -144,7 +177,8 @@ def partition(train: Dataset, num_partitions: int, partition_id: int, partitione
         raise DataLoadError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}; fix the node config")
     if num_partitions > len(train):
         raise DataLoadError(f"{num_partitions} partitions for {len(train)} training rows; use fewer clients")
-    return _partitioner(train, num_partitions, partitioner, alpha, seed).load_partition(partition_id)
+    part = _partitioner(train, num_partitions, partitioner, alpha, seed).load_partition(partition_id)
+    return part.remove_columns(BIN) if BIN in part.column_names else part
 
 
 def partition_size(train: Dataset, num_partitions: int, partition_id: int, partitioner: str, alpha: float,
@@ -159,6 +193,22 @@ def partition_size(train: Dataset, num_partitions: int, partition_id: int, parti
 
 
 _PARTITIONERS: dict[tuple, object] = {}
+BIN = "label_bin"  # a regression's Dirichlet partitions are drawn over bins of its target
+REGRESSION_BINS = 5
+
+
+def is_regression(ds: Dataset) -> bool:
+    """Whether ``ds``'s labels are real numbers (a regression's targets), not class indices."""
+    return str(getattr(ds.features["label"], "dtype", "")).startswith("float")
+
+
+def label_bins(labels, bins: int = REGRESSION_BINS) -> np.ndarray:
+    """(n,) int bin of each real-valued label: its quantile bin among ``bins`` equal-count bins (ties share a bin).
+    Dirichlet partitioning of a regression skews each client's mix of these bins (STS-B: quintiles of the 0-5
+    score), as it skews a classification's mix of classes."""
+    values = np.asarray(labels, dtype=np.float64)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    return np.searchsorted(edges, values, side="right").astype(np.int64)
 
 
 def _partitioner(train: Dataset, num_partitions: int, partitioner: str, alpha: float, seed: int):
@@ -166,6 +216,8 @@ def _partitioner(train: Dataset, num_partitions: int, partitioner: str, alpha: f
     key = (train._fingerprint, num_partitions, partitioner, alpha, seed)
     if key in _PARTITIONERS:
         return _PARTITIONERS[key]
+    if partitioner == "dirichlet" and is_regression(train):
+        train = train.add_column(BIN, label_bins(train["label"]).tolist())
     if partitioner == "iid":
         p = IidPartitioner(num_partitions=num_partitions)
         p.dataset = train.shuffle(seed=seed)
@@ -190,7 +242,8 @@ def _dirichlet(train: Dataset, num_partitions: int, alpha: float, seed: int):
     if len(train) < FALLBACK_ROWS_PER_PARTITION * num_partitions:
         return EqualDirichletPartitioner(train, num_partitions, alpha, seed)
     min_size = max(1, min(10, len(train) // (4 * num_partitions)))
-    p = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed,
+    by = BIN if BIN in train.column_names else "label"
+    p = DirichletPartitioner(num_partitions=num_partitions, partition_by=by, alpha=alpha, seed=seed,
                              min_partition_size=min_size, self_balancing=False)
     p.dataset = train
     try:
@@ -216,7 +269,7 @@ class EqualDirichletPartitioner:
     """
 
     def __init__(self, train: Dataset, num_partitions: int, alpha: float, seed: int):
-        labels = np.asarray(train["label"])
+        labels = np.asarray(train[BIN if BIN in train.column_names else "label"])
         classes = np.unique(labels)
         rng = np.random.default_rng(int(seed))
         sizes = np.full(num_partitions, len(labels) / num_partitions)
@@ -281,7 +334,7 @@ def encode(ds: Dataset, tokenizer, max_length: int, limit: int = 0) -> Encoded:
     pairs = list(ds["text_pair"]) if "text_pair" in ds.column_names else None
     enc = tokenizer(list(ds["text"]), pairs, truncation="longest_first" if pairs else True, max_length=max_length,
                     padding="max_length", return_tensors="pt")
-    floats = str(getattr(ds.features["label"], "dtype", "")).startswith("float")  # a regression's scores
+    floats = is_regression(ds)  # a regression's scores
     return Encoded(enc["input_ids"], enc["attention_mask"],
                    torch.tensor(ds["label"], dtype=torch.float32 if floats else torch.long))
 

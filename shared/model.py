@@ -123,17 +123,21 @@ def ensure_pad_token(tokenizer, model: str) -> None:
     tokenizer.pad_token = tokenizer.eos_token
 
 
-def load_base_model(model: str, num_labels: int, seed: int, kind: str = "sequence-classification") -> BaseModel:
+def load_base_model(model: str, num_labels: int, seed: int, kind: str = "sequence-classification",
+                    problem_type: str | None = None) -> BaseModel:
     """Load tokenizer and model (``kind``: a key of :data:`KINDS`) in eval mode, float32, on CPU, all frozen.
 
     ``model``: "" (bundled MiniLM), "smollm2-135m" (bundled decoder), a local folder or a Hub id.
-    ``num_labels``: classes of the task (ignored for ``causal-lm``). The head (new parameters the
+    ``num_labels``: classes of the task (ignored for ``causal-lm``); ``problem_type``: ``transformers``' (the loss
+    the model computes; stored in its config, so a merged model predicts alike in plain transformers). The head (new parameters the
     checkpoint lacks: ``classifier.*``, ``score.*``) is initialised from ``seed``; a causal LM has none.
     """
     if kind not in KINDS:
         raise ModelLoadError(f"model kind must be one of {', '.join(KINDS)}, got {kind!r}")
     source = resolve_model_source(model)
     extra = {"num_labels": num_labels} if kind == "sequence-classification" else {}
+    if problem_type and kind == "sequence-classification":
+        extra["problem_type"] = problem_type
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         ensure_pad_token(tokenizer, model)  # before the weights load: a one-line error costs nothing

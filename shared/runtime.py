@@ -14,8 +14,8 @@ import torch
 
 from shared.config import RunConfig
 from shared.device import resolve_device
-from shared.data import encode, held_out, load_splits, partition, partition_size, Encoded
-from shared.tasks import get_task
+from shared.data import encode, held_out, partition, partition_size, run_splits, Encoded
+from shared.tasks import task_of
 from shared.knobs import knobs
 from shared.methods import get_method
 from shared.methods.base import Method, Tuner
@@ -55,15 +55,16 @@ def _encoded_bytes(enc: Encoded) -> int:
 
 
 def num_labels_for(cfg: RunConfig) -> int:
-    """Classes of the task: ``num-labels`` if set, else from the dataset's label names."""
-    return cfg.num_labels or get_task(cfg.dataset).num_labels
+    """Outputs of the task's head: ``num-labels`` if set, else the task's (its classes, or 1 for a regression)."""
+    return cfg.num_labels or task_of(cfg).num_labels
 
 
 def runtime_key(cfg: RunConfig) -> tuple:
     """Everything a tuner is built from: the model, the mask settings and the method's own knobs."""
     method = get_method(cfg.method)
     own = tuple((key, repr(cfg.options.get(key))) for key in knobs(method.settings))
-    return (cfg.model, num_labels_for(cfg), cfg.seed, cfg.method, cfg.mask_density, cfg.mask_scope, cfg.sparse_grad,
+    return (cfg.model, num_labels_for(cfg), task_of(cfg).problem_type, cfg.seed, cfg.method, cfg.mask_density,
+            cfg.mask_scope, cfg.sparse_grad,
             cfg.batch_size, own, str(resolve_device(cfg.device)))
 
 
@@ -87,7 +88,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     device = resolve_device(cfg.device)  # an unavailable device is refused before any model loads
     method = get_method(cfg.method)
     n_labels = num_labels_for(cfg)
-    base = load_base_model(cfg.model, n_labels, cfg.seed)
+    base = load_base_model(cfg.model, n_labels, cfg.seed, problem_type=task_of(cfg).problem_type)
     digest = base_weights_digest(base.model, base.head_names)
     params = dict(base.model.named_parameters())
     head0 = {n: (params[n], params[n].detach().clone()) for n in base.head_names}  # before a tuner wraps the model
@@ -100,13 +101,14 @@ def build_runtime(cfg: RunConfig) -> Runtime:
 
 def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partitions: int) -> Encoded:
     """Tokenized training partition of one client (cached per process, up to ``PARTITION_CACHE_BYTES``)."""
-    key = (cfg.dataset, cfg.data_dir, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed, cfg.max_length,
+    key = (task_of(cfg).name, cfg.data_dir, cfg.eval_split, cfg.validation_fraction, cfg.partitioner,
+           cfg.dirichlet_alpha, cfg.seed, cfg.max_length,
            cfg.model, partition_id, num_partitions)
     with _LOCK:
         if key in _PARTITIONS:
             _PARTITIONS.move_to_end(key)
             return _PARTITIONS[key]
-        train = load_splits(cfg.dataset, cfg.data_dir)["train"]
+        train = run_splits(cfg)["train"]
         part = partition(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
         _PARTITIONS[key] = encode(part, tokenizer, cfg.max_length)
         while len(_PARTITIONS) > 1 and sum(map(_encoded_bytes, _PARTITIONS.values())) > PARTITION_CACHE_BYTES:
@@ -116,11 +118,21 @@ def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partition
 
 def client_partition_size(cfg: RunConfig, partition_id: int, num_partitions: int) -> int:
     """Rows of one client's training partition, counted without tokenizing it (the handshake's figure)."""
-    train = load_splits(cfg.dataset, cfg.data_dir)["train"]
+    train = run_splits(cfg)["train"]
     return partition_size(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
 
 
 def test_split(cfg: RunConfig, tokenizer) -> Encoded:
     """Tokenized held-out split (first ``max-eval-examples`` rows if set)."""
-    test = held_out(load_splits(cfg.dataset, cfg.data_dir), cfg.eval_split, cfg.data_dir)
+    test = held_out(run_splits(cfg), cfg.eval_split, cfg.data_dir)
     return encode(test, tokenizer, cfg.max_length, limit=cfg.max_eval_examples)
+
+
+def extra_held_out(cfg: RunConfig, tokenizer) -> dict[str, Encoded]:
+    """Where the run scores on ``test``: the task's further held-out splits the data has (MNLI's
+    ``test_mismatched``), tokenized like ``test``; scored once, on the final state."""
+    if cfg.eval_split != "test":
+        return {}
+    splits = run_splits(cfg)
+    return {name: encode(splits[name], tokenizer, cfg.max_length, limit=cfg.max_eval_examples)
+            for name in task_of(cfg).held_out[1:] if name in splits}

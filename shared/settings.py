@@ -44,7 +44,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
         build(settings, options)  # range checks of every method's knobs, active or not
     cfg = core_config(run_config, options)
     method = get_method(cfg.method)  # a one-line error naming the registered methods
-    check_task(cfg.dataset)
+    check_task(cfg)
     if cfg.secure_aggregation and not method.aligned:
         raise ConfigError(f"secure-aggregation=true cannot run method '{cfg.method}': its updates are not aligned "
                           f"(each carries its own positions), so SecAgg+ masks cannot cancel coordinate by "
@@ -53,18 +53,18 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     return cfg
 
 
-def check_task(name: str) -> None:
-    """One-line :class:`ConfigError` for a dataset that is not a registered task, or one the training and evaluation
-    path cannot serve yet (a regression: its head, loss and metrics are the task work still to land)."""
-    from shared.tasks import TaskError, get_task
+def check_task(cfg: RunConfig) -> None:
+    """One-line :class:`ConfigError` for a dataset that is not a registered task (or a custom task whose description
+    does not fit its data), or settings its task cannot serve: the class-balanced loss of a regression."""
+    from shared.tasks import TaskError, task_of
 
     try:
-        task = get_task(name)
+        task = task_of(cfg)
     except TaskError as exc:
         raise ConfigError(str(exc)) from None
-    if task.kind != "classification":
-        raise ConfigError(f"dataset {name!r} is a {task.kind}: its data reads (shared/tasks), but training and "
-                          f"evaluation serve classification tasks only so far; choose a classification task")
+    if task.kind == "regression" and cfg.local_loss == "balanced":
+        raise ConfigError(f"local-loss='balanced' weighs classes, and dataset {cfg.dataset!r} is a regression "
+                          f"without classes; use local-loss='ce' (its loss is then the mean squared error)")
 
 
 def declared_defaults() -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.data import Encoded, batch_indices
+from shared.tasks import Task
 from shared.device import autocast, model_device, to_device
 
 
@@ -119,21 +120,33 @@ def _num_classes(model: nn.Module, data: Encoded) -> int:
     return n or top
 
 
+@dataclass
+class Evaluation:
+    """A model's figures on a held-out split: mean loss (the model's own: cross-entropy, or MSE for a regression) and
+    every metric of the task by name."""
+
+    loss: float
+    metrics: dict[str, float]
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Encoded, batch_size: int = 64, precision: str = "fp32") -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (eval mode, on the model's device; batches
-    sorted by length)."""
+def evaluate(model: nn.Module, data: Encoded, task: Task, batch_size: int = 64,
+             precision: str = "fp32") -> Evaluation:
+    """``model``'s mean loss and ``task``'s metrics (scikit-learn / SciPy on the gathered outputs) on ``data`` (eval
+    mode, on the model's device; batches sorted by length, which changes no output)."""
     device = model_device(model)
     was_training = model.training
     model.eval()
-    loss_sum, correct, n = 0.0, 0, len(data)
+    loss_sum, n = 0.0, len(data)
+    outputs = torch.empty(n, task.num_labels, dtype=torch.float32)
     try:
         for idx in data.eval_batches(batch_size):  # length-sorted: same examples, less padding
             batch = to_device(data.batch(idx), device)
             with autocast(device, precision):
                 out = model(**batch)
-            loss_sum += float(out.loss) * len(batch["labels"])
-            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            loss_sum += float(out.loss) * len(idx)
+            outputs[idx] = out.logits.detach().float().cpu().reshape(len(idx), -1)
     finally:
         model.train(was_training)
-    return loss_sum / max(n, 1), correct / max(n, 1)
+    metrics = task.score(outputs.numpy(), data.labels.numpy()) if n else {m: 0.0 for m in task.metrics}
+    return Evaluation(loss=loss_sum / max(n, 1), metrics=metrics)

@@ -140,7 +140,7 @@ class Tuner(ABC):
         """The method's own figures for summary.json."""
         return {}
 
-    def finalize(self, merged: nn.Module, values: torch.Tensor, accuracy_fn: Callable[[nn.Module], float],
+    def finalize(self, merged: nn.Module, values: torch.Tensor, score_fn: Callable[[nn.Module], float],
                  out: Path) -> dict:
         """A final step after the merge (e.g. pruning); returns summary.json fields."""
         return {}

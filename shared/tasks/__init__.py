@@ -13,8 +13,12 @@ from datasets import Dataset
 
 from shared.registry import Registry
 from shared.tasks.base import HubSource, Task, TaskError
+from shared.tasks.metrics import score_of, short_name
 
-__all__ = ["HubSource", "Task", "TaskError", "get_task", "read_local", "register", "tasks"]
+__all__ = ["CUSTOM", "HubSource", "Task", "TaskError", "get_task", "read_local", "register", "score_of", "short_name",
+           "task_of", "tasks"]
+
+CUSTOM = "custom"  # dataset='custom': the user's own data, described by run-config keys (shared/tasks/custom)
 
 BUILTIN = (  # shared.tasks.<folder>: one line per family
     "glue",
@@ -40,6 +44,17 @@ def get_task(name: str) -> Task:
     if name not in known:
         raise TaskError(f"unknown dataset {name!r}; use one of {sorted(known)} (run-config key 'dataset')")
     return known[name]
+
+
+def task_of(cfg) -> Task:
+    """The task of a run (a :class:`shared.config.RunConfig`): the registered task ``dataset``, or for
+    ``dataset='custom'`` the task its ``text-columns``, ``label-column``, ``task-type`` and ``task-metrics`` describe
+    (built once per description, registered under a name derived from it)."""
+    if cfg.dataset == CUSTOM:
+        from shared.tasks.custom import custom_task
+
+        return custom_task(cfg)
+    return get_task(cfg.dataset)
 
 
 def read_local(task: Task, folder: Path) -> dict[str, Dataset]:

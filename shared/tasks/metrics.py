@@ -38,3 +38,15 @@ def score(names: Sequence[str], predictions: np.ndarray, labels: np.ndarray) -> 
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     return {name: METRICS[name](predictions, labels) for name in names}
+
+
+SHORT = {"accuracy": "acc"}  # a metric's name in a round's log line, where shorter
+
+
+def short_name(metric: str) -> str:
+    return SHORT.get(metric, metric)
+
+
+def score_of(record: dict) -> float:
+    """A history record's headline value: ``score``, or ``accuracy`` in a record made before tasks had metrics."""
+    return record["score"] if "score" in record else record["accuracy"]

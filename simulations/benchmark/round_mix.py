@@ -26,8 +26,8 @@ import numpy as np
 from server.guards import capped_weights, example_caps
 from server.strategy import seeded_sample
 from shared.config import ConfigError
-from shared.data import DataLoadError, load_splits, partition
-from shared.tasks import get_task
+from shared.data import DataLoadError, partition, run_splits
+from shared.tasks import task_of
 from shared.schedule import full_rate_rounds
 from shared.settings import parse_run_config
 
@@ -160,11 +160,11 @@ def main(argv: list[str] | None = None) -> None:
                                  f"how many clients it had")
             key = (cfg.dataset, cfg.data_dir, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed, clients)
             if key not in tables:
-                train = load_splits(cfg.dataset, cfg.data_dir)["train"]
+                train = run_splits(cfg)["train"]
                 parts = [partition(train, clients, i, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)["label"]
                          for i in range(clients)]
-                tables[key] = label_table(parts, len(get_task(cfg.dataset).label_names))
-            names = get_task(cfg.dataset).label_names
+                tables[key] = label_table(parts, len(task_of(cfg).label_names))
+            names = task_of(cfg).label_names
         except (ConfigError, DataLoadError) as exc:
             raise SystemExit(f"round_mix: {folder.name}: {exc}") from None
         skews = replay(tables[key], cfg.fraction_train, cfg.seed, len(history), cfg.weighting,

@@ -80,16 +80,16 @@ def prune_final(tuner, merged: nn.Module, values: torch.Tensor) -> tuple[nn.Modu
     return pruned, heads
 
 
-def finalize_dsee(tuner, merged: nn.Module, values: torch.Tensor, accuracy_fn: Callable[[nn.Module], float],
+def finalize_dsee(tuner, merged: nn.Module, values: torch.Tensor, score_fn: Callable[[nn.Module], float],
                   out: Path) -> dict:
     """Prune, save ``out/model-pruned`` (plain checkpoint) and return the ``summary.json`` fields."""
     cfg, st = tuner.cfg, tuner.settings
     batch = synthetic_batch(int(merged.config.vocab_size), cfg.batch_size, cfg.max_length, cfg.seed)
-    acc_before = accuracy_fn(merged)
+    acc_before = score_fn(merged)
     pruned, heads = prune_final(tuner, merged, values)
     pruned.save_pretrained(Path(out) / "model-pruned")
     tuner.base.tokenizer.save_pretrained(Path(out) / "model-pruned")
-    acc_after = accuracy_fn(pruned)
+    acc_after = score_fn(pruned)
     fast = remove_heads(copy.deepcopy(pruned), heads)  # same function, smaller matrices
     with torch.inference_mode():
         gap = float((fast(**batch).logits - pruned(**batch).logits).abs().max())

@@ -165,9 +165,9 @@ class DseeTuner(Tuner):
         values, head = read_dsee_values(Path(out) / "delta.safetensors", self)
         return self.merge(fresh, values, head)
 
-    def finalize(self, merged: nn.Module, values: torch.Tensor, accuracy_fn, out) -> dict:
+    def finalize(self, merged: nn.Module, values: torch.Tensor, score_fn, out) -> dict:
         """Prune the merged model, save it to ``out/model-pruned`` and report accuracy, sparsity and speed."""
-        return finalize_dsee(self, merged, values, accuracy_fn, out)
+        return finalize_dsee(self, merged, values, score_fn, out)
 
 
 def make_dsee_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> DseeTuner:

@@ -23,7 +23,8 @@ FORMAT = "fedsparse-hiwi-v1"
 
 def save_hiwi_artifact(path: Path, tuner, values: torch.Tensor, head: dict[str, torch.Tensor], source: str) -> Path:
     """``delta.safetensors``: the new FFN tensors (b' = b + f(b)) and the head; f itself is not stored."""
-    fresh = load_base_model(tuner.base.source, int(tuner.base.model.config.num_labels), tuner.cfg.seed)
+    fresh = load_base_model(tuner.base.source, int(tuner.base.model.config.num_labels), tuner.cfg.seed,
+                            problem_type=tuner.base.model.config.problem_type)
     tensors = {name: t.float().contiguous() for name, t in tuner.adapted(fresh.model, values).items()}
     tensors.update({f"head.{n}": t.detach().float().contiguous() for n, t in head.items()})
     meta = {"format": FORMAT, "fingerprint": tuner.fingerprint, "method": "hiwi", "model": source,
@@ -62,11 +63,12 @@ def _same_architecture(a: nn.Module, b: nn.Module) -> bool:
     return type(a) is type(b) and list(sa) == list(sb) and all(sa[k].shape == sb[k].shape for k in sa)
 
 
-def finalize_hiwi(tuner, merged: nn.Module, values: torch.Tensor, accuracy_fn: Callable[[nn.Module], float],
+def finalize_hiwi(tuner, merged: nn.Module, values: torch.Tensor, score_fn: Callable[[nn.Module], float],
                   out: Path) -> dict:
     """The ``summary.json`` fields: artifact size, architecture check, speeds of base, merged and adapter model."""
     cfg = tuner.cfg
-    base = load_base_model(tuner.base.source, int(merged.config.num_labels), cfg.seed).model
+    base = load_base_model(tuner.base.source, int(merged.config.num_labels), cfg.seed,
+                           problem_type=merged.config.problem_type).model
     batch = synthetic_batch(int(merged.config.vocab_size), cfg.batch_size, cfg.max_length, cfg.seed)
     tuner.load(values)  # the adapter-applied model at the final values
     n_base = num_params(base)
@@ -76,7 +78,7 @@ def finalize_hiwi(tuner, merged: nn.Module, values: torch.Tensor, accuracy_fn: C
     seconds = forward_seconds({"base": base, "merged": merged, "adapter_applied": tuner.base.model}, batch)
     return {"hiwi": {
         "target": tuner.attr, "bottleneck": tuner.width, "adapter_params": tuner.k,
-        "accuracy_merged": accuracy_fn(merged),
+        "accuracy_merged": score_fn(merged),
         "stored_entries": stored, "stored_fraction_of_model": stored / n_base,
         "stored_with_head_fraction_of_model": (stored + head) / n_base,
         "artifact_bytes": artifact.stat().st_size if artifact.is_file() else None,

@@ -189,9 +189,9 @@ class HiwiTuner(Tuner):
             raise MaskMismatchError(f"{path} was made by another hiwi configuration or base model")
         return apply_hiwi_artifact(path, fresh)
 
-    def finalize(self, merged: nn.Module, values: torch.Tensor, accuracy_fn, out) -> dict:
+    def finalize(self, merged: nn.Module, values: torch.Tensor, score_fn, out) -> dict:
         """Artifact size and the merged model's speed and size next to the base's (``summary.json``)."""
-        return finalize_hiwi(self, merged, values, accuracy_fn, out)
+        return finalize_hiwi(self, merged, values, score_fn, out)
 
 
 def make_hiwi_tuner(base: BaseModel, cfg: RunConfig, digest: str) -> HiwiTuner:

@@ -70,7 +70,8 @@ class SamTuner(Tuner):
         """Train ``mask`` from now on. A different mask than an earlier one gets a freshly loaded base
         (a SparseTuner wires the model in place and cannot be unwired)."""
         if self.inner is not None and self.inner.fingerprint != mask.fingerprint:
-            fresh = load_base_model(self.cfg.model, int(self.base.model.config.num_labels), self.cfg.seed)
+            fresh = load_base_model(self.cfg.model, int(self.base.model.config.num_labels), self.cfg.seed,
+                                    problem_type=self.base.model.config.problem_type)
             self.base.model = fresh.model.to(model_device(self.base.model))  # the Runtime shares this BaseModel
             self.inner = None
         if self.inner is None:

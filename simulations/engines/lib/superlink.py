@@ -194,12 +194,19 @@ def parse_overrides(text: str) -> dict[str, Any]:
 
 def check_data(overrides: Mapping[str, Any]) -> str | None:
     """Load the run's dataset once before any SuperLink starts (from the Hub this also fills the local cache,
-    so the nodes do not all download it); the one-line reason it cannot be loaded, or None."""
-    from shared.data import DataLoadError, held_out, load_splits
+    so the nodes do not all download it); the one-line reason it cannot be loaded, or None. Settings that do not
+    parse are left to the app, which names them."""
+    from shared.data import DataLoadError, held_out, run_splits
+    from shared.knobs import ConfigError
+    from shared.settings import parse_run_config
+    from shared.tasks import TaskError
 
-    dataset, data_dir = str(overrides.get("dataset", "sst2")), str(overrides.get("data-dir", ""))
     try:
-        held_out(load_splits(dataset, data_dir), str(overrides.get("eval-split", "test")), data_dir)
-    except DataLoadError as exc:
+        cfg = parse_run_config(overrides)
+    except ConfigError:
+        return None
+    try:
+        held_out(run_splits(cfg), cfg.eval_split, cfg.data_dir)
+    except (DataLoadError, TaskError) as exc:
         return str(exc)
     return None

@@ -49,7 +49,7 @@ def _timed_steps(rt, head0: dict, batches, sparse: bool, lr: float,
 def bench_steps(args) -> dict:
     """Dense-gradient vs sparse-gradient masked training step on the real model (in-process)."""
     from shared.config import RunConfig
-    from shared.data import batch_indices, encode, load_splits
+    from shared.data import batch_indices, encode, run_splits
     from shared.runtime import build_runtime
 
     if args.threads:
@@ -58,7 +58,7 @@ def bench_steps(args) -> dict:
                     precision=args.precision)
     rt = build_runtime(cfg)
     head0 = rt.tuner.head_state()
-    train = load_splits(cfg.dataset, cfg.data_dir)["train"].shuffle(seed=0).select(range(4096))
+    train = run_splits(cfg)["train"].shuffle(seed=0).select(range(4096))
     data = encode(train, rt.base.tokenizer, cfg.max_length)
     batches = [data.batch(i) for i in batch_indices(len(data), cfg.batch_size, args.steps + 2, seed=1)]
     res: dict[bool, list[float]] = {False: [], True: []}
@@ -86,7 +86,7 @@ def real_token_share(lengths: torch.Tensor, batches: list[torch.Tensor]) -> floa
 def bench_grouping(args) -> dict:
     """Random vs length-grouped local batches on the real model: padding share and step time."""
     from shared.config import RunConfig
-    from shared.data import batch_indices, encode, load_splits
+    from shared.data import batch_indices, encode, run_splits
     from shared.runtime import build_runtime
 
     if args.threads:
@@ -94,7 +94,7 @@ def bench_grouping(args) -> dict:
     cfg = RunConfig(model=args.model, data_dir=str(args.data_dir), mask_density=args.density)
     rt = build_runtime(cfg)
     head0 = rt.tuner.head_state()
-    train = load_splits(cfg.dataset, cfg.data_dir)["train"].shuffle(seed=0).select(range(8000))
+    train = run_splits(cfg)["train"].shuffle(seed=0).select(range(8000))
     data = encode(train, rt.base.tokenizer, cfg.max_length)
     lengths, bs = data.lengths, cfg.batch_size
     one_pass = len(data) // bs
@@ -119,13 +119,13 @@ def bench_grouping(args) -> dict:
 def _steps_per_second(threads: int, steps: int, data_dir: str, model: str, barrier, queue) -> None:
     """Child process of :func:`bench_parallel`: ``steps`` pafi steps on grouped SST-2 batches, steps per second."""
     from shared.config import RunConfig
-    from shared.data import batch_indices, encode, load_splits
+    from shared.data import batch_indices, encode, run_splits
     from shared.runtime import build_runtime
 
     torch.set_num_threads(threads)
     cfg = RunConfig(model=model, data_dir=data_dir)
     rt = build_runtime(cfg)
-    train = load_splits(cfg.dataset, cfg.data_dir)["train"].shuffle(seed=0).select(range(4000))
+    train = run_splits(cfg)["train"].shuffle(seed=0).select(range(4000))
     data = encode(train, rt.base.tokenizer, cfg.max_length)
     batches = [data.batch(i) for i in batch_indices(len(data), cfg.batch_size, steps + 2, seed=1, lengths=data.lengths)]
     barrier.wait()  # every process has loaded its model: they time their steps together
@@ -168,14 +168,14 @@ def bench_dense(args) -> dict:
     """full's local step (every MiniLM parameter trains), the value vector split once per forward pass (what the
     tuner does) vs one slice per parameter (what it did), alternating blocks on the same grouped batches."""
     from shared.config import RunConfig
-    from shared.data import batch_indices, encode, load_splits
+    from shared.data import batch_indices, encode, run_splits
     from shared.runtime import build_runtime
 
     torch.set_num_threads(args.threads or 1)
     cfg = RunConfig(model=args.model, data_dir=str(args.data_dir), method="full")
     rt = build_runtime(cfg)
     tuner, head0 = rt.tuner, rt.tuner.head_state()
-    train = load_splits(cfg.dataset, cfg.data_dir)["train"].shuffle(seed=0).select(range(4000))
+    train = run_splits(cfg)["train"].shuffle(seed=0).select(range(4000))
     data = encode(train, rt.base.tokenizer, cfg.max_length)
     batches = [data.batch(i) for i in batch_indices(len(data), cfg.batch_size, args.steps + 2, seed=1, lengths=data.lengths)]
     lr = rt.method.learning_rates(cfg)[0]

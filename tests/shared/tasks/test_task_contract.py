@@ -94,30 +94,49 @@ def test_every_metric_equals_the_librarys_on_fabricated_predictions(name):
         assert value == pytest.approx(float(ref[metric]()), abs=1e-12)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if get_task(n).kind == "classification"])
-def test_one_federated_round_with_pafi(name, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("name", NAMES)
+def test_one_federated_round_with_pafi_and_the_merged_model_predicts_in_plain_transformers(name, tiny_model_dir,
+                                                                                         tmp_path):
     from client.client_app import app as client_app
     from flwr.app import Context, RecordDict
     from server.server_app import main
     from shared.settings import declared_defaults
     from tests.support.local_grid import LocalGrid
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    task = get_task(name)
     rc = {**declared_defaults(), "model": str(tiny_model_dir), "dataset": name, "data-dir": str(_folder(name)),
           "mask-density": 0.05, "local-steps": 1, "batch-size": 4, "max-length": 32, "max-eval-examples": 16,
           "num-server-rounds": 1, "fraction-train": 1.0, "min-available-nodes": 2, "output-dir": str(tmp_path),
           "update-bound": "none"}
     main(LocalGrid(client_app, rc, 2), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
     history = json.loads((tmp_path / "history.json").read_text())
-    assert history[-1]["replied"] == 2 and history[-1]["aggregated"]
-    from transformers import AutoModelForSequenceClassification
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    last = history[-1]
+    assert last["replied"] == 2 and last["aggregated"]
+    assert set(last["metrics"]) == set(task.metrics) and last["score"] == last["metrics"][task.headline]
+    assert ("accuracy" in last) == ("accuracy" in task.metrics)  # kept where the task has it, absent elsewhere
+    assert summary["headline_metric"] == task.headline and summary["final_score"] == last["score"]
+    further = {f"{m}_{s.removeprefix('test_')}" for s in task.held_out[1:] for m in task.metrics}  # MNLI mismatched
+    assert set(summary["metrics"]) == set(task.metrics) | further
+    assert {k: summary["metrics"][k] for k in task.metrics} == last["metrics"]
+    assert ("final_accuracy" in summary) == ("accuracy" in task.metrics)
 
-    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
-    assert merged.config.num_labels == get_task(name).num_labels
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")  # plain transformers
+    assert merged.config.num_labels == task.num_labels and merged.config.problem_type == task.problem_type
+    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
+    rows = load_splits(name, str(_folder(name)))["test"].select(range(4))
+    pairs = list(rows["text_pair"]) if task.pair else None
+    enc = tok(list(rows["text"]), pairs, truncation=True, max_length=32, padding=True, return_tensors="pt")
+    labels = torch.tensor(list(rows["label"]), dtype=torch.float32 if task.kind == "regression" else torch.long)
+    out = merged(**enc, labels=labels)  # the loss of the task's kind: MSE on (n, 1) or cross-entropy on (n, C)
+    assert out.logits.shape == (4, task.num_labels) and torch.isfinite(out.loss)
+    assert set(task.score(out.logits.detach().numpy(), list(rows["label"]))) == set(task.metrics)
 
 
 @pytest.mark.parametrize("bad,needle", [
     ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
-    ({"dataset": "stsb"}, "is a regression"),
+    ({"dataset": "stsb", "local-loss": "balanced"}, "is a regression without classes; use local-loss='ce'"),
 ])
 def test_a_dataset_that_cannot_run_is_refused_in_one_line(bad, needle):
     from shared.settings import ConfigError, parse_run_config
