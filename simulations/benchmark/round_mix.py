@@ -27,7 +27,7 @@ from server.guards import capped_weights, example_caps
 from server.strategy import seeded_sample
 from shared.config import ConfigError
 from shared.data import DataLoadError, partition, run_splits
-from shared.tasks import task_of
+from shared.tasks import score_of, task_of
 from shared.schedule import full_rate_rounds
 from shared.settings import parse_run_config
 
@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             cfg = parse_run_config({k: v for k, v in stored.items() if k != "output-dir"})
             clients = int(handshake[0]["sampled"]) if handshake else None
+            names = task_of(cfg).label_names
+            if not names:
+                raise SystemExit(f"round_mix: {folder.name}: its task {cfg.dataset!r} is a regression; the round mix "
+                                 f"is a mix of classes, so it reads classification runs only")
             if not clients:
                 raise SystemExit(f"round_mix: {folder.name} has no handshake round in its history; cannot tell "
                                  f"how many clients it had")
@@ -163,15 +167,14 @@ def main(argv: list[str] | None = None) -> None:
                 train = run_splits(cfg)["train"]
                 parts = [partition(train, clients, i, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)["label"]
                          for i in range(clients)]
-                tables[key] = label_table(parts, len(task_of(cfg).label_names))
-            names = task_of(cfg).label_names
+                tables[key] = label_table(parts, len(names))
         except (ConfigError, DataLoadError) as exc:
             raise SystemExit(f"round_mix: {folder.name}: {exc}") from None
         skews = replay(tables[key], cfg.fraction_train, cfg.seed, len(history), cfg.weighting,
                        cfg.examples_cap_multiple)
         leaning = replay_leaning(tables[key], cfg.fraction_train, cfg.seed, len(history), cfg.weighting,
                                  cfg.examples_cap_multiple)
-        s = summarize(skews, [h["accuracy"] for h in history], args.skew, args.skip, full_rate_rounds(stored), leaning)
+        s = summarize(skews, [score_of(h) for h in history], args.skew, args.skip, full_rate_rounds(stored), leaning)
         by_class = "; ".join(f"{names[c]} {n}: {_pct(a)}" for c, (n, a) in s["by_class"].items()) or "–"
         delta = (f"{100 * (s['acc_skewed'] - s['acc_balanced']):+.1f}"
                  if s["acc_skewed"] is not None and s["acc_balanced"] is not None else "–")

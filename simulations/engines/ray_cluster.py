@@ -145,7 +145,7 @@ def compare(args) -> dict:
         summary = json.loads((args.out / where / "summary.json").read_text())
         out[where] = {"rc": rc, "wall_seconds": wall, "run_wall_seconds": summary["wall_seconds"],
                       "seconds_per_round": summary["seconds_per_round"], "worker_nodes": worker_counts(history),
-                      "final_accuracy": summary["final_accuracy"]}
+                      "final_score": summary["final_score"], "headline_metric": summary["headline_metric"]}
         print(where, json.dumps(out[where]), flush=True)
     return out
 

@@ -86,13 +86,15 @@ def test_grouping_shrinks_sst2_batch_widths(sst2_dir):
 def test_length_sorted_evaluation_equals_row_order(tiny_cfg):
     """Same examples, per-example loss: the sorted batches give the unsorted accuracy and loss."""
     from shared.model import load_base_model
+    from shared.tasks import get_task
     from shared.training import evaluate
 
     base = load_base_model(tiny_cfg.model, 2, seed=0)
     test = load_splits(tiny_cfg.dataset, tiny_cfg.data_dir)["test"]
     data = encode(test, base.tokenizer, 32, limit=100)
     assert sorted(torch.cat(data.eval_batches(16)).tolist()) == list(range(100))
-    loss, acc = evaluate(base.model, data, batch_size=16)
+    ev = evaluate(base.model, data, get_task("sst2"), batch_size=16)
+    loss, acc = ev.loss, ev.metrics["accuracy"]
     base.model.eval()
     with torch.no_grad():
         out = base.model(**data.batch(torch.arange(100)))  # one unsorted batch

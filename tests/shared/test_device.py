@@ -20,6 +20,7 @@ from shared.config import ConfigError, RunConfig
 from shared.data import encode, load_splits, partition
 from shared.device import autocast, resolve_device, sampled_addmm_works
 from shared.runtime import build_runtime
+from shared.tasks import get_task
 from shared.training import evaluate, train_local
 
 
@@ -120,7 +121,8 @@ def test_evaluation_runs_on_the_device(tiny_cfg, tiny_data, device):
     rt = build_runtime(tiny_cfg.replace(device=device))
     rec = RecordOps()
     with rec:
-        loss, acc = evaluate(rt.base.model, tiny_data(rt), batch_size=16)
+        ev = evaluate(rt.base.model, tiny_data(rt), get_task("sst2"), batch_size=16)
+        loss, acc = ev.loss, ev.metrics["accuracy"]
     assert 0 <= acc <= 1 and loss > 0
     assert {dev for _, dev, _ in rec.seen} == {resolve_device(device).type}
 
