@@ -34,6 +34,7 @@ SMOOTH_MIN_ROUNDS = 4 * SMOOTH_ROUNDS  # shorter runs are drawn as measured, wit
 MARKER_MAX_ROUNDS = 30  # beyond this many rounds a marker per round hides the lines
 LEGEND_OUTSIDE = 6  # with more entries than this the legend goes beside the axes, off the curves
 PANEL_COLUMNS = 3  # panels per row when runs span several tasks
+_LEGEND_IN = 2.8  # inches beside the panels for the legend of a figure of several tasks
 # Keys that tell neither colour nor line style: they vary between the seeds of one group, are locations, or name the
 # task (a method keeps its colour from one task's panel to the next).
 _NOT_A_VARIANT = {"seed", "value-dtype", "data-dir", "output-dir", "resume", "dataset"}
@@ -129,7 +130,7 @@ def _panels(runs: list[RunResult]):
         wide = len(group_runs(runs)) + 1 > LEGEND_OUTSIDE
         size = (11.5 if wide else 8, 5.5 if wide else 5)
     else:
-        size = (5.0 * cols + 3.5, 4.4 * nrows + 0.6)
+        size = (5.0 * cols + _LEGEND_IN, 4.4 * nrows + 0.6)
     fig, axes = plt.subplots(nrows, cols, figsize=size, squeeze=False)
     flat = list(axes.flat)
     for ax in flat[n:]:
@@ -164,8 +165,9 @@ def _finish(fig, panels, path: Path, target: Target, title: str) -> None:
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 seen.setdefault(label if not label.startswith("target") else "target", handle)
         fig.suptitle(title)
-        fig.legend(list(seen.values()), list(seen), fontsize=8, loc="upper left", bbox_to_anchor=(0.99 - 3.4 / fig.get_figwidth(), 0.93))
-        fig.tight_layout(rect=(0, 0, 1 - 3.5 / fig.get_figwidth(), 1))
+        right = 1 - _LEGEND_IN / fig.get_figwidth()  # the legend's strip, beside the panels
+        fig.legend(list(seen.values()), list(seen), fontsize=8, loc="upper left", bbox_to_anchor=(right + 0.005, 0.93))
+        fig.tight_layout(rect=(0, 0, right, 1))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
