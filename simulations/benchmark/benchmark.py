@@ -5,8 +5,8 @@
 Each run goes to ``<out>/runs/<name>/`` (history.json, summary.json, run.log, run_config.json);
 a rerun skips runs whose summary.json exists and continues a stopped run from its last round's
 checkpoint (``resume``), so a preset of many seeds resumes where it stopped. At the end ``<out>`` holds runs.csv,
-rounds.csv, results.json, results.md and four PNG plots. ``-c`` overrides any run-config key for
-every run (and ``target-accuracy``).
+rounds.csv, results.json, results.md and the PNG plots, all in the task's headline metric. ``-c`` overrides any
+run-config key for every run (and ``target-score``, alias ``target-accuracy``: the target of the headline score).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
         deadline = time.monotonic() + sim.timeout
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(1.0)
-            done, acc = history_rounds(run_dir)
-            desc = f"{spec.name}: acc {100 * acc:.1f}%" if acc is not None else f"{spec.name}: starting"
+            done, score = history_rounds(run_dir)
+            desc = f"{spec.name}: score {100 * score:.1f}" if score is not None else f"{spec.name}: starting"
             progress.update(task, completed=done, description=desc)
     finally:
         if proc is not None:  # on timeout, Ctrl-C or SIGTERM: the launcher stops its SuperLink tree, then we stop it
@@ -161,7 +161,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
 def write_results(preset: Preset, out: Path, command: str | None = None) -> Path | None:
     """Report and plots over every finished run of the preset; returns results.md (None if no run finished).
     ``command`` (what makes the runs) heads the report, with how many of the preset's runs it holds."""
-    done = [load_run(out / "runs" / s.name, s.group) for s in preset.runs
+    done = [load_run(out / "runs" / s.name, s.group, s.variant) for s in preset.runs
             if (out / "runs" / s.name / "summary.json").is_file()]
     if not done:
         return None
@@ -174,9 +174,9 @@ def write_results(preset: Preset, out: Path, command: str | None = None) -> Path
         made_by = (f"All {len(done)} runs of the preset, made by `{command}`; {rebuild}" if len(done) == len(preset.runs)
                    else f"{len(done)} of the preset's {len(preset.runs)} runs, made by `{command}`: rerun it to make "
                         f"or resume the others (finished runs are skipped); {rebuild}")
-    write_report(out, done, preset.target_accuracy, f"Communication-cost benchmark: preset `{preset.name}`", meta,
+    write_report(out, done, preset.target_score, f"Communication-cost benchmark: preset `{preset.name}`", meta,
                  made_by=made_by)
-    write_plots(out, done, preset.target_accuracy)
+    write_plots(out, done, preset.target_score)
     return out / "results.md"
 
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print the runs of the preset and exit")
     args = ap.parse_args(argv)
     overrides = parse_overrides(args.run_config)
-    target = overrides.pop("target-accuracy", None)
+    target = overrides.pop("target-score", overrides.pop("target-accuracy", None))
     try:
         preset = load_preset(args.preset, overrides, {"num_supernodes": args.num_supernodes,
                                                       "cpus_per_client": args.cpus_per_client,
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]{exc}[/red]")
         return 2
     if target is not None:
-        preset = dataclasses.replace(preset, target_accuracy=float(target))
+        preset = dataclasses.replace(preset, target_score=float(target))
     out = (args.out or preset.out or REPO / "outputs" / "benchmark" / preset.name).resolve()
     try:
         specs = select_runs(preset, args.only)

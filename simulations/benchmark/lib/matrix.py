@@ -3,7 +3,8 @@
 A preset file (``simulations/benchmark/presets/<name>.toml``)::
 
     description = "..."
-    target-accuracy = 0.80          # accuracy the "bytes to target" column is measured at
+    target-score = 0.80             # the headline score the "bytes to target" column is measured at (alias:
+                                    # target-accuracy); or a table by task: target-score = {cola = 0.4, rte = 0.6}
     out = "docs/results/paper"      # optional: the results folder (relative to the repo), for runs of record
                                     # whose store is committed so that a later clone resumes it
     [simulation]                    # how each run is launched
@@ -16,6 +17,8 @@ A preset file (``simulations/benchmark/presets/<name>.toml``)::
     value-dtype = ["float32", "int8"]
     [[runs]]                        # and/or explicit runs (their own keys)
     method = "lora"
+    variant = true                  # optional: a variant or diagnostic of a main row, plotted in a figure of its
+                                    # own (not a run-config key)
     [methods.full]                  # overrides for every run of a method (e.g. its learning rate)
     lr = 3e-5
     seeds = [42, 43, 44]            # optional, top level, per method or per run: one run per seed
@@ -65,13 +68,14 @@ class RunSpec:
     run_config: dict[str, Any]
     group: str = ""  # the run's name without its seed suffix (the report's row over seeds)
     seed: int | None = None  # set when the preset lists seeds
+    variant: bool = False  # the preset marks it a variant/diagnostic: the plots draw it apart from the main rows
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     description: str
-    target_accuracy: float | None
+    target_score: float | dict[str, float] | None  # of the headline metric; one for every task, or by task
     simulation: Simulation
     runs: list[RunSpec] = field(default_factory=list)
     out: Path | None = None  # the preset's own results folder (``out = "docs/results/paper"``), else outputs/...
@@ -122,7 +126,10 @@ def build_runs(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> list[Run
     top_seeds = doc.get("seeds")
     runs, seen = [], set()
     for own in _expand(doc):
+        variant = own.pop("variant", False)
         name = str(own.pop("name", "")) or run_name({k: v for k, v in own.items() if k != "seeds"})
+        if not isinstance(variant, bool):
+            raise PresetError(f"run {name!r}: 'variant' must be true or false, got {variant!r}")
         if name in seen:
             raise PresetError(f"two runs are both named {name!r}; give one a distinct 'name' key")
         seen.add(name)
@@ -130,10 +137,11 @@ def build_runs(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> list[Run
         seeds = _seeds(own.pop("seeds", method.pop("seeds", top_seeds)), name)
         config = {**base, **method, **own, **overrides}
         if seeds is None:
-            runs.append(RunSpec(name, _resolve_paths(config), group=name))
+            runs.append(RunSpec(name, _resolve_paths(config), group=name, variant=variant))
             continue
         for seed in seeds:
-            runs.append(RunSpec(f"{name}-s{seed}", _resolve_paths({**config, "seed": seed}), group=name, seed=seed))
+            runs.append(RunSpec(f"{name}-s{seed}", _resolve_paths({**config, "seed": seed}), group=name, seed=seed,
+                                variant=variant))
     return runs
 
 
@@ -145,6 +153,22 @@ def _seeds(value: Any, name: str) -> list[int] | None:
         raise PresetError(f"run {name!r}: 'seeds' must be a non-empty list of distinct non-negative ints, "
                           f"got {value!r}")
     return list(value)
+
+
+def preset_target(doc: Mapping[str, Any], where: Any) -> float | dict[str, float] | None:
+    """The preset's target of the headline score: ``target-score`` or its older name ``target-accuracy`` (the
+    same meaning: accuracy is SST-2's headline), a number or a table by task."""
+    given = {k: doc[k] for k in ("target-score", "target-accuracy") if k in doc}
+    if len(given) == 2 and given["target-score"] != given["target-accuracy"]:
+        raise PresetError(f"{where}: target-score and target-accuracy differ; keep one (target-score)")
+    target = next(iter(given.values()), None)
+    try:
+        if isinstance(target, Mapping):
+            return {str(task): float(v) for task, v in target.items()}
+        return float(target) if target is not None else None
+    except (TypeError, ValueError) as exc:
+        raise PresetError(f"{where}: target-score must be a number or a table of numbers by task "
+                          f"(target-score = {{cola = 0.4}}), got {target!r}") from exc
 
 
 def load_preset(name_or_path: str, overrides: Mapping[str, Any] | None = None,
@@ -165,9 +189,8 @@ def load_preset(name_or_path: str, overrides: Mapping[str, Any] | None = None,
     if not isinstance(simulation.ray_cpus, int) or simulation.ray_cpus < 0:
         raise PresetError(f"{path}: [simulation] ray-cpus must be an integer >= 0 (0: the machine's CPUs), "
                           f"got {simulation.ray_cpus!r}")
-    target = doc.get("target-accuracy")
+    target = preset_target(doc, path)
     out = doc.get("out")
     if out is not None and (not isinstance(out, str) or not out.strip()):
         raise PresetError(f"{path}: 'out' must be a folder path (relative to the repository), got {out!r}")
-    return Preset(path.stem, str(doc.get("description", "")), float(target) if target is not None else None,
-                  simulation, build_runs(doc, dict(overrides or {})), (REPO / out).resolve() if out else None)
+    return Preset(path.stem, str(doc.get("description", "")), target, simulation, build_runs(doc, dict(overrides or {})), (REPO / out).resolve() if out else None)

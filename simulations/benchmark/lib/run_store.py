@@ -19,6 +19,7 @@ from server.checkpoint import CHECKPOINT_NAME
 from shared.data import data_fingerprint
 from shared.schedule import SCHEDULE_KEYS, same_factors
 from simulations.benchmark.lib.matrix import RunSpec
+from simulations.benchmark.lib.scores import score_of
 
 
 class StaleResultError(RuntimeError):
@@ -151,13 +152,13 @@ def can_resume(spec: RunSpec, run_dir: Path) -> bool:
 
 
 def history_rounds(run_dir: Path) -> tuple[int, float | None]:
-    """(training rounds recorded so far, latest accuracy) from a run's history.json, read while it runs."""
+    """(training rounds recorded so far, latest score) from a run's history.json, read while it runs."""
     try:
         history = json.loads((run_dir / "history.json").read_text())
     except (OSError, json.JSONDecodeError):
         return 0, None
     trained = [r for r in history if r.get("round", 0) >= 1]
-    return len(trained), (history[-1].get("accuracy") if history else None)
+    return len(trained), (score_of(history[-1]) if history else None)
 
 
 def plan_runs(specs: list[RunSpec], out: Path, rerun: bool = False) -> list[tuple[RunSpec, str]]:

@@ -1,7 +1,8 @@
 """A finished run as the report reads it, and the figures every table needs (no Flower).
 
 ``<out>/runs/<name>/{summary.json,history.json}`` as the ServerApp writes them, plus the benchmark's
-``run_config.json``; cumulative bytes, the round and bytes to a target accuracy, cell formatting.
+``run_config.json``; cumulative bytes, the round and bytes to a target score (the task's headline metric, read
+through :mod:`simulations.benchmark.lib.scores`), cell formatting.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from simulations.benchmark.lib.scores import headline, score_of, task_of
 
 MB = 1e6
 
@@ -24,7 +27,8 @@ class RunResult:
     """One finished run: its name, summary.json and history.json (round 0 = handshake).
 
     ``group``: the row over seeds it belongs to (default: its own name); ``config``: its run-config
-    (run_config.json, when the benchmark wrote one).
+    (run_config.json, when the benchmark wrote one); ``variant``: a variant or diagnostic of a main row (the preset
+    marks it), drawn in a figure of its own.
     """
 
     name: str
@@ -32,12 +36,23 @@ class RunResult:
     history: list[dict[str, Any]]
     group: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    variant: bool = False
 
     def __post_init__(self) -> None:
         self.group = self.group or self.name
 
+    @property
+    def task(self) -> str:
+        """The run's task (``dataset``; ``""`` for a run that names none)."""
+        return task_of(self.summary, self.config)
 
-def load_run(run_dir: Path, group: str = "") -> RunResult:
+    @property
+    def metric(self) -> str:
+        """The name of the run's headline metric."""
+        return headline(self.summary)
+
+
+def load_run(run_dir: Path, group: str = "", variant: bool = False) -> RunResult:
     """Read a run folder written by the ServerApp (and the benchmark's run_config.json if present)."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -46,7 +61,16 @@ def load_run(run_dir: Path, group: str = "") -> RunResult:
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     except (OSError, json.JSONDecodeError) as exc:
         raise ReportError(f"{run_dir} has no readable summary.json/history.json ({exc}); rerun the benchmark") from exc
-    return RunResult(run_dir.name, summary, sorted(history, key=lambda r: r["round"]), group, config)
+    return RunResult(run_dir.name, summary, sorted(history, key=lambda r: r["round"]), group, config, variant)
+
+
+def split_by_task(runs: list[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
+    """Runs by (task, headline metric), in the order they first appear: the report and the plots never set the
+    scores of different tasks or metrics against each other (no mean, no reference, no shared axis)."""
+    out: dict[tuple[str, str], list[RunResult]] = {}
+    for r in runs:
+        out.setdefault((r.task, r.metric), []).append(r)
+    return out
 
 
 def cumulative_bytes(history: list[dict[str, Any]]) -> list[int]:
@@ -58,12 +82,14 @@ def cumulative_bytes(history: list[dict[str, Any]]) -> list[int]:
     return out
 
 
-def reach_target(history: list[dict[str, Any]], target: float | None) -> tuple[int | None, int | None]:
-    """(first round with accuracy >= target, cumulative bytes through that round), or (None, None)."""
+def reach_target(history: list[dict[str, Any]], target: float | None,
+                 metric: str | None = None) -> tuple[int | None, int | None]:
+    """(first round whose score >= target, cumulative bytes through that round), or (None, None)."""
     if target is None:
         return None, None
     for rec, cum in zip(history, cumulative_bytes(history)):
-        if rec.get("round", 0) >= 1 and rec.get("accuracy") is not None and rec["accuracy"] >= target:
+        score = score_of(rec, metric)
+        if rec.get("round", 0) >= 1 and score is not None and score >= target:
             return int(rec["round"]), cum
     return None, None
 

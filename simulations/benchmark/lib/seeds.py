@@ -1,8 +1,8 @@
 """The report over seeds: the runs of one preset entry (``<name>-s<seed>``) folded into one row.
 
 Pure functions over :class:`simulations.benchmark.lib.report.RunResult`: mean ± sample standard deviation of the
-final, best and last-10-round accuracy, bytes per client-round, megabytes to the target accuracy (mean over the
-seeds that reached it, and how many did), the plateau gain (how much the last quarter of the rounds
+final, best and last-10-round score (the task's headline metric, :mod:`simulations.benchmark.lib.scores`), bytes per
+client-round, megabytes to the target score (mean over the seeds that reached it, and how many did), the plateau gain (how much the last quarter of the rounds
 still added), and per-round bands (mean ± std) for the plots.
 """
 
@@ -13,13 +13,14 @@ from typing import Any
 
 from shared.schedule import full_rate_rounds
 from simulations.benchmark.lib.runs import MB, RunResult, fmt_cell, cumulative_bytes, reach_target
+from simulations.benchmark.lib.scores import LEGACY_METRIC, final_score, score_of, short_label
 
-GROUP_COLUMNS = ("name", "method", "value_dtype", "partitioner", "mask_density", "num_trainable", "seeds", "rounds",
-                 "final_accuracy", "final_std", "best_accuracy", "best_std", "tail_accuracy", "tail_std",
+GROUP_COLUMNS = ("name", "task", "metric", "method", "value_dtype", "partitioner", "mask_density", "num_trainable",
+                 "seeds", "rounds", "final_score", "final_std", "best_score", "best_std", "tail_score", "tail_std",
                  "tail_vs_reference", "bytes_up_per_client_round",
                  "bytes_down_per_client_round", "reduction_up", "reduction_down", "reduction_reference",
-                 "total_bytes", "target_accuracy", "bytes_to_target", "reached", "round_to_target",
-                 "accuracy_vs_reference", "plateau_gain", "plateau_std", "plateau_window", "seconds_per_round")
+                 "total_bytes", "target_score", "bytes_to_target", "reached", "round_to_target",
+                 "score_vs_reference", "plateau_gain", "plateau_std", "plateau_window", "seconds_per_round")
 
 
 def mean_std(xs: list[float]) -> tuple[float | None, float | None]:
@@ -40,14 +41,16 @@ def group_runs(runs: list[RunResult]) -> dict[str, list[RunResult]]:
     return out
 
 
-def _trained(history: list[dict[str, Any]]) -> list[float]:
-    return [r["accuracy"] for r in history if r.get("round", 0) >= 1 and r.get("accuracy") is not None]
+def _trained(history: list[dict[str, Any]], metric: str | None = None) -> list[float]:
+    """The scores of the trained rounds (round 0, the untrained model, left out) that have one."""
+    scores = (score_of(r, metric) for r in history if r.get("round", 0) >= 1)
+    return [s for s in scores if s is not None]
 
 
 def run_lengths(runs: list[RunResult]) -> list[int]:
     """The distinct numbers of trained rounds among ``runs``: one value when the seeds ran equally long; more when a
     group mixes, say, a finished 140-round seed with one still at 120 (its means are interim, not comparable)."""
-    return sorted({len(_trained(r.history)) for r in runs})
+    return sorted({len(_trained(r.history, r.metric)) for r in runs})
 
 
 def fmt_rounds(lengths: list[int] | None) -> str:
@@ -59,31 +62,31 @@ def fmt_rounds(lengths: list[int] | None) -> str:
 
 TARGET_DENSITY = 0.005  # the density the issue's targets are stated for (PaFi's paper); other densities are ablations
 ORDERING = ("pafi", "random", "magnitude")  # the PaFi paper: smallest > random > largest magnitude
-TAIL_ROUNDS = 10  # rounds averaged into the tail accuracy: one round's accuracy on 872 rows swings by ~1 pt
+TAIL_ROUNDS = 10  # rounds averaged into the tail score: one round's accuracy on 872 rows swings by ~1 pt
 
 
-def tail_accuracy(history: list[dict[str, Any]], rounds: int = TAIL_ROUNDS) -> float | None:
-    """Mean accuracy of the last ``rounds`` trained rounds: a final figure that one noisy round does not move
+def tail_score(history: list[dict[str, Any]], rounds: int = TAIL_ROUNDS, metric: str | None = None) -> float | None:
+    """Mean score of the last ``rounds`` trained rounds: a final figure that one noisy round does not move
     (full-s42 of ``paper`` read 88.0 % in round 79 and 86.1 % in round 80). None for a shorter history."""
-    accs = _trained(history)
+    accs = _trained(history, metric)
     return sum(accs[-rounds:]) / rounds if len(accs) >= rounds else None
 
 
 def _tails(runs: list[RunResult]) -> tuple[float | None, float | None]:
-    """(mean, std) of the runs' tail accuracies, over the runs long enough to have one."""
-    return mean_std([t for t in (tail_accuracy(r.history) for r in runs) if t is not None])
+    """(mean, std) of the runs' tail scores, over the runs long enough to have one."""
+    return mean_std([t for t in (tail_score(r.history, metric=r.metric) for r in runs) if t is not None])
 
 
-def plateau_gain(history: list[dict[str, Any]], window: int | None = None,
-                 upto: int | None = None) -> tuple[float | None, int]:
-    """(mean accuracy of the last ``window`` trained rounds minus the mean of the ``window`` before, window).
+def plateau_gain(history: list[dict[str, Any]], window: int | None = None, upto: int | None = None,
+                 metric: str | None = None) -> tuple[float | None, int]:
+    """(mean score of the last ``window`` trained rounds minus the mean of the ``window`` before, window).
 
     ``window`` defaults to a quarter of the trained rounds (10 of 40), at least 1; the gain is None when the
     history has fewer than two windows. Near zero (or negative): the run had plateaued before its last quarter.
     ``upto``: only the first ``upto`` trained rounds count (a run with an lr decay is judged on its rounds at the
     full rate, :func:`shared.schedule.full_rate_rounds`).
     """
-    accs = _trained(history)
+    accs = _trained(history, metric)
     if upto is not None:
         accs = accs[:max(0, upto)]
     w = window or max(1, len(accs) // 4)
@@ -93,8 +96,9 @@ def plateau_gain(history: list[dict[str, Any]], window: int | None = None,
 
 
 def band(runs: list[RunResult]) -> dict[str, list[float]]:
-    """Per round present in every run (round 0 included): round, mean/std accuracy, mean cumulative MB."""
-    per_run = [{h["round"]: (h.get("accuracy"), c) for h, c in zip(r.history, cumulative_bytes(r.history))}
+    """Per round present in every run (round 0 included) where every run has a score: round, mean/std score, mean
+    cumulative MB."""
+    per_run = [{h["round"]: (score_of(h, r.metric), c) for h, c in zip(r.history, cumulative_bytes(r.history))}
                for r in runs]
     rounds = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
     out: dict[str, list[float]] = {"round": [], "mean": [], "std": [], "mb": []}
@@ -111,23 +115,23 @@ def band(runs: list[RunResult]) -> dict[str, list[float]]:
 
 
 def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, target: float | None) -> dict[str, Any]:
-    """One row over the seeds of ``runs``; reductions and Δ accuracy against the mean of ``ref``'s runs."""
+    """One row over the seeds of ``runs`` (one task); reductions and Δ score against the mean of ``ref``'s runs."""
     s = runs[0].summary
-    finals = [r.summary["final_accuracy"] for r in runs if r.summary.get("final_accuracy") is not None]
-    bests = [max(acc) for acc in (_trained(r.history) for r in runs) if acc]
+    finals = [f for f in (final_score(r.summary) for r in runs) if f is not None]
+    bests = [max(acc) for acc in (_trained(r.history, r.metric) for r in runs) if acc]
     final, final_std = mean_std(finals)
     best, best_std = mean_std(bests)
     tail, tail_std = _tails(runs)
     up = mean_std([r.summary.get("bytes_up_per_client_round") or 0 for r in runs])[0]
     down = mean_std([r.summary.get("bytes_down_per_client_round") or 0 for r in runs])[0]
-    reached = [reach_target(r.history, target) for r in runs]
-    plateaus = [plateau_gain(r.history, upto=full_rate_rounds(r.config)) for r in runs]
+    reached = [reach_target(r.history, target, r.metric) for r in runs]
+    plateaus = [plateau_gain(r.history, upto=full_rate_rounds(r.config), metric=r.metric) for r in runs]
     gain, gain_std = mean_std([g for g, _ in plateaus if g is not None])
     hits = [(rnd, b) for rnd, b in reached if rnd is not None]
     if ref:
         ref_up = mean_std([r.summary["bytes_up_per_client_round"] for r in ref])[0]
         ref_down = mean_std([r.summary["bytes_down_per_client_round"] for r in ref])[0]
-        ref_final = mean_std([r.summary["final_accuracy"] for r in ref])[0]
+        ref_final = mean_std([f for f in (final_score(r.summary) for r in ref) if f is not None])[0]
         ref_tail = _tails(ref)[0]
         reference = f"{ref[0].group} (measured, mean of {len(ref)})"
     else:
@@ -135,23 +139,24 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
         ref_final = ref_tail = None
         reference = "dense N*4 bytes (no full run)"
     return {
-        "name": name, "method": s.get("method"), "value_dtype": s.get("value_dtype"),
+        "name": name, "task": runs[0].task, "metric": runs[0].metric, "method": s.get("method"),
+        "value_dtype": s.get("value_dtype"),
         "partitioner": runs[0].config.get("partitioner"), "mask_density": s.get("mask_density"),
         "num_trainable": s.get("num_trainable"), "seeds": len(runs),
         "seed_list": [r.config.get("seed") for r in runs], "rounds": run_lengths(runs),
-        "seed_finals": _by_seed(runs, lambda r: r.summary.get("final_accuracy")),
-        "seed_tails": _by_seed(runs, lambda r: tail_accuracy(r.history)),
-        "seed_bytes_to_target": _by_seed(runs, lambda r: reach_target(r.history, target)[1]),
-        "final_accuracy": final, "final_std": final_std, "best_accuracy": best, "best_std": best_std,
-        "tail_accuracy": tail, "tail_std": tail_std,
+        "seed_finals": _by_seed(runs, lambda r: final_score(r.summary)),
+        "seed_tails": _by_seed(runs, lambda r: tail_score(r.history, metric=r.metric)),
+        "seed_bytes_to_target": _by_seed(runs, lambda r: reach_target(r.history, target, r.metric)[1]),
+        "final_score": final, "final_std": final_std, "best_score": best, "best_std": best_std,
+        "tail_score": tail, "tail_std": tail_std,
         "tail_vs_reference": tail - ref_tail if tail is not None and ref_tail is not None else None,
         "bytes_up_per_client_round": up, "bytes_down_per_client_round": down,
         "reduction_up": ref_up / up if ref_up and up else None,
         "reduction_down": ref_down / down if ref_down and down else None, "reduction_reference": reference,
         "total_bytes": mean_std([cumulative_bytes(r.history)[-1] for r in runs if r.history])[0],
-        "target_accuracy": target, "bytes_to_target": mean_std([b for _, b in hits])[0],
+        "target_score": target, "bytes_to_target": mean_std([b for _, b in hits])[0],
         "reached": len(hits), "round_to_target": mean_std([rnd for rnd, _ in hits])[0],
-        "accuracy_vs_reference": final - ref_final if final is not None and ref_final is not None else None,
+        "score_vs_reference": final - ref_final if final is not None and ref_final is not None else None,
         "plateau_gain": gain, "plateau_std": gain_std, "plateau_window": max((w for _, w in plateaus), default=None),
         "seconds_per_round": mean_std([r.summary["seconds_per_round"] for r in runs
                                        if r.summary.get("seconds_per_round") is not None])[0],
@@ -281,18 +286,19 @@ def _gain(row: dict[str, Any]) -> str:
     return f"{100 * row['plateau_gain']:+.2f} ± {100 * (row.get('plateau_std') or 0.0):.2f}"
 
 
-def markdown_groups(rows: list[dict[str, Any]]) -> str:
-    """The table over seeds as GitHub Markdown."""
+def markdown_groups(rows: list[dict[str, Any]], metric: str = LEGACY_METRIC) -> str:
+    """The table over seeds as GitHub Markdown; the score columns name ``metric``."""
+    m = short_label(metric)
     head = ("run", "seeds", "rounds", "trainable", "up B/client-round", "down B/client-round", "up reduction",
-            "final acc % (mean ± std)", "best acc % (mean ± std)", f"last-{TAIL_ROUNDS} acc % (mean ± std)",
+            f"final {m} (mean ± std)", f"best {m} (mean ± std)", f"last-{TAIL_ROUNDS} {m} (mean ± std)",
             "Δ final vs full (pts)", f"Δ last-{TAIL_ROUNDS} vs full (pts)",
             "MB to target (mean)", "seeds at target", "total MB (mean)", "gain in the last quarter (pts)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = (r["name"], str(r["seeds"]), fmt_rounds(r.get("rounds")), fmt_cell(r["num_trainable"]), fmt_cell(r["bytes_up_per_client_round"], "bytes"),
                  fmt_cell(r["bytes_down_per_client_round"], "bytes"), fmt_cell(r["reduction_up"], "x"),
-                 _pm(r["final_accuracy"], r["final_std"]), _pm(r["best_accuracy"], r["best_std"]),
-                 _pm(r["tail_accuracy"], r["tail_std"]), fmt_cell(r["accuracy_vs_reference"], "pts"),
+                 _pm(r["final_score"], r["final_std"]), _pm(r["best_score"], r["best_std"]),
+                 _pm(r["tail_score"], r["tail_std"]), fmt_cell(r["score_vs_reference"], "pts"),
                  fmt_cell(r["tail_vs_reference"], "pts"), fmt_cell(r["bytes_to_target"], "mb"),
                  f"{r['reached']}/{r['seeds']}", fmt_cell(r["total_bytes"], "mb"), _gain(r))
         lines.append("| " + " | ".join(cells) + " |")

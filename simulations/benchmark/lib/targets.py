@@ -2,28 +2,32 @@
 
 - PaFi at density 0.005 sends >= 800x fewer bytes up per client-round than ``full`` in float16,
   >= 1500x in int8;
-- PaFi's final accuracy is within 1.0 point of ``full``'s, on the last round and on the mean of the last
-  10 rounds (``tail_accuracy``: one round's accuracy swings by about a point);
-- PaFi needs >= 2x fewer total bytes than LoRA to reach the target accuracy, and >= 500x fewer than full;
+- PaFi's final score is within 1.0 point of ``full``'s, on the last round and on the mean of the last
+  10 rounds (``tail_score``: one round's accuracy swings by about a point);
+- PaFi needs >= 2x fewer total bytes than LoRA to reach the target score, and >= 500x fewer than full;
 - the PaFi paper's ordering of the masks: smallest |w| (pafi) > random > largest |w| (magnitude),
   each gap measured with its spread, on the last round and on the last-10 mean;
-- PaFi and full had plateaued: the mean accuracy of the last quarter of the rounds is within 0.5 point
+- PaFi and full had plateaued: the mean score of the last quarter of the rounds is within 0.5 point
   above the quarter before (issue 16: "enough rounds that pafi and full have plateaued, show it"); a run whose
   lr decays at its end is judged on its rounds before the decay (shared.schedule.full_rate_rounds).
 
 Rows may be single runs or rows over seeds (``simulations.benchmark.lib.seeds.group_row``: means, with ``final_std``
 and ``reached``); the checks read the same keys either way. A check appears only when the runs it needs
 are in the results.
+
+The score is the task's headline metric (:mod:`simulations.benchmark.lib.scores`; accuracy for SST-2), one point
+being 0.01 of it; the rows given to :func:`check_targets` are of one task, whose metric names the checks.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from simulations.benchmark.lib.scores import LEGACY_METRIC, long_label
 from simulations.benchmark.lib.seeds import ORDERING, TAIL_ROUNDS, TARGET_DENSITY, ci95, fmt_paired, paired, paired_ratio
 
 UPLINK_REDUCTION = {"float16": 800.0, "int8": 1500.0}  # value-dtype -> required reduction vs full
-MAX_ACCURACY_GAP = 0.01  # 1.0 point
+MAX_SCORE_GAP = 0.01  # 1.0 point of the headline metric
 MIN_BYTES_ADVANTAGE = 2.0  # vs lora
 MIN_BYTES_ADVANTAGE_FULL = 500.0
 PLATEAU_GAIN = 0.005  # 0.5 point: the most the last quarter of the rounds may still add
@@ -66,20 +70,24 @@ def _spread(row: dict[str, Any], std: str = "final_std") -> str:
     return f" ± {100 * row[std]:.2f} ({n} seeds)" if n > 1 and row.get(std) is not None else ""
 
 
-_KINDS = {"final": ("final accuracy", "final_accuracy", "final_std", "accuracy_vs_reference"),
-          "tail": (f"last-{TAIL_ROUNDS}-round accuracy", "tail_accuracy", "tail_std", "tail_vs_reference")}
+def _kind(kind: str, metric: str) -> tuple[str, str, str, str]:
+    """(label, value column, its std column, its gap-to-full column) of the final or the last-10 score."""
+    name = long_label(metric)
+    return {"final": (f"final {name}", "final_score", "final_std", "score_vs_reference"),
+            "tail": (f"last-{TAIL_ROUNDS}-round {name}", "tail_score", "tail_std", "tail_vs_reference")}[kind]
 
 
-def accuracy_checks(pafi: list[dict[str, Any]], full: list[dict[str, Any]], kind: str = "final") -> list[dict[str, Any]]:
-    """pafi's (mean) final or last-10 accuracy against full's; rows without that figure are left out."""
+def score_checks(pafi: list[dict[str, Any]], full: list[dict[str, Any]], kind: str = "final",
+                 metric: str = LEGACY_METRIC) -> list[dict[str, Any]]:
+    """pafi's (mean) final or last-10 score against full's; rows without that figure are left out."""
     if not full:
         return []
-    label, col, std, gap = _KINDS[kind]
+    label, col, std, gap = _kind(kind, metric)
     return [_check(f"{label} vs full", row["name"], f"{100 * row[gap]:+.2f} pts"
                    + (f" (pafi {100 * row[col]:.2f}{_spread(row, std)})" if _spread(row, std) else "")
-                   + _paired_note(row, full[0], kind, -MAX_ACCURACY_GAP,
-                                  f"within {100 * MAX_ACCURACY_GAP:.1f}"),
-                   f"≥ {-100 * MAX_ACCURACY_GAP:.1f} pts", row[gap] >= -MAX_ACCURACY_GAP, (row, full[0]))
+                   + _paired_note(row, full[0], kind, -MAX_SCORE_GAP,
+                                  f"within {100 * MAX_SCORE_GAP:.1f}"),
+                   f"≥ {-100 * MAX_SCORE_GAP:.1f} pts", row[gap] >= -MAX_SCORE_GAP, (row, full[0]))
             for row in pafi if row.get(gap) is not None]
 
 
@@ -119,7 +127,7 @@ def bytes_checks(pafi: list[dict[str, Any]], others: list[dict[str, Any]], need:
     out = []
     for row in pafi:
         same = [r for r in others if r["value_dtype"] == row["value_dtype"]] or others
-        if not same or row.get("target_accuracy") is None:
+        if not same or row.get("target_score") is None:
             continue
         other, mine = same[0], row["bytes_to_target"]
         theirs = other["bytes_to_target"]
@@ -154,9 +162,10 @@ def _paired_ratio_note(row: dict[str, Any], other: dict[str, Any], need: float) 
             + "".join(f"; {o}" for o in only))
 
 
-def ordering_checks(rows: list[dict[str, Any]], kind: str = "final") -> list[dict[str, Any]]:
-    """smallest |w| > random > largest |w| on the (mean) final or last-10 accuracy, each with its spread."""
-    label, col, std, _ = _KINDS[kind]
+def ordering_checks(rows: list[dict[str, Any]], kind: str = "final",
+                    metric: str = LEGACY_METRIC) -> list[dict[str, Any]]:
+    """smallest |w| > random > largest |w| on the (mean) final or last-10 score, each with its spread."""
+    label, col, std, _ = _kind(kind, metric)
     first = {}
     for r in rows:
         if r.get("method") in ORDERING and r.get(col) is not None:
@@ -215,12 +224,13 @@ def _lengths(rows: list[dict[str, Any]]) -> set[int]:
     return out
 
 
-def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """All applicable target checks for the rows (single runs or means over seeds). When the runs compared are of
+def check_targets(rows: list[dict[str, Any]], metric: str = LEGACY_METRIC) -> list[dict[str, Any]]:
+    """All applicable target checks for the rows of one task (single runs or means over seeds), their scores
+    ``metric``'s. When the runs compared are of
     unequal length (a preset extended while some of its runs still hold fewer rounds), every check says so: its
     figures are interim."""
     rows = [r for r in rows if _at_target_density(r)]
-    checks = _checks(rows)
+    checks = _checks(rows, metric)
     lengths = _lengths(rows)
     if len(lengths) > 1:
         note = f" [interim: runs of {'/'.join(map(str, sorted(lengths)))} rounds]"
@@ -228,10 +238,10 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
-def _checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _checks(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     pafi = [r for r in rows if r.get("method") == "pafi"]
     lora = [r for r in rows if r.get("method") == "lora"]
     full = [r for r in rows if r.get("method") == "full"]
-    return (uplink_checks(pafi) + accuracy_checks(pafi, full) + accuracy_checks(pafi, full, "tail")
+    return (uplink_checks(pafi) + score_checks(pafi, full, "final", metric) + score_checks(pafi, full, "tail", metric)
             + lora_checks(pafi, lora) + bytes_checks(pafi, full, MIN_BYTES_ADVANTAGE_FULL)
-            + ordering_checks(rows) + ordering_checks(rows, "tail") + plateau_checks(rows))
+            + ordering_checks(rows, "final", metric) + ordering_checks(rows, "tail", metric) + plateau_checks(rows))

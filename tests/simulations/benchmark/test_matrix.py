@@ -40,7 +40,7 @@ def test_unknown_preset_names_the_known_ones():
 @pytest.mark.parametrize("name", ["ci", "quick", "full"])
 def test_shipped_presets_parse_into_valid_run_configs(name):
     preset = load_preset(name)
-    assert preset.runs and preset.target_accuracy is not None
+    assert preset.runs and preset.target_score is not None
     for spec in preset.runs:
         cfg = parse_run_config(spec.run_config)  # every run-config is valid for the app
         assert cfg.seed == 42

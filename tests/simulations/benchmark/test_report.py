@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from simulations.benchmark.lib.plots import _style, trailing_mean, write_plots
-from simulations.benchmark.lib.report import (RUN_COLUMNS, ROUND_COLUMNS, ReportError, RunResult, load_run, reach_target,
-                                write_report)
+from simulations.benchmark.lib.report import (RUN_COLUMNS, ROUND_COLUMNS, ReportError, RunResult, cumulative_bytes,
+                                               load_run, reach_target, write_report)
+from simulations.benchmark.lib.scores import score_of
+from simulations.benchmark.lib.seeds import band
 
 N = 22_713_216  # MiniLM-sized, so the reductions look like the real ones
 
@@ -69,13 +71,13 @@ def test_csv_has_one_row_per_run_and_per_round(tmp_path, two_runs):
 def test_reduction_target_and_accuracy_figures(tmp_path, two_runs):
     rows = write_report(tmp_path / "results", two_runs, target=0.8)
     full, pafi = rows
-    assert full["reduction_up"] == pytest.approx(1.0) and full["accuracy_vs_reference"] == 0.0
+    assert full["reduction_up"] == pytest.approx(1.0) and full["score_vs_reference"] == 0.0
     assert pafi["reduction_up"] == pytest.approx(90_900_000 / 60_000)
     assert pafi["reduction_down"] == pytest.approx(90_900_100 / 61_000)
     assert pafi["reduction_reference"] == "full-float32 (measured)"
     assert (full["round_to_target"], full["bytes_to_target"]) == (2, 500 + 2 * 2 * (90_900_000 + 90_900_100))
     assert (pafi["round_to_target"], pafi["bytes_to_target"]) == (3, 500 + 3 * 2 * 121_000)
-    assert pafi["accuracy_vs_reference"] == pytest.approx(-0.005)
+    assert pafi["score_vs_reference"] == pytest.approx(-0.005)
     assert pafi["codec_rel_error"] == pytest.approx(0.004)
     assert pafi["num_trainable"] == 54_000 and pafi["seconds_per_round"] == 20.0
 
@@ -103,7 +105,7 @@ def test_without_full_run_reduction_is_against_dense_bytes(tmp_path, two_runs):
     rows = write_report(tmp_path / "results", two_runs[1:], target=0.8)
     assert rows[0]["reduction_up"] == pytest.approx(4 * N / 60_000)
     assert rows[0]["reduction_reference"].startswith("dense N*4")
-    assert rows[0]["accuracy_vs_reference"] is None
+    assert rows[0]["score_vs_reference"] is None
 
 
 def test_plots_are_written(tmp_path, two_runs):
@@ -114,13 +116,16 @@ def test_plots_are_written(tmp_path, two_runs):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
 
 
-def test_trailing_mean_averages_the_last_rounds_and_drops_the_unfilled_window():
+def test_trailing_mean_averages_the_last_rounds_and_keeps_every_rounds_bytes():
     accs = [0.5, 0.6, 0.7, 0.8, 0.9]
     run = RunResult("r", _summary("pafi", "float32", 1, 1, 1, accs), _history(accs, 1, 1))
     smoothed = trailing_mean(run, window=3)
-    assert [h["round"] for h in smoothed.history] == [3, 4, 5]  # round 0 and the rounds before the window fills go
-    assert [h["accuracy"] for h in smoothed.history] == pytest.approx([0.6, 0.7, 0.8])
-    assert smoothed.history[0]["bytes_up"] == run.history[3]["bytes_up"] and run.history[3]["accuracy"] == 0.7
+    scores = [score_of(h) for h in smoothed.history]
+    assert scores[:3] == [None, None, None]  # round 0 and the rounds before the window fills have no score
+    assert scores[3:] == pytest.approx([0.6, 0.7, 0.8])
+    assert run.history[3]["accuracy"] == 0.7  # the run itself is untouched
+    b = band([smoothed])  # the curve starts where the window fills, at the bytes spent by then (rounds 0-3)
+    assert b["round"] == [3, 4, 5] and b["mb"][0] == pytest.approx(cumulative_bytes(run.history)[3] / 1e6)
 
 
 def test_colours_tell_variants_apart_and_dtypes_share_one():

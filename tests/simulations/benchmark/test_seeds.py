@@ -13,7 +13,7 @@ from simulations.benchmark.benchmark import StaleResultError, can_extend, can_re
 from simulations.benchmark.lib.matrix import PresetError, RunSpec, load_preset
 from simulations.benchmark.lib.plots import write_plots
 from simulations.benchmark.lib.report import RunResult, pick_reference, write_report
-from simulations.benchmark.lib.seeds import band, group_rows, mean_std, plateau_gain, tail_accuracy
+from simulations.benchmark.lib.seeds import band, group_rows, mean_std, plateau_gain, tail_score
 from simulations.benchmark.lib.targets import check_targets
 
 N = 22_713_216
@@ -55,10 +55,10 @@ def test_group_rows_fold_seeds(runs):
     rows = {r["name"]: r for r in group_rows(runs, pick_reference(runs), target=0.84)}
     pafi, full = rows["pafi-float32"], rows["full-float32"]
     assert pafi["seeds"] == 3 and pafi["seed_list"] == [1, 2, 3]
-    assert pafi["final_accuracy"] == pytest.approx(0.83) and pafi["final_std"] == pytest.approx(mean_std([0.84, 0.86, 0.79])[1])
-    assert pafi["best_accuracy"] == pytest.approx(0.83)  # best of each seed: 0.84, 0.86, 0.79
-    assert full["final_accuracy"] == pytest.approx(0.86) and full["best_accuracy"] == pytest.approx(0.86)
-    assert pafi["accuracy_vs_reference"] == pytest.approx(0.83 - 0.86)
+    assert pafi["final_score"] == pytest.approx(0.83) and pafi["final_std"] == pytest.approx(mean_std([0.84, 0.86, 0.79])[1])
+    assert pafi["best_score"] == pytest.approx(0.83)  # best of each seed: 0.84, 0.86, 0.79
+    assert full["final_score"] == pytest.approx(0.86) and full["best_score"] == pytest.approx(0.86)
+    assert pafi["score_vs_reference"] == pytest.approx(0.83 - 0.86)
     # target 0.84: seeds 1 and 2 reach it in round 3 (4 messages of 100 kB per round: 1.2 MB); seed 3 never does
     assert pafi["reached"] == 2 and pafi["bytes_to_target"] == pytest.approx(1.2e6) and pafi["round_to_target"] == 3
     assert full["reached"] == 2 and full["bytes_to_target"] == pytest.approx(2 * 4 * 9e7)  # both in round 2
@@ -186,7 +186,7 @@ def test_a_run_with_an_lr_decay_is_judged_on_its_plateau_before_the_decay():
     assert plateau_gain(annealed.history)[0] == pytest.approx(sum(accs[-3:]) / 3 - sum(accs[-6:-3]) / 3)  # all 12
     row = group_rows([annealed], None, target=None)[0]
     assert row["plateau_gain"] == pytest.approx(0.0) and row["plateau_window"] == 2  # rounds 7-8 against 5-6
-    assert row["tail_accuracy"] == pytest.approx(sum(accs[-10:]) / 10)  # the tail still includes the decay
+    assert row["tail_score"] == pytest.approx(sum(accs[-10:]) / 10)  # the tail still includes the decay
 
 
 def test_an_extension_stopped_part_way_reads_as_stopped_not_done(tmp_path, monkeypatch):
@@ -261,10 +261,10 @@ def test_the_last_ten_rounds_give_a_final_figure_one_noisy_round_does_not_move(t
     full = [_run("full", 1, [0.80] * 5 + [0.86] * 9 + [0.84])]
     rand = [_run("random", 1, [0.80] * 5 + [0.84] * 10)]
     mag = [_run("magnitude", 1, [0.80] * 5 + [0.83] * 10)]
-    assert tail_accuracy(full[0].history) == pytest.approx((9 * 0.86 + 0.84) / 10)
-    assert tail_accuracy(_run("pafi", 3, [0.8] * 9).history) is None
+    assert tail_score(full[0].history) == pytest.approx((9 * 0.86 + 0.84) / 10)
+    assert tail_score(_run("pafi", 3, [0.8] * 9).history) is None
     rows = {r["name"]: r for r in group_rows(pafi + full + rand + mag, full[0], target=None)}
-    assert rows["pafi-float32"]["tail_accuracy"] == pytest.approx(0.85) and rows["pafi-float32"]["tail_std"] == 0.0
+    assert rows["pafi-float32"]["tail_score"] == pytest.approx(0.85) and rows["pafi-float32"]["tail_std"] == 0.0
     assert rows["pafi-float32"]["tail_vs_reference"] == pytest.approx(0.85 - 0.858)
     checks = {c["target"]: c for c in check_targets(list(rows.values()))}
     assert checks["final accuracy vs full"]["met"] and checks["final accuracy vs full"]["measured"].startswith("+1.00 pts")
