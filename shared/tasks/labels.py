@@ -81,8 +81,9 @@ def encode_labels(values: Sequence, task: Task, where: Where, source: str = "") 
 
 
 def conform_labels(split: Dataset, task: Task, where: Where, source: str = "") -> Dataset:
-    """``split`` with its ``label`` column in the task's form: int64 class indices in range, or float32 targets.
-    A column already in that form is checked, not rewritten (the Hub's ClassLabel columns stay as they are)."""
+    """``split`` with its ``label`` column in the task's form: class indices in range, or real targets (float32
+    where they are rewritten). A column of integers (classification) or floats (regression) is checked, not
+    rewritten: the Hub's ClassLabel columns and float64 scores stay as they are."""
     dtype = str(getattr(split.features["label"], "dtype", ""))
     if task.kind == "classification" and dtype.startswith("int"):
         labels = split["label"]
@@ -95,7 +96,7 @@ def conform_labels(split: Dataset, task: Task, where: Where, source: str = "") -
         bad = next((i for i, v in enumerate(labels) if v is None or not math.isfinite(v)), None)
         if bad is not None:
             number(labels[bad], where(bad))
-        return split if dtype == "float32" else split.cast_column("label", Value("float32"))
+        return split
     encoded = encode_labels(split["label"], task, where, source)
     feature = Value("float32" if task.kind == "regression" else "int64")
     return split.remove_columns("label").add_column("label", encoded, feature=feature)

@@ -112,7 +112,8 @@ def _metrics(text: str, kind: str) -> tuple[str, ...]:
     if wrong:
         fits = [m for m in sorted(METRICS) if (m in REGRESSION_METRICS) == (kind == "regression")]
         other = "classification" if kind == "regression" else "regression"
-        raise TaskError(f"task-metrics: {wrong} score a {other}, and task-type={kind}; use {' or '.join(fits)} "
+        raise TaskError(f"task-metrics: {wrong} score a {other}, and task-type={kind}; use "
+                        f"{', '.join(fits[:-1])} or {fits[-1]} "
                         f"(or task-type={other})")
     return names
 
@@ -190,9 +191,10 @@ def _check_columns(have: list[str], d: Description, where: str) -> None:
 
 def _check_classes(d: Description, names: tuple[str, ...]) -> None:
     if len(names) < 2:
-        raise TaskError(f"label-column {d.label_column!r} has a single class {list(names)} in train; a classifier "
-                        f"needs two or more: pass label-names=<every class, comma-separated, in index order> (or "
-                        f"task-type=regression for a numeric target)")
+        where = "label-names lists" if d.label_names else f"label-column {d.label_column!r} has, in train,"
+        raise TaskError(f"{where} a single class {list(names)}; a classifier needs two or more: pass "
+                        f"label-names=<every class, comma-separated, in index order> (or task-type=regression for a "
+                        f"numeric target)")
     if "f1" in d.metrics and len(names) != 2:
         raise TaskError(f"task-metrics: f1 is the binary F1 of class 1 and the data has {len(names)} classes "
                         f"{list(names)[:10]}; use accuracy or matthews")

@@ -37,7 +37,7 @@ def split_files(folder: Path) -> dict[str, Path]:
         if found:
             out[split] = found[0]
         elif split in REQUIRED:
-            names = " or ".join(f"{split}.{ext}" for ext in FORMATS)
+            names = ", ".join(f"{split}.{ext}" for ext in FORMATS[:-1]) + f" or {split}.{FORMATS[-1]}"
             held = sorted(p.name for p in folder.iterdir())[:12]
             raise TaskError(f"data-dir {folder} has no {split} file: put {names} there (it holds {held})")
     return out
@@ -77,7 +77,8 @@ def _read_delimited(path: Path) -> Table:
                 for h, value in zip(header, row):
                     table[h].append(value)
         except csv.Error as exc:
-            raise TaskError(f"{path}, line {rows.line_num}: not readable as {'TSV' if tsv else 'CSV'} ({exc})") from None
+            kind = "TSV" if tsv else "CSV"
+            raise TaskError(f"{path}, line {rows.line_num}: not readable as {kind} ({exc})") from None
     return table
 
 
