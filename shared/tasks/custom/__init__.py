@@ -167,7 +167,7 @@ def _hub_split_names(ds, d: Description, where: str) -> dict[str, str]:
     have = sorted(ds)
     test = "test" if "test" in ds and _labelled(ds["test"], d.label_column) else "validation"
     if "train" not in ds or test not in ds:
-        missing = "train" if "train" not in ds else "test (or validation)"
+        missing = "train" if "train" not in ds else "labelled test (or validation)"
         raise TaskError(f"{where} has no {missing} split (it has {have}); dataset='custom' trains on 'train' and "
                         f"scores on 'test', else 'validation': pick a configuration that has them (hub-config), or "
                         f"save the splits as files and pass data-dir")

@@ -217,7 +217,7 @@ def _bad_cases(root: Path, offline_hub: dict) -> dict[str, tuple[dict, str]]:
                                        f"one of the classes ['entailment', 'not_entailment'] (label-names); add it to "
                                        f"label-names or fix the row"),
         "split missing on the Hub": ({"hub-dataset": "someone/only-train"},
-                                     "hub-dataset 'someone/only-train' has no test (or validation) split (it has "
+                                     "hub-dataset 'someone/only-train' has no labelled test (or validation) split (it has "
                                      "['train'])"),
         "regression target not a number": (reg, f"{scores / 'train.jsonl'}, row 2: target 'high' is not a number; a "
                                                 f"regression (task-type=regression) needs a numeric label column"),
