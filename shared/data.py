@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
 from shared.tasks import Task, TaskError, get_task, read_local, task_of
+from shared.tasks.hub import HubUnavailable, fetch, hub_splits
 
 
 class DataLoadError(RuntimeError):
@@ -75,7 +74,9 @@ def carve_validation(splits: dict[str, Dataset], fraction: float, seed: int) -> 
             "validation": train.select(np.sort(perm[:m]).tolist())}
 
 
-SPLIT_FILES = ("train.tsv", "validation.tsv", "test.tsv", "dev.tsv", "dev_matched.tsv", "dev_mismatched.tsv")
+SPLIT_FILES = ("train.tsv", "validation.tsv", "test.tsv", "dev.tsv", "dev_matched.tsv", "dev_mismatched.tsv",
+               # a custom task's files (shared/tasks/custom), after the TSV names: a TSV folder hashes as it always has
+               *(f"{split}.{ext}" for ext in ("csv", "json", "jsonl") for split in ("train", "validation", "test")))
 
 
 def data_fingerprint(data_dir: str) -> str:
@@ -106,68 +107,13 @@ def held_out(splits: dict[str, Dataset], name: str, data_dir: str) -> Dataset:
 
 
 def _load_from_hub(task: Task) -> dict[str, Dataset]:
-    from datasets import load_dataset
-
-    hub = task.hub
-    args = (hub.path, hub.config) if hub.config else (hub.path,)
     hint = f"pass data-dir=<the task's folder>, e.g. --run-config \"data-dir='../shared/data/{task.name}'\""
-    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-    if offline or not _hub_reachable():  # only the local cache can serve; fail in one line, not after retries
-        why = "HF offline mode is set" if offline else "the Hugging Face Hub cannot be reached from here"
-        try:
-            ds = _load_cached(args)
-        except Exception:  # noqa: BLE001 - any cache miss
-            raise DataLoadError(f"dataset {task.name!r} is not in the local Hugging Face cache and {why}; {hint}") from None
-    else:
-        try:
-            ds = load_dataset(*args)
-        except Exception as exc:  # network errors come in many types
-            raise DataLoadError(f"cannot load dataset {task.name!r} from the Hugging Face Hub "
-                                f"({exc.__class__.__name__}); {hint}") from exc
-    return hub_splits(task, ds)
-
-
-def hub_splits(task: Task, ds) -> dict[str, Dataset]:
-    """Our splits from a Hub ``DatasetDict``: the task's split names and columns, renamed to ours."""
-    out = {}
-    for ours, theirs in task.hub.splits.items():
-        if theirs not in ds:
-            raise DataLoadError(f"the Hub copy of {task.name!r} has no split {theirs!r} (it has {sorted(ds)})")
-        split = ds[theirs]
-        missing = [c for c in task.hub.columns.values() if c not in split.column_names]
-        if missing:
-            raise DataLoadError(f"split {theirs!r} of {task.hub.path} lacks column(s) {missing} task {task.name!r} "
-                                f"reads")
-        split = split.select_columns(list(task.hub.columns.values()))
-        out[ours] = split.rename_columns({v: k for k, v in task.hub.columns.items() if k != v})
-    return out
-
-
-def _load_cached(hub_path: tuple[str, ...]):  # (path[, config])
-    """``load_dataset`` from the local cache only (offline for this call)."""
-    import datasets
-    import huggingface_hub.constants as hub
-
-    from datasets import load_dataset
-
-    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
     try:
-        return load_dataset(*hub_path)
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
-
-
-def _hub_reachable(timeout: float = 5.0) -> bool:
-    """Whether the Hub's host resolves and accepts a connection (HF_ENDPOINT if set)."""
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+        return hub_splits(task, fetch(task.hub))
+    except HubUnavailable as exc:
+        raise DataLoadError(f"dataset {task.name!r} {exc}; {hint}") from exc.__cause__
+    except TaskError as exc:
+        raise DataLoadError(str(exc)) from None
 
 
 def partition(train: Dataset, num_partitions: int, partition_id: int, partitioner: str, alpha: float,

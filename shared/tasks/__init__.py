@@ -53,8 +53,14 @@ def task_of(cfg) -> Task:
     if cfg.dataset == CUSTOM:
         from shared.tasks.custom import custom_task
 
-        return custom_task(cfg)
+        return _register_once(custom_task(cfg))
     return get_task(cfg.dataset)
+
+
+def _register_once(task: Task) -> Task:
+    """``task``, registered under its name unless the very same task is (a custom task, asked for again)."""
+    existing = tasks().get(task.name)
+    return existing if existing == task else register(task)
 
 
 def read_local(task: Task, folder: Path) -> dict[str, Dataset]:

@@ -195,15 +195,23 @@ def parse_overrides(text: str) -> dict[str, Any]:
 def check_data(overrides: Mapping[str, Any]) -> str | None:
     """Load the run's dataset once before any SuperLink starts (from the Hub this also fills the local cache,
     so the nodes do not all download it); the one-line reason it cannot be loaded, or None. Settings that do not
-    parse are left to the app, which names them."""
+    parse are left to the app, which names them, except the data's own: a custom dataset that does not fit its
+    description (a missing file or column, a bad label) is refused at parse, and named here."""
+    from shared.config import core_config
     from shared.data import DataLoadError, held_out, run_splits
     from shared.knobs import ConfigError
     from shared.settings import parse_run_config
-    from shared.tasks import TaskError
+    from shared.tasks import TaskError, task_of
 
     try:
         cfg = parse_run_config(overrides)
     except ConfigError:
+        try:
+            task_of(core_config(overrides))
+        except TaskError as exc:
+            return str(exc)
+        except ConfigError:
+            pass
         return None
     try:
         held_out(run_splits(cfg), cfg.eval_split, cfg.data_dir)
