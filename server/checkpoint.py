@@ -129,8 +129,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
                       rng={**body["rng"], "torch": tensors["rng.torch"]}, selection=sel, drift=drift)
 
 
-def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Mapping[str, Any]) -> None:
-    """Refuse a checkpoint of another model/mask or of a run configured differently."""
+def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Mapping[str, Any],
+                     resolved: Mapping[str, Any] | None = None) -> None:
+    """Refuse a checkpoint of another model/mask or of a run configured differently. ``resolved``: this run's
+    settings with the method's rates resolved (``server.recovery.resolved_settings``): a checkpoint stores those
+    since runs store their resolved settings, and one written before stores ``lr = 0`` (the method's rate)."""
     for key, mine in identity.items():
         if key == "data" and key not in ck.identity:
             continue  # written before the data's content was in the identity: its data-dir string is compared below
@@ -148,6 +151,6 @@ def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Ma
     then = {**defaults, **CHANGED_DEFAULTS}  # the checkpoint's side: the default of its time where it changed since
     for key in sorted(keys):
         old, new = ck.run_config.get(key, then.get(key)), run_config.get(key, defaults.get(key))
-        if old != new:
+        if old != new and (resolved is None or old != resolved.get(key, new)):
             raise CheckpointError(f"checkpoint was written with {key}={old!r}, this run has {new!r}; resume with the "
                                   f"same settings or a new output-dir")

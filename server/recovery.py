@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from server.checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError, check_compatible, load_checkpoint,
+from server.checkpoint import (RESUMABLE_CHANGES, CHECKPOINT_NAME, Checkpoint, CheckpointError, check_compatible, load_checkpoint,
                                restore_rng, save_checkpoint)
 from server.strategy import GlobalState, SparseStrategy
 from shared.config import CHANGED_DEFAULTS, RunConfig
@@ -50,24 +50,57 @@ def prepare_output_dir(cfg: RunConfig, out: Path) -> None:
             tmp.unlink()  # a stale temporary file: its rename never happened, the real file is intact
 
 
-def kept_defaults(cfg: RunConfig, run_config: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
-    """With ``resume``, the run's settings with every changed default put back to what the checkpoint's run had.
-
-    A knob in :data:`shared.config.CHANGED_DEFAULTS` that this run leaves at today's default takes the checkpoint's
-    value (or, where the checkpoint predates the knob, the value it ran with then); a value the user set stays and
-    meets the compatibility check. Read before anything is built from ``cfg``; (cfg, run_config) unchanged otherwise.
+def kept_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """With ``resume`` and a checkpoint in ``output-dir``: {knob: the checkpoint's value} for every knob this run
+    leaves at today's default while the checkpoint's run had another value -- a default changed since, or the
+    method's learning rates the checkpoint stores resolved (:func:`resolved_settings`); a knob the checkpoint
+    predates counts at the default it ran with then (:data:`shared.config.CHANGED_DEFAULTS`, else today's). Knobs a
+    resume may change (output-dir, rounds, timeouts, data-dir) are never kept. {} otherwise.
     """
-    path = Path(cfg.output_dir).expanduser().resolve() / CHECKPOINT_NAME
-    if not cfg.resume or not path.exists():
-        return cfg, dict(run_config)
-    stored, defaults, kept = load_checkpoint(path).run_config, declared_defaults(), dict(run_config)
-    for key, before in CHANGED_DEFAULTS.items():
-        then, now = stored.get(key, before), defaults[key]
-        if kept.get(key, now) == now and then != now:
+    if str(run_config.get("resume", False)).lower() not in ("true", "1"):
+        return {}
+    path = Path(str(run_config.get("output-dir", "outputs/run"))).expanduser().resolve() / CHECKPOINT_NAME
+    if not path.exists():
+        return {}
+    stored, defaults = load_checkpoint(path).run_config, declared_defaults()
+    mine = {**defaults, **run_config}
+    try:
+        from shared.methods import get_method
+
+        cfg = parse_run_config(mine)
+        resolved = resolved_settings(cfg, mine, get_method(cfg.method).learning_rates(cfg))
+    except ValueError:  # settings that do not parse are named by the app; nothing is kept for them
+        resolved = mine
+    kept = {}
+    for key in sorted((set(stored) | set(CHANGED_DEFAULTS)) & set(defaults) - RESUMABLE_CHANGES):
+        then, now = stored.get(key, CHANGED_DEFAULTS.get(key, defaults[key])), defaults[key]
+        if mine[key] == now and then not in (now, resolved[key]):
             kept[key] = then
-            print(f"fedsparse: resume keeps {key}={then!r} of the checkpoint's run (today's default is {now!r})",
-                  flush=True)
-    return (parse_run_config(kept), kept) if kept != dict(run_config) else (cfg, kept)
+    return kept
+
+
+def kept_defaults(cfg: RunConfig, run_config: Mapping[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """A resumed run's settings must be the checkpoint's run's on every node: the launcher and the benchmark add
+    :func:`kept_settings` to the run-config before the run starts (``simulations.engines``), so here they are {}.
+    Where they are not (a plain ``flwr run . --run-config "resume=true …"``), the clients would train with today's
+    defaults while the checkpoint's run had others: refused in one line that lists what to pass."""
+    kept = kept_settings({**run_config, "output-dir": cfg.output_dir, "resume": cfg.resume})
+    if kept:
+        extra = " ".join(f"{key}={value!r}" for key, value in kept.items())
+        raise CheckpointError(f"resume=true: the checkpoint's run was made with {extra} where this run has today's "
+                              f"defaults; add them to --run-config (python -m simulations.engines.launcher adds "
+                              f"them itself)")
+    return cfg, dict(run_config)
+
+
+def resolved_settings(cfg: RunConfig, run_config: Mapping[str, Any], lrs: tuple[float, float]) -> dict[str, Any]:
+    """Every knob with the value this run trains with: ``run_config`` (Flower's: the declared defaults with the
+    command's values on top) with ``lr``/``head-lr`` resolved to the method's rates where they were left at 0. What
+    checkpoints and ``settings.json`` store, so a resumed run keeps the rates it was made with even where a method's
+    default rate changes later."""
+    out = dict(run_config)
+    out["lr"], out["head-lr"] = float(lrs[0]), float(lrs[1])
+    return out
 
 
 def saved_selection(cfg: RunConfig) -> dict[str, torch.Tensor]:
@@ -83,7 +116,8 @@ def saved_selection(cfg: RunConfig) -> dict[str, torch.Tensor]:
 
 
 def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, identity: Mapping[str, Any],
-                           run_config: Mapping[str, Any]) -> tuple[int, list[dict]]:
+                           run_config: Mapping[str, Any],
+                           resolved: Mapping[str, Any] | None = None) -> tuple[int, list[dict]]:
     """Load ``out/checkpoint.safetensors`` into ``strategy`` if ``resume``; (first round, history so far).
 
     Without ``resume`` (or without a checkpoint yet) the run starts at round 1 with no history.
@@ -95,7 +129,7 @@ def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, 
         print(f"fedsparse: resume=true but no checkpoint at {path} (and no history); starting at round 1", flush=True)
         return 1, []
     ck = load_checkpoint(path)
-    check_compatible(ck, identity, run_config)
+    check_compatible(ck, identity, run_config, resolved)
     if ck.values.shape != (strategy.expected.k,) or ck.head.shape != (strategy.expected.head_size,):
         raise CheckpointError(f"checkpoint {path} holds vectors of shape {tuple(ck.values.shape)}/"
                               f"{tuple(ck.head.shape)}; this run needs ({strategy.expected.k},)/"

@@ -15,8 +15,8 @@ from server.handshake import HandshakeError
 from server.linkstate_index import install as install_linkstate_index
 from server.outputs import save_final_model, write_json
 from server.reference import reference_norm
-from server.recovery import (checkpoint_round, kept_defaults, prepare_output_dir, resume_from_checkpoint,
-                             run_identity, saved_selection)
+from server.recovery import (checkpoint_round, kept_defaults, prepare_output_dir, resolved_settings,
+                             resume_from_checkpoint, run_identity, saved_selection)
 from server.secagg import secure_summary
 from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
@@ -161,13 +161,15 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     selected = run_selection(grid, cfg, rt, strategy, handshake, saved)  # kept in every checkpoint
     # After selection: the identity (and so a resumable checkpoint) includes a selected mask.
     identity = run_identity(strategy, rt.base.source, cfg.method, data_fingerprint(cfg.data_dir))
-    first_round, recorder.history = resume_from_checkpoint(cfg, out, strategy, identity, run_config)
+    settings = resolved_settings(cfg, run_config, rt.method.learning_rates(cfg))  # every knob as it trains
+    write_json(out / "settings.json", settings)
+    first_round, recorder.history = resume_from_checkpoint(cfg, out, strategy, identity, run_config, settings)
     if first_round == 1:
         recorder.record(handshake, strategy.state, time.perf_counter() - t0)
 
     def after_round(rl: RoundLog, seconds: float) -> None:
         recorder.record(rl, strategy.state, seconds)
-        checkpoint_round(cfg, out, strategy, rl.round, recorder.history, identity, run_config, selected)
+        checkpoint_round(cfg, out, strategy, rl.round, recorder.history, identity, settings, selected)
 
     final = strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
                            on_round=after_round, first_round=first_round)

@@ -10,6 +10,7 @@ under the seed (:func:`run_splits`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import warnings
@@ -143,6 +144,20 @@ BIN = "label_bin"  # a regression's Dirichlet partitions are drawn over bins of 
 REGRESSION_BINS = 5
 
 
+@contextlib.contextmanager
+def quiet_datasets():
+    """``datasets``' progress bars off for the block (a federation's logs are one line per round, per node)."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
 def is_regression(ds: Dataset) -> bool:
     """Whether ``ds``'s labels are real numbers (a regression's targets), not class indices."""
     return str(getattr(ds.features["label"], "dtype", "")).startswith("float")
@@ -163,7 +178,8 @@ def _partitioner(train: Dataset, num_partitions: int, partitioner: str, alpha: f
     if key in _PARTITIONERS:
         return _PARTITIONERS[key]
     if partitioner == "dirichlet" and is_regression(train):
-        train = train.add_column(BIN, label_bins(train["label"]).tolist())
+        with quiet_datasets():  # a carved train is an index mapping: adding a column flattens it, with a progress bar
+            train = train.add_column(BIN, label_bins(train["label"]).tolist())
     if partitioner == "iid":
         p = IidPartitioner(num_partitions=num_partitions)
         p.dataset = train.shuffle(seed=seed)

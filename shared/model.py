@@ -86,6 +86,26 @@ def resolve_model_source(model: str) -> str:
     return model  # a Hub id; from_pretrained fetches (or uses the local cache)
 
 
+def check_model(model: str) -> None:
+    """One-line :class:`ModelLoadError` where ``model`` cannot be loaded here -- a folder without a checkpoint, the
+    bundled decoder without its package, a Hub id neither cached nor reachable -- read from its config and
+    tokenizer files only (no weights), so a launcher can ask before it starts anything."""
+    from transformers import AutoConfig
+
+    from shared.tasks.hub import hub_usable
+
+    source = resolve_model_source(model)
+    local = {} if Path(source).exists() or hub_usable() else {"local_files_only": True}  # no retries offline
+    try:
+        AutoConfig.from_pretrained(source, **local)
+        AutoTokenizer.from_pretrained(source, **local)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {model!r} ({exc.__class__.__name__}); offline, pass model=<local folder>, "
+            f"model=\"{bundled.NAME}\" (bundled decoder), or leave model empty for the bundled all-MiniLM-L6-v2"
+        ) from None
+
+
 def _head_names(model: PreTrainedModel, missing: list[str]) -> tuple[str, ...]:
     """Parameters the checkpoint did not provide: the new task head (``classifier.*`` for BERT)."""
     names = [n for n, _ in model.named_parameters() if n in set(missing)]

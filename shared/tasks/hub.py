@@ -79,6 +79,12 @@ def _load_cached(hub_path: tuple[str, ...]):  # (path[, config])
         datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
 
 
+def hub_usable() -> bool:
+    """Whether the Hub may be asked: no offline mode set, and its host accepts a connection."""
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    return not offline and _hub_reachable()
+
+
 def _hub_reachable(timeout: float = 5.0) -> bool:
     """Whether the Hub's host resolves and accepts a connection (HF_ENDPOINT if set)."""
     from urllib.parse import urlparse

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simulations.engines.lib.superlink import (check_data, check_ray, federation_config, format_run_config,
-                                               parse_overrides, run_simulation)
+from simulations.engines.lib.superlink import (check_ray, federation_config, format_run_config, parse_overrides,
+                                               preflight, run_simulation)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     for text in args.run_config:
         overrides.update(parse_overrides(text))
-    problem = check_data(overrides)
+    problem = preflight(overrides)  # the whole run-config, the data and the model: before any process starts
     if problem:
         print(f"fedsparse: {problem}", file=sys.stderr)
         return 2

@@ -90,13 +90,15 @@ def test_a_checkpoint_from_before_the_data_identity_resumes_on_the_same_data_dir
 
 
 def test_a_run_of_record_resumes_with_the_defaults_it_was_made_with(tmp_path, repo_root):
-    """pafi-s42 of the `paper` record was made when examples-cap-multiple defaulted to 0 (no cap): resumed under
-    today's defaults it keeps 0 and passes the compatibility check; a value the user sets is kept and checked."""
+    """pafi-s42 of the `paper` record was made when examples-cap-multiple defaulted to 0 (no cap): the launcher adds
+    what the checkpoint's run had (``kept_settings``), so server and clients resume with it and the compatibility
+    check passes; a value the user sets is kept and checked; a plain ``flwr run`` without them is refused in one
+    line that lists them."""
     import json
     import shutil
 
     from server.checkpoint import check_compatible
-    from server.recovery import kept_defaults
+    from server.recovery import kept_defaults, kept_settings
     from shared.settings import declared_defaults, parse_run_config
 
     run = repo_root / "docs" / "results" / "paper" / "runs" / "pafi-s42"
@@ -105,13 +107,42 @@ def test_a_run_of_record_resumes_with_the_defaults_it_was_made_with(tmp_path, re
     today = {**declared_defaults(), **json.loads((run / "run_config.json").read_text()),
              "output-dir": str(tmp_path), "resume": True}
     assert today["examples-cap-multiple"] == 10.0 and stored.run_config["examples-cap-multiple"] == 0.0
-    cfg, kept = kept_defaults(parse_run_config(today), today)
-    assert cfg.examples_cap_multiple == 0.0 and kept["examples-cap-multiple"] == 0.0
-    check_compatible(stored, stored.identity, {**kept, "output-dir": stored.run_config["output-dir"]})
+    kept = kept_settings(today)
+    assert kept == {"examples-cap-multiple": 0.0, "state-loss-ratio": 0.0, "update-bound": "none",
+                    "lora-target-modules": "query,value"}  # (another method's knob: kept, unused)
+    with pytest.raises(CheckpointError, match=r"made with examples-cap-multiple=0\.0 .*add them to --run-config"):
+        kept_defaults(parse_run_config(today), today)
+    launched = {**today, **kept}  # what simulations.engines.run_simulation submits
+    cfg, run_config = kept_defaults(parse_run_config(launched), launched)
+    assert cfg.examples_cap_multiple == 0.0 and cfg.update_bound == "none"
+    check_compatible(stored, stored.identity, {**run_config, "output-dir": stored.run_config["output-dir"]})
     mine = {**today, "examples-cap-multiple": 4.0}
-    cfg, kept = kept_defaults(parse_run_config(mine), mine)
-    assert cfg.examples_cap_multiple == 4.0
-    with pytest.raises(CheckpointError, match="examples-cap-multiple=0.0, this run has 4.0"):
-        check_compatible(stored, stored.identity, {**kept, "output-dir": stored.run_config["output-dir"]})
-    fresh = {**today, "resume": False}
-    assert kept_defaults(parse_run_config(fresh), fresh)[0].examples_cap_multiple == 10.0
+    assert "examples-cap-multiple" not in kept_settings(mine)  # a value the user sets is theirs...
+    with pytest.raises(CheckpointError, match="examples-cap-multiple=0.0, this run has 4.0"):  # ...and checked
+        check_compatible(stored, stored.identity, {**mine, **kept_settings(mine),
+                                                   "output-dir": stored.run_config["output-dir"]})
+    assert kept_settings({**today, "resume": False}) == {}
+
+
+def test_a_resumed_run_keeps_its_resolved_learning_rate_when_the_methods_default_changes(tmp_path, monkeypatch):
+    """Runs store their resolved settings: the method's rate (lr = 0 resolved) is in the checkpoint, so a resume
+    after the method's default rate changed trains at the stored rate."""
+    import dataclasses
+
+    from server.checkpoint import Checkpoint, check_compatible, save_checkpoint
+    from server.recovery import kept_settings, resolved_settings
+    from shared.methods import get_method
+    from shared.settings import declared_defaults, parse_run_config
+
+    rc = {**declared_defaults(), "output-dir": str(tmp_path), "resume": True}
+    cfg = parse_run_config(rc)
+    pafi = get_method("pafi")
+    stored = resolved_settings(cfg, rc, pafi.learning_rates(cfg))
+    assert stored["lr"] == pafi.lr > 0 and rc["lr"] == 0
+    ck = Checkpoint(1, torch.zeros(3), torch.zeros(2), identity={"k": 3}, run_config=stored)
+    save_checkpoint(tmp_path, ck)
+    assert kept_settings(rc) == {}  # the same default rate: nothing to keep, and the check passes
+    check_compatible(ck, ck.identity, rc, resolved_settings(cfg, rc, pafi.learning_rates(cfg)))
+    faster = dataclasses.replace(pafi, lr=pafi.lr * 2)  # the method's default rate changes
+    monkeypatch.setattr("shared.methods.get_method", lambda name: faster)
+    assert kept_settings(rc) == {"lr": pafi.lr}  # the stored rate is kept: the launcher adds lr=<stored>

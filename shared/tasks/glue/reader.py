@@ -82,6 +82,10 @@ def read_glue_file(path: Path, task: Task, layout: Layout) -> Dataset:
     return Dataset.from_dict(cols)
 
 
+OFFICIAL_FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
+                    "qnli": "QNLI", "rte": "RTE"}  # glue_data/<folder>/, as download_glue_data.py names them
+
+
 def reader(layout: Layout):
     """The task's ``read_local``: every split of ``layout`` that the folder holds; train and test are required."""
     def read(task: Task, folder: Path) -> dict[str, Dataset]:
@@ -89,7 +93,7 @@ def reader(layout: Layout):
         if missing:
             raise TaskError(f"data-dir {folder} lacks {', '.join(missing)} (task {task.name!r}, the official GLUE "
                             f"layout); pass the task's folder, e.g. data-dir=../shared/data/glue/"
-                            f"{Path(layout.files['test']).parent or task.name}")
+                            f"{OFFICIAL_FOLDERS.get(task.name, task.name.upper())}")
         return {split: read_glue_file(folder / name, task, layout) for split, name in layout.files.items()
                 if (folder / name).is_file()}
     return read

@@ -6,10 +6,12 @@ every process it started stopped by id afterwards. The commands of every family 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,13 +72,21 @@ def stop_tree(pid: int, timeout: float = 10.0) -> None:
 def run_to_end(cmd: list[str], env: Mapping[str, str], timeout: float, **streams: Any) -> int:
     """Run ``cmd`` in its own session and return its exit code, 124 after ``timeout`` seconds; whatever way it ends,
     nothing it started (Ray workers, a SuperExec's app processes) outlives the call."""
-    proc = subprocess.Popen(cmd, env=dict(env), start_new_session=True, **streams)
+    tee = streams.pop("tee", None)
+    proc = subprocess.Popen(cmd, env=dict(env), start_new_session=True,
+                            **({"text": True, "errors": "replace"} if tee else {}), **streams)
+    reader = None
+    if tee is not None:  # copy the output line by line from a thread, so the timeout below still holds
+        reader = threading.Thread(target=lambda: [tee(line) for line in proc.stdout], daemon=True)
+        reader.start()
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         return 124
     finally:
         stop_tree(proc.pid)
+        if reader is not None:
+            reader.join(timeout=10)
 
 
 @contextmanager
@@ -163,27 +173,48 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus
     flwr_home = (flwr_home or REPO / ".flwr").resolve()
     # Resolve output-dir here: the ServerApp runs in another process with another working directory.
     run_config = {**run_config, "output-dir": str(Path(str(run_config.get("output-dir", "outputs/run"))).resolve())}
+    run_config.update(resume_settings(run_config))  # what a resumed run was made with reaches every node
     started = time.time()
     check_ray(ray_cpus, ray_address)
     fed = federation_config(num_supernodes, cpus_per_client, gpus_per_client, ray_cpus)
-    rc = _flwr_run(run_config, fed, app_dir, flwr_home, timeout, quiet, ray_address)
+    errors: list[str] = []
+    rc = _flwr_run(run_config, fed, app_dir, flwr_home, timeout, quiet, ray_address, errors)
     summary = Path(run_config["output-dir"]) / "summary.json"
     if rc == 0 and (not summary.is_file() or summary.stat().st_mtime < started):
-        print(f"fedsparse: the run ended without writing {summary}: the ServerApp failed or the SuperLink ended the "
-              f"run; see the log above and {flwr_home / 'superlink.log'}", file=sys.stderr)
+        if errors:  # the app's own one-line error, as the last line the user sees
+            print(errors[-1], file=sys.stderr)
+        else:
+            print(f"fedsparse: the run ended without writing {summary}: the ServerApp failed or the SuperLink ended "
+                  f"the run; see the log above and {flwr_home / 'superlink.log'}", file=sys.stderr)
         return 1
     return rc
 
 
+APP_ERROR = re.compile(r"fedsparse: error: .*")
+
+
 def _flwr_run(run_config: Mapping[str, Any], fed: str, app_dir: Path, flwr_home: Path, timeout: float,
-              quiet: bool, ray_address: str | None) -> int:
+              quiet: bool, ray_address: str | None, errors: list[str] | None = None) -> int:
+    """``flwr run --stream`` against a private SuperLink; its output goes to ours line by line (unless ``quiet``),
+    and every app error line it carries (``fedsparse: error: …``) is appended to ``errors``."""
     with simulation_superlink(flwr_home, ray_address) as control:
         write_connection(flwr_home, "fedsparse-sim", control)
         cmd = ["flwr", "run", str(app_dir), "fedsparse-sim", "--stream", "--federation-config", fed]
         if run_config:
             cmd += ["--run-config", format_run_config(run_config)]
-        out = subprocess.DEVNULL if quiet else None
-        return run_to_end(cmd, flower_env(flwr_home), timeout, stdout=out, stderr=out)
+        if quiet:
+            return run_to_end(cmd, flower_env(flwr_home), timeout, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        return run_to_end(cmd, flower_env(flwr_home), timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          tee=lambda line: _tee(line, errors))
+
+
+def _tee(line: str, errors: list[str] | None) -> None:
+    sys.stdout.write(line)
+    sys.stdout.flush()
+    found = APP_ERROR.search(line)
+    if found and errors is not None:
+        errors.append(found.group(0).rstrip())
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
@@ -218,3 +249,41 @@ def check_data(overrides: Mapping[str, Any]) -> str | None:
     except (DataLoadError, TaskError) as exc:
         return str(exc)
     return None
+
+
+def preflight(overrides: Mapping[str, Any]) -> str | None:
+    """Everything a run can be refused for, checked here before any SuperLink or Ray starts: the whole run-config
+    through the app's own typed settings (unknown keys with the closest valid name, ranges, choices, method/task
+    combinations), the data (:func:`check_data`) and the model (read offline from its config and tokenizer). The
+    one line that names the first problem and its fix, or None."""
+    from shared.knobs import ConfigError
+    from shared.model import ModelLoadError, check_model
+    from shared.settings import parse_run_config
+    from shared.tasks import TaskError
+
+    try:
+        cfg = parse_run_config(overrides)
+    except ConfigError as exc:
+        return f"error: {exc}"
+    except TaskError as exc:
+        return f"error: {exc}"
+    problem = check_data(overrides)
+    if problem:
+        return f"error: {problem}"
+    try:
+        check_model(cfg.model)
+    except ModelLoadError as exc:
+        return f"error: {exc}"
+    return None
+
+
+def resume_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """With ``resume=true`` and a checkpoint in ``output-dir``: the settings to add so the resumed run -- server and
+    clients alike -- trains with what the checkpoint's run resolved (``server.recovery.kept_settings``), each said in
+    one line; {} otherwise."""
+    from server.recovery import kept_settings
+
+    kept = kept_settings(run_config)
+    for key, value in kept.items():
+        print(f"fedsparse: resume keeps {key}={value!r} of the checkpoint's run", flush=True)
+    return kept

@@ -1,0 +1,58 @@
+"""Every mistake named before anything starts: the launcher (and so `make run` and the benchmark, which run it)
+checks the whole run-config with the app's own typed settings, the data and the model, then prints one line and
+exits 2 without starting a SuperLink or Ray."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from simulations.engines import launcher
+from simulations.engines.lib import superlink
+
+BAD = [
+    ("methd='pafi'", "unknown run-config key 'methd'", "did you mean 'method'"),
+    ("mask-density=1.5", "mask-density", "1.5"),
+    ("model='bert-base-uncased'", "cannot load model 'bert-base-uncased'", "bundled"),
+    ("dataset='stsb' local-loss='balanced'", "is a regression without classes", "local-loss='ce'"),
+    ("dataset='rte'", "data-dir", ""),  # an SST-2 folder for RTE: its files are not RTE's layout
+    ("data-dir='/nonexistent/sst2'", "/nonexistent/sst2", ""),
+]
+
+
+@pytest.mark.parametrize("text,needle,fix", BAD, ids=[b[0] for b in BAD])
+def test_the_launcher_names_the_mistake_in_one_line_before_any_process_starts(text, needle, fix, monkeypatch,
+                                                                             capsys, sst2_dir):
+    def never(*args, **kwargs):
+        raise AssertionError("a SuperLink was started for a run that cannot run")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(superlink, "simulation_superlink", never)
+    monkeypatch.setattr(launcher, "run_simulation", never)
+    assert launcher.main(["--num-supernodes", "2", "-c", f"data-dir='{sst2_dir}'", "-c", text]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[-1].startswith("fedsparse: error: ")
+    assert needle in err[-1] and fix in err[-1]
+
+
+def test_through_the_real_command_the_last_line_is_the_error_and_nothing_is_left_running(repo_root):
+    import psutil
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "simulations.engines.launcher", "-c", "methd='pafi'"],
+                            cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    while proc.poll() is None:  # every process it spawns, while it runs
+        try:
+            seen |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip().splitlines()[-1] == ("fedsparse: error: unknown run-config key 'methd'; did you mean "
+                                            "'method'? (python -m shared.settings lists every knob)") or \
+        "did you mean 'method'" in err.strip().splitlines()[-1]
+    assert not seen  # no SuperLink, no Ray: it refused before starting any process
