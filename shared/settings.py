@@ -13,6 +13,7 @@ against it).
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, Mapping
 
 from shared.config import CORE_KEYS, RunConfig, core_config
@@ -107,12 +108,41 @@ def describe() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def check_run(run_config: Mapping[str, Any]) -> str | None:
+    """Everything a run can be refused for, without starting it: the whole run-config through the typed settings
+    (unknown keys with the closest valid name, ranges, choices, method/task combinations), the data (its task's
+    splits load, the eval split exists) and the model (its config and tokenizer load, offline where the Hub cannot
+    be reached). The one line naming the first problem and its fix, or None. What the launcher runs before it
+    starts any process; ``python -m shared.settings --check "…"`` runs it alone."""
+    from shared.data import DataLoadError, held_out, run_splits
+    from shared.model import ModelLoadError, check_model
+    from shared.tasks import TaskError
+
+    try:
+        cfg = parse_run_config(run_config)
+        held_out(run_splits(cfg), cfg.eval_split, cfg.data_dir)
+        check_model(cfg.model)
+    except (ConfigError, TaskError, DataLoadError, ModelLoadError) as exc:
+        return str(exc)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.settings", description=__doc__.split("\n")[0])
     parser.add_argument("--toml", action="store_true", help="print the [tool.flwr.app.config] block")
+    parser.add_argument("--check", metavar="RUN_CONFIG", default=None,
+                        help="check a run-config as `flwr run . --run-config \"...\"` takes it (keys, values, data, "
+                             "model) and print the first problem in one line, or 'ok'")
     args = parser.parse_args(argv)
+    if args.check is not None:
+        from flwr.common.config import parse_config_args
+
+        problem = check_run(dict(parse_config_args([args.check])) if args.check.strip() else {})
+        print(f"fedsparse: error: {problem}" if problem else "ok", file=sys.stderr if problem else sys.stdout)
+        return 2 if problem else 0
     print(toml_block() if args.toml else describe())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

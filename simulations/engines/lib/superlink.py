@@ -252,29 +252,13 @@ def check_data(overrides: Mapping[str, Any]) -> str | None:
 
 
 def preflight(overrides: Mapping[str, Any]) -> str | None:
-    """Everything a run can be refused for, checked here before any SuperLink or Ray starts: the whole run-config
-    through the app's own typed settings (unknown keys with the closest valid name, ranges, choices, method/task
-    combinations), the data (:func:`check_data`) and the model (read offline from its config and tokenizer). The
-    one line that names the first problem and its fix, or None."""
-    from shared.knobs import ConfigError
-    from shared.model import ModelLoadError, check_model
-    from shared.settings import parse_run_config
-    from shared.tasks import TaskError
+    """Everything a run can be refused for, checked before any SuperLink or Ray starts
+    (:func:`shared.settings.check_run`: the whole run-config, the data, the model): ``"error: <the one line>"``,
+    or None."""
+    from shared.settings import check_run
 
-    try:
-        cfg = parse_run_config(overrides)
-    except ConfigError as exc:
-        return f"error: {exc}"
-    except TaskError as exc:
-        return f"error: {exc}"
-    problem = check_data(overrides)
-    if problem:
-        return f"error: {problem}"
-    try:
-        check_model(cfg.model)
-    except ModelLoadError as exc:
-        return f"error: {exc}"
-    return None
+    problem = check_run(overrides)
+    return f"error: {problem}" if problem else None
 
 
 def resume_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
