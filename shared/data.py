@@ -259,11 +259,13 @@ class EqualDirichletPartitioner:
 
 @dataclass
 class Encoded:
-    """A tokenized split as padded tensors: ``input_ids``/``attention_mask`` (n, L) int64, ``labels`` (n,)."""
+    """A tokenized split as padded tensors: ``input_ids``/``attention_mask`` (n, L) int64, ``labels`` (n,); for a pair
+    on a tokenizer with segments (BERT's), ``token_type_ids`` (n, L): 0 on the first text, 1 on the second."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    token_type_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -284,21 +286,26 @@ class Encoded:
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         ids, am = self.input_ids[idx], self.attention_mask[idx]
         width = int(am.sum(1).max()) if len(idx) else 1  # trim padding shared by the whole batch
-        return {"input_ids": ids[:, :width], "attention_mask": am[:, :width], "labels": self.labels[idx]}
+        out = {"input_ids": ids[:, :width], "attention_mask": am[:, :width], "labels": self.labels[idx]}
+        if self.token_type_ids is not None:
+            out["token_type_ids"] = self.token_type_ids[idx][:, :width]
+        return out
 
 
 def encode(ds: Dataset, tokenizer, max_length: int, limit: int = 0) -> Encoded:
     """Tokenize ``text`` (and ``text_pair``, with the tokenizer's pair encoding) to fixed-length tensors; keep the
     first ``limit`` rows if ``limit`` > 0. A pair longer than ``max_length`` is cut from its longer side first
-    (``longest_first``), so both sides keep tokens. Labels: int64 class indices, or float32 for a regression."""
+    (``longest_first``), so both sides keep tokens, and keeps its segment ids where the tokenizer has them.
+    Labels: int64 class indices, or float32 for a regression."""
     if limit and limit < len(ds):
         ds = ds.select(range(limit))
     pairs = list(ds["text_pair"]) if "text_pair" in ds.column_names else None
     enc = tokenizer(list(ds["text"]), pairs, truncation="longest_first" if pairs else True, max_length=max_length,
                     padding="max_length", return_tensors="pt")
     floats = is_regression(ds)  # a regression's scores
+    segments = enc.get("token_type_ids") if pairs else None  # a single text is all segment 0: the model's default
     return Encoded(enc["input_ids"], enc["attention_mask"],
-                   torch.tensor(ds["label"], dtype=torch.float32 if floats else torch.long))
+                   torch.tensor(ds["label"], dtype=torch.float32 if floats else torch.long), segments)
 
 
 MEGA_BATCH = 50  # batches per length-sorted chunk (Hugging Face Trainer's ``group_by_length``)

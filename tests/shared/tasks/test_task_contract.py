@@ -72,6 +72,12 @@ def test_pair_encoding_keeps_both_sides_when_it_truncates(tiny_model_dir):
         sep = (row == tok.sep_token_id).nonzero().flatten().tolist()
         assert len(sep) == 2 and sep[0] > 1 and sep[1] > sep[0] + 1  # [CLS] a [SEP] b [SEP]: both sides kept
     assert enc.input_ids.shape == (2, 32) and enc.labels.dtype == torch.long
+    for row, seg, mask in zip(enc.input_ids, enc.token_type_ids, enc.attention_mask):  # BERT's segments: a 0, b 1
+        first_sep = int((row == tok.sep_token_id).nonzero()[0])
+        assert seg[:first_sep + 1].eq(0).all() and seg[first_sep + 1:int(mask.sum())].eq(1).all()
+    assert "token_type_ids" in enc.batch(torch.arange(2))  # the model sees them
+    single = encode(Dataset.from_dict({"text": ["one text"], "label": [0]}), tok, 32)
+    assert single.token_type_ids is None and "token_type_ids" not in single.batch(torch.arange(1))
     regression = encode(Dataset.from_dict({**ds.to_dict(), "label": [0.5, 4.0]}), tok, 32)
     assert regression.labels.dtype == torch.float32
 
