@@ -77,7 +77,8 @@ def carve_validation(splits: dict[str, Dataset], fraction: float, seed: int) -> 
 
 SPLIT_FILES = ("train.tsv", "validation.tsv", "test.tsv", "dev.tsv", "dev_matched.tsv", "dev_mismatched.tsv",
                # a custom task's files (shared/tasks/custom), after the TSV names: a TSV folder hashes as it always has
-               *(f"{split}.{ext}" for ext in ("csv", "json", "jsonl") for split in ("train", "validation", "test")))
+               *(f"{split}.{ext}" for ext in ("csv", "json", "jsonl") for split in ("train", "validation", "test")),
+               "devset.csv", "testset_w_refs.csv", "input.txt")  # the causal-LM tasks' (E2E, plain text)
 
 
 def data_fingerprint(data_dir: str) -> str:

@@ -8,7 +8,7 @@ A causal-LM task's metrics (:data:`LM_METRICS`): ``perplexity`` (exp of the mean
 and on generated text against every reference of its prompt (:data:`GENERATION_METRICS`): ``bleu``, sacrebleu's
 corpus BLEU with multiple references, divided by 100 (0..1 like the other metrics; papers print x 100), and
 ``rouge_l``, rouge-score's ROUGE-L F-measure against the best-matching reference (Porter stemming), averaged over
-prompts. Which way is better is :data:`HIGHER_IS_BETTER` (perplexity: lower).
+prompts, and ``nist``, NLTK's corpus NIST (n = 5) on mteval-13a tokens. Which way is better is :data:`HIGHER_IS_BETTER` (perplexity: lower).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import sacrebleu
+from nltk.translate.nist_score import corpus_nist
 from rouge_score import rouge_scorer
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
@@ -61,14 +63,26 @@ def rouge_l(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> f
                           for hyp, refs in zip(hypotheses, references, strict=True)]))
 
 
+_13A = Tokenizer13a()  # mteval-v13a's tokenization, sacrebleu's default for BLEU
+
+
+def nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus NIST (n = 5, NLTK's ``corpus_nist``) on 13a-tokenized texts against every reference of each prompt;
+    0 where nothing was generated."""
+    hyps = [_13A(h).split() for h in hypotheses]
+    if not any(hyps):
+        return 0.0
+    return float(corpus_nist([[_13A(r).split() for r in refs] for refs in references], hyps, n=5))
+
+
 TextMetric = Callable[[Sequence[str], Sequence[Sequence[str]]], float]
-GENERATION_METRICS: dict[str, TextMetric] = {"bleu": bleu, "rouge_l": rouge_l}  # on generated text
+GENERATION_METRICS: dict[str, TextMetric] = {"bleu": bleu, "rouge_l": rouge_l, "nist": nist}  # on generated text
 LM_METRICS = ("perplexity", *GENERATION_METRICS)  # a causal-LM task's metrics
 KNOWN = (*METRICS, *LM_METRICS)
 
 # metric -> whether a larger value is better: what the server's records, the summary and the report rank by
 HIGHER_IS_BETTER: dict[str, bool] = {**{name: True for name in METRICS}, "perplexity": False, "bleu": True,
-                                     "rouge_l": True}
+                                     "rouge_l": True, "nist": True}
 
 
 def higher_is_better(metric: str) -> bool:

@@ -1,7 +1,7 @@
 """Causal-LM tasks: the model loads with its LM head (``kind="causal-lm"``) and the task encodes and evaluates itself.
 
 * ``e2e``: E2E NLG, meaning representation -> restaurant description; loss on the target tokens only; scored with
-  BLEU (headline) and ROUGE-L against all references of each MR, and perplexity.
+  BLEU (headline), ROUGE-L and NIST against all references of each MR, and perplexity.
 * ``tinyshakespeare``: plain-text LM on contiguous token blocks; perplexity (headline, lower is better).
 * ``instruction``: Alpaca-format instruction data (a local .json/.jsonl folder, or the Hub's ``tatsu-lab/alpaca``),
   prompted with the tokenizer's chat template where it has one; ROUGE-L (headline), BLEU, perplexity.
@@ -18,8 +18,8 @@ from shared.tasks.causal_lm.readers import (INSTRUCTION_COLUMNS, e2e_from_hub, i
                                             read_instruction, read_plain_text)
 
 TASKS = (
-    Task("e2e", "E2E NLG: restaurant meaning representation -> text (BLEU, ROUGE-L, perplexity); data-dir "
-         "../shared/data/e2e", "causal-lm", (), False, ("bleu", "rouge_l", "perplexity"), "bleu",
+    Task("e2e", "E2E NLG: restaurant meaning representation -> text (BLEU, ROUGE-L, NIST, perplexity); data-dir "
+         "../shared/data/e2e", "causal-lm", (), False, ("bleu", "rouge_l", "nist", "perplexity"), "bleu",
          HubSource("tuetschek/e2e_nlg", None, {"train": "validation", "test": "test"},
                    {"text": "meaning_representation", "target": "human_reference"}, convert=e2e_from_hub),
          read_e2e, columns=("text", "target", "label"), encoder=encode_e2e, evaluator=evaluate_lm, skew="food"),

@@ -20,7 +20,7 @@ from shared.data import encode, load_splits
 from shared.tasks import TaskError, get_task, read_local
 from shared.tasks.causal_lm.encoding import IGNORE, e2e_prompt, instruction_prompt
 from shared.tasks.causal_lm.readers import FOOD, food_class, group_references
-from shared.tasks.metrics import better, bleu, higher_is_better, rouge_l
+from shared.tasks.metrics import better, bleu, higher_is_better, nist, rouge_l
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 FOLDERS = {"e2e": DATA / "e2e", "tinyshakespeare": DATA / "tinyshakespeare"}
@@ -117,10 +117,17 @@ def test_the_scorers_equal_sacrebleu_and_rouge_score_with_several_references_per
     assert rouge_l(HYPS, REFS) == pytest.approx(sum(best) / 3, abs=1e-12)
     assert bleu([REFS[0][1]], [REFS[0]]) == pytest.approx(1.0) and rouge_l([REFS[0][1]], [REFS[0]]) == 1.0
     assert bleu(["completely unrelated words here"], [REFS[0]]) < 0.1
+    from nltk.translate.nist_score import corpus_nist
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    tok = Tokenizer13a()
+    assert nist(HYPS, REFS) == pytest.approx(corpus_nist([[tok(r).split() for r in refs] for refs in REFS],
+                                                         [tok(h).split() for h in HYPS], n=5), abs=1e-12)
+    assert nist(["", ""], REFS[:2]) == 0.0
 
 
 def test_which_way_each_metric_is_better():
-    assert not higher_is_better("perplexity") and all(map(higher_is_better, ("bleu", "rouge_l", "accuracy")))
+    assert not higher_is_better("perplexity") and all(map(higher_is_better, ("bleu", "rouge_l", "nist", "accuracy")))
     assert better("perplexity", 12.0, 30.0) and better("bleu", 0.6, 0.5) and not better("perplexity", 30.0, 12.0)
 
 
