@@ -68,11 +68,13 @@ _13A = Tokenizer13a()  # mteval-v13a's tokenization, sacrebleu's default for BLE
 
 def nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus NIST (n = 5, NLTK's ``corpus_nist``) on 13a-tokenized texts against every reference of each prompt;
-    0 where nothing was generated."""
+    0 where nothing was generated. Where no text is 5 tokens long, n is the longest text's length (NLTK divides by
+    the count of the texts' n-grams)."""
     hyps = [_13A(h).split() for h in hypotheses]
-    if not any(hyps):
+    longest = max((len(h) for h in hyps), default=0)
+    if not longest:
         return 0.0
-    return float(corpus_nist([[_13A(r).split() for r in refs] for refs in references], hyps, n=5))
+    return float(corpus_nist([[_13A(r).split() for r in refs] for refs in references], hyps, n=min(5, longest)))
 
 
 TextMetric = Callable[[Sequence[str], Sequence[Sequence[str]]], float]

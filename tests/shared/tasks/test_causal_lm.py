@@ -124,6 +124,8 @@ def test_the_scorers_equal_sacrebleu_and_rouge_score_with_several_references_per
     assert nist(HYPS, REFS) == pytest.approx(corpus_nist([[tok(r).split() for r in refs] for refs in REFS],
                                                          [tok(h).split() for h in HYPS], n=5), abs=1e-12)
     assert nist(["", ""], REFS[:2]) == 0.0
+    assert nist(["The Vaults pub", ""], REFS[:2]) == pytest.approx(  # shorter than 5-grams: n = 3
+        corpus_nist([[tok(r).split() for r in refs] for refs in REFS[:2]], [["The", "Vaults", "pub"], []], n=3))
 
 
 def test_which_way_each_metric_is_better():
