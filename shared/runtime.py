@@ -64,8 +64,8 @@ def runtime_key(cfg: RunConfig) -> tuple:
     method = get_method(cfg.method)
     own = tuple((key, repr(cfg.options.get(key))) for key in knobs(method.settings))
     task = task_of(cfg)
-    return (cfg.model, num_labels_for(cfg), task.model_kind, task.problem_type, cfg.seed, cfg.method, cfg.mask_density,
-            cfg.mask_scope, cfg.sparse_grad,
+    return (cfg.model, num_labels_for(cfg), task.model_kind, task.problem_type, cfg.seed, cfg.method,
+            cfg.mask_density, cfg.mask_scope, cfg.sparse_grad,
             cfg.batch_size, own, str(resolve_device(cfg.device)))
 
 
