@@ -6,9 +6,10 @@ positive class (MRPC, QQP), Matthews correlation (CoLA), Pearson and Spearman co
 
 A causal-LM task's metrics (:data:`LM_METRICS`): ``perplexity`` (exp of the mean token loss on the held-out slice),
 and on generated text against every reference of its prompt (:data:`GENERATION_METRICS`): ``bleu``, sacrebleu's
-corpus BLEU with multiple references, divided by 100 (0..1 like the other metrics; papers print x 100), and
+corpus BLEU with multiple references, divided by 100 (0..1 like the other metrics; papers print x 100),
 ``rouge_l``, rouge-score's ROUGE-L F-measure against the best-matching reference (Porter stemming), averaged over
-prompts, and ``nist``, NLTK's corpus NIST (n = 5) on mteval-13a tokens. Which way is better is :data:`HIGHER_IS_BETTER` (perplexity: lower).
+prompts, and ``nist``, NLTK's corpus NIST (n = 5) on mteval-13a tokens. Which way is better is
+:data:`HIGHER_IS_BETTER` (perplexity: lower).
 """
 
 from __future__ import annotations
