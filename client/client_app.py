@@ -207,7 +207,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _receive(msg, cfg, rt)
     pid, nparts = _node_partition(context)
     data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
-    ev = evaluate_model(rt.base.model, data, task_of(cfg), cfg.eval_batch_size, cfg.precision)
+    ev = evaluate_model(rt.base.model, data, task_of(cfg), cfg.eval_batch_size, cfg.precision, cfg.max_new_tokens)
     metrics = {"num-examples": len(data), "eval-loss": ev.loss, **{f"eval-{m}": v for m, v in ev.metrics.items()}}
     if "accuracy" in ev.metrics:
         metrics["eval-acc"] = ev.metrics["accuracy"]  # the name replies had before tasks had metrics

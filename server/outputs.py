@@ -47,7 +47,7 @@ def save_final_model(out: Path, cfg: RunConfig, rt: Runtime, values: torch.Tenso
     ``transformers`` model. Returns the merged in-memory model.
     """
     fresh = load_base_model(cfg.model, rt.num_labels, cfg.seed,
-                            problem_type=rt.base.model.config.problem_type)
+                            problem_type=rt.base.model.config.problem_type, kind=rt.base.kind)
     head = unflatten_head(head_vec, fresh.head_state(), fresh.head_names)
     merged = rt.tuner.merge(fresh.model, values, head)
     merged.save_pretrained(out / "model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -30,6 +31,7 @@ from shared.runtime import Runtime, extra_held_out, get_runtime, test_split
 from shared.schedule import describe
 from shared.settings import parse_run_config
 from shared.tasks import score_of, short_name, task_of
+from shared.tasks.metrics import higher_is_better
 from shared.training import Evaluation, evaluate
 from wire.protocol import BYTES_PER_VALUE, flatten_head, unflatten_head
 
@@ -42,12 +44,16 @@ class RunRecorder:
     """Evaluates the global model after each round and keeps history.json up to date.
 
     Every round's record carries every metric of the task (``metrics``), its headline value (``score``) and, where
-    the task has accuracy, ``accuracy`` as before, so tools that read accuracy keep reading it."""
+    the task has accuracy, ``accuracy`` as before, so tools that read accuracy keep reading it. Which way the
+    headline is better is the task's metric's (``higher_is_better`` in the summary: perplexity is lower-better). A
+    generation task's few generated samples per round go to ``samples.jsonl`` (one JSON object per line)."""
 
     def __init__(self, cfg: RunConfig, rt: Runtime, out: Path):
         self.cfg, self.rt, self.out = cfg, rt, out
         self.task = task_of(cfg)
         self.test = test_split(cfg, rt.base.tokenizer)
+        if not cfg.resume:  # a new run in this folder: its samples only
+            (out / "samples.jsonl").unlink(missing_ok=True)
         self.history: list[dict] = []
         self.t_start = time.perf_counter()
         self._last: tuple[GlobalState, Evaluation] | None = None  # the last state evaluated and its figures
@@ -64,7 +70,7 @@ class RunRecorder:
         return out
 
     def score(self, model, data) -> Evaluation:
-        return evaluate(model, data, self.task, self.cfg.eval_batch_size, self.cfg.precision)
+        return evaluate(model, data, self.task, self.cfg.eval_batch_size, self.cfg.precision, self.cfg.max_new_tokens)
 
     def record(self, rl: RoundLog, state: GlobalState, seconds: float) -> dict:
         t0 = time.perf_counter()
@@ -82,6 +88,9 @@ class RunRecorder:
             rec["secagg"] = rl.secagg
         self.history.append(rec)
         write_json(self.out / "history.json", self.history)
+        if ev.samples:
+            with open(self.out / "samples.jsonl", "a", encoding="utf-8") as fh:
+                fh.writelines(json.dumps({"round": rl.round, **s}, ensure_ascii=False) + "\n" for s in ev.samples)
         print(f"[round {rl.round:>3}/{self.cfg.num_server_rounds}] {short_name(self.task.headline)} {score:.4f}  "
               f"loss {ev.loss:.4f}  replies {rl.replied}/{rl.sampled}  up {rl.bytes_up / 1e3:,.1f} kB  "
               f"down {rl.bytes_down / 1e3:,.1f} kB  {seconds:.1f}s", flush=True)
@@ -112,7 +121,7 @@ class RunRecorder:
             "bytes_up_per_client_round": up, "bytes_down_per_client_round": down,
             "dense_bytes_per_client_round": n_params * 4,
             "value_bytes_per_client_round": payload,
-            "headline_metric": self.task.headline,
+            "headline_metric": self.task.headline, "higher_is_better": higher_is_better(self.task.headline),
             "final_score": score_of(self.history[-1]) if self.history else None,
             **({"final_accuracy": self.history[-1]["accuracy"] if self.history else None}
                if "accuracy" in self.task.metrics else {}),

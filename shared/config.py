@@ -160,6 +160,8 @@ class RunConfig:
                                       low=0, high=0.5, low_open=True, high_open=True)
     max_eval_examples: int = knob(0, "server-side evaluation rows; 0 = the whole held-out split", low=0)
     eval_batch_size: int = knob(64, "evaluation batch size", low=1)
+    max_new_tokens: int = knob(64, "causal-LM generation tasks (e2e, instruction): most tokens generated per prompt "
+                               "(greedy, KV cache) when the held-out slice is scored", low=1)
     round_timeout: float = knob(3600.0, "seconds to wait for a round's replies", low=0, low_open=True)
     min_available_nodes: int = knob(2, "nodes to wait for before the handshake", low=1)
     node_wait_timeout: float = knob(300.0, "seconds to wait for min-available-nodes", low=0, low_open=True)

@@ -14,8 +14,9 @@ import contextlib
 import functools
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,7 +78,8 @@ def carve_validation(splits: dict[str, Dataset], fraction: float, seed: int) -> 
 
 SPLIT_FILES = ("train.tsv", "validation.tsv", "test.tsv", "dev.tsv", "dev_matched.tsv", "dev_mismatched.tsv",
                # a custom task's files (shared/tasks/custom), after the TSV names: a TSV folder hashes as it always has
-               *(f"{split}.{ext}" for ext in ("csv", "json", "jsonl") for split in ("train", "validation", "test")))
+               *(f"{split}.{ext}" for ext in ("csv", "json", "jsonl") for split in ("train", "validation", "test")),
+               "devset.csv", "testset_w_refs.csv", "input.txt")  # the causal-LM tasks' (E2E, plain text)
 
 
 def data_fingerprint(data_dir: str) -> str:
@@ -160,7 +162,8 @@ def quiet_datasets():
 
 def is_regression(ds: Dataset) -> bool:
     """Whether ``ds``'s labels are real numbers (a regression's targets), not class indices."""
-    return str(getattr(ds.features["label"], "dtype", "")).startswith("float")
+    feature = ds.features.get("label")
+    return feature is not None and str(getattr(feature, "dtype", "")).startswith("float")
 
 
 def label_bins(labels, bins: int = REGRESSION_BINS) -> np.ndarray:
@@ -258,17 +261,35 @@ class EqualDirichletPartitioner:
 
 
 @dataclass
+class Generation:
+    """What a generation task's held-out slice is scored on: one entry per prompt (an E2E meaning representation),
+    its text, its token ids (no padding) and every reference it has; ``tokenizer`` decodes what the model
+    generates."""
+
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    references: list[list[str]]
+    tokenizer: Any = field(repr=False, default=None)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
 class Encoded:
-    """A tokenized split as padded tensors: ``input_ids``/``attention_mask`` (n, L) int64, ``labels`` (n,); for a pair
-    on a tokenizer with segments (BERT's), ``token_type_ids`` (n, L): 0 on the first text, 1 on the second."""
+    """A tokenized split as padded tensors: ``input_ids``/``attention_mask`` (n, L) int64, ``labels`` (n,) (a class or
+    a score per row) or (n, L) int64 (a causal LM's next-token targets per position, -100 where no loss is taken:
+    prompt and padding). For a pair on a tokenizer with segments (BERT's), ``token_type_ids`` (n, L): 0 on the first
+    text, 1 on the second. ``generation``: the prompts a generation task's evaluation generates from (None else)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     token_type_ids: torch.Tensor | None = None
+    generation: Generation | None = None
 
     def __len__(self) -> int:
-        return int(self.labels.numel())
+        return int(self.input_ids.shape[0])
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -284,19 +305,25 @@ class Encoded:
         return list(order.split(max(1, batch_size)))
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        ids, am = self.input_ids[idx], self.attention_mask[idx]
-        width = int(am.sum(1).max()) if len(idx) else 1  # trim padding shared by the whole batch
-        out = {"input_ids": ids[:, :width], "attention_mask": am[:, :width], "labels": self.labels[idx]}
+        ids, am, labels = self.input_ids[idx], self.attention_mask[idx], self.labels[idx]
+        width = int(am.sum(1).max()) if len(idx) else 1  # trim padding shared by the whole batch (right-padded)
+        if labels.dim() == 2:
+            labels = labels[:, :width]
+        out = {"input_ids": ids[:, :width], "attention_mask": am[:, :width], "labels": labels}
         if self.token_type_ids is not None:
             out["token_type_ids"] = self.token_type_ids[idx][:, :width]
         return out
 
 
-def encode(ds: Dataset, tokenizer, max_length: int, limit: int = 0) -> Encoded:
+def encode(ds: Dataset, tokenizer, max_length: int, limit: int = 0, task: Task | None = None) -> Encoded:
     """Tokenize ``text`` (and ``text_pair``, with the tokenizer's pair encoding) to fixed-length tensors; keep the
     first ``limit`` rows if ``limit`` > 0. A pair longer than ``max_length`` is cut from its longer side first
     (``longest_first``), so both sides keep tokens, and keeps its segment ids where the tokenizer has them.
-    Labels: int64 class indices, or float32 for a regression."""
+    Labels: int64 class indices, or float32 for a regression. A ``task`` with its own encoder (a causal LM:
+    prompt/target or text blocks) encodes the split itself (its ``limit`` counts what it evaluates on: prompts,
+    blocks)."""
+    if task is not None and task.encoder is not None:
+        return task.encoder(ds, tokenizer, max_length, limit)
     if limit and limit < len(ds):
         ds = ds.select(range(limit))
     pairs = list(ds["text_pair"]) if "text_pair" in ds.column_names else None

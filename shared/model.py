@@ -51,6 +51,7 @@ class BaseModel:
     tokenizer: object
     head_names: tuple[str, ...]
     source: str
+    kind: str = "sequence-classification"  # the head class it was loaded with (a key of KINDS); reload alike
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """The head parameters by name (live tensors of ``model``)."""
@@ -174,7 +175,7 @@ def load_base_model(model: str, num_labels: int, seed: int, kind: str = "sequenc
     hf_model.eval()
     for p in hf_model.parameters():
         p.requires_grad_(False)
-    return BaseModel(model=hf_model, tokenizer=tokenizer, head_names=head, source=source)
+    return BaseModel(model=hf_model, tokenizer=tokenizer, head_names=head, source=source, kind=kind)
 
 
 def base_weights_digest(model: nn.Module, exclude: tuple[str, ...]) -> str:

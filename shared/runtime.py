@@ -63,8 +63,9 @@ def runtime_key(cfg: RunConfig) -> tuple:
     """Everything a tuner is built from: the model, the mask settings and the method's own knobs."""
     method = get_method(cfg.method)
     own = tuple((key, repr(cfg.options.get(key))) for key in knobs(method.settings))
-    return (cfg.model, num_labels_for(cfg), task_of(cfg).problem_type, cfg.seed, cfg.method, cfg.mask_density,
-            cfg.mask_scope, cfg.sparse_grad,
+    task = task_of(cfg)
+    return (cfg.model, num_labels_for(cfg), task.model_kind, task.problem_type, cfg.seed, cfg.method,
+            cfg.mask_density, cfg.mask_scope, cfg.sparse_grad,
             cfg.batch_size, own, str(resolve_device(cfg.device)))
 
 
@@ -88,7 +89,8 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     device = resolve_device(cfg.device)  # an unavailable device is refused before any model loads
     method = get_method(cfg.method)
     n_labels = num_labels_for(cfg)
-    base = load_base_model(cfg.model, n_labels, cfg.seed, problem_type=task_of(cfg).problem_type)
+    task = task_of(cfg)  # the task picks the head: a classifier's, or a causal LM's (tied to the embeddings)
+    base = load_base_model(cfg.model, n_labels, cfg.seed, kind=task.model_kind, problem_type=task.problem_type)
     digest = base_weights_digest(base.model, base.head_names)
     params = dict(base.model.named_parameters())
     head0 = {n: (params[n], params[n].detach().clone()) for n in base.head_names}  # before a tuner wraps the model
@@ -110,7 +112,7 @@ def client_partition(cfg: RunConfig, tokenizer, partition_id: int, num_partition
             return _PARTITIONS[key]
         train = run_splits(cfg)["train"]
         part = partition(train, num_partitions, partition_id, cfg.partitioner, cfg.dirichlet_alpha, cfg.seed)
-        _PARTITIONS[key] = encode(part, tokenizer, cfg.max_length)
+        _PARTITIONS[key] = encode(part, tokenizer, cfg.max_length, task=task_of(cfg))
         while len(_PARTITIONS) > 1 and sum(map(_encoded_bytes, _PARTITIONS.values())) > PARTITION_CACHE_BYTES:
             _PARTITIONS.popitem(last=False)
         return _PARTITIONS[key]
@@ -123,9 +125,10 @@ def client_partition_size(cfg: RunConfig, partition_id: int, num_partitions: int
 
 
 def test_split(cfg: RunConfig, tokenizer) -> Encoded:
-    """Tokenized held-out split (first ``max-eval-examples`` rows if set)."""
+    """Tokenized held-out split (first ``max-eval-examples`` rows if set; a causal-LM task's first prompts, all
+    their references, or its first token blocks)."""
     test = held_out(run_splits(cfg), cfg.eval_split, cfg.data_dir)
-    return encode(test, tokenizer, cfg.max_length, limit=cfg.max_eval_examples)
+    return encode(test, tokenizer, cfg.max_length, limit=cfg.max_eval_examples, task=task_of(cfg))
 
 
 def extra_held_out(cfg: RunConfig, tokenizer) -> dict[str, Encoded]:
@@ -134,5 +137,5 @@ def extra_held_out(cfg: RunConfig, tokenizer) -> dict[str, Encoded]:
     if cfg.eval_split != "test":
         return {}
     splits = run_splits(cfg)
-    return {name: encode(splits[name], tokenizer, cfg.max_length, limit=cfg.max_eval_examples)
+    return {name: encode(splits[name], tokenizer, cfg.max_length, limit=cfg.max_eval_examples, task=task_of(cfg))
             for name in task_of(cfg).held_out[1:] if name in splits}

@@ -56,7 +56,8 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
 
 def check_task(cfg: RunConfig) -> None:
     """One-line :class:`ConfigError` for a dataset that is not a registered task (or a custom task whose description
-    does not fit its data), or settings its task cannot serve: the class-balanced loss of a regression."""
+    does not fit its data), or settings its task cannot serve: the class-balanced loss of a regression or a causal LM,
+    a Dirichlet partition of data with nothing to skew (plain text, instructions)."""
     from shared.tasks import TaskError, task_of
 
     try:
@@ -66,6 +67,12 @@ def check_task(cfg: RunConfig) -> None:
     if task.kind == "regression" and cfg.local_loss == "balanced":
         raise ConfigError(f"local-loss='balanced' weighs classes, and dataset {cfg.dataset!r} is a regression "
                           f"without classes; use local-loss='ce' (its loss is then the mean squared error)")
+    if task.kind == "causal-lm" and cfg.local_loss == "balanced":
+        raise ConfigError(f"local-loss='balanced' weighs classes, and dataset {cfg.dataset!r} is a causal-LM task "
+                          f"without classes; use local-loss='ce' (its loss is the next-token cross-entropy)")
+    if cfg.partitioner == "dirichlet" and task.skew is None:
+        raise ConfigError(f"partitioner='dirichlet' skews labels, and dataset {cfg.dataset!r} has no label or "
+                          f"attribute to skew; use partitioner='iid'")
 
 
 def declared_defaults() -> dict[str, Any]:

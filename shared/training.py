@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -122,18 +122,27 @@ def _num_classes(model: nn.Module, data: Encoded) -> int:
 
 @dataclass
 class Evaluation:
-    """A model's figures on a held-out split: mean loss (the model's own: cross-entropy, or MSE for a regression) and
-    every metric of the task by name."""
+    """A model's figures on a held-out split: mean loss (the model's own: cross-entropy, MSE for a regression, the
+    mean token cross-entropy for a causal LM), every metric of the task by name, and a few generated samples (a
+    generation task: ``{"prompt", "generated", "references"}``)."""
 
     loss: float
     metrics: dict[str, float]
+    samples: list[dict] = field(default_factory=list)
+
+
+MAX_NEW_TOKENS = 64  # the run-config default (max-new-tokens)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Encoded, task: Task, batch_size: int = 64,
-             precision: str = "fp32") -> Evaluation:
+             precision: str = "fp32", max_new_tokens: int = MAX_NEW_TOKENS) -> Evaluation:
     """``model``'s mean loss and ``task``'s metrics (scikit-learn / SciPy on the gathered outputs) on ``data`` (eval
-    mode, on the model's device; batches sorted by length, which changes no output)."""
+    mode, on the model's device; batches sorted by length, which changes no output). A task with its own
+    ``evaluator`` (a causal LM: token loss, perplexity, generation of at most ``max_new_tokens``) evaluates itself.
+    """
+    if task.evaluator is not None:
+        return task.evaluator(model, data, task, batch_size, precision, max_new_tokens)
     device = model_device(model)
     was_training = model.training
     model.eval()

@@ -23,6 +23,7 @@ CUSTOM = "custom"  # dataset='custom': the user's own data, described by run-con
 BUILTIN = (  # shared.tasks.<folder>: one line per family
     "glue",
     "text_classification",
+    "causal_lm",
 )
 
 _REGISTRY: Registry[Task] = Registry("shared.tasks", BUILTIN, lambda module: module.TASKS)
@@ -67,7 +68,7 @@ def read_local(task: Task, folder: Path) -> dict[str, Dataset]:
     """The task's splits from a local folder in its layout (checked: the columns every split must have)."""
     splits = task.read_local(task, Path(folder).expanduser())
     for name, split in splits.items():
-        missing = [c for c in (*task.text_columns, "label") if c not in split.column_names]
+        missing = [c for c in task.required_columns if c not in split.column_names]
         if missing:
             raise TaskError(f"split {name!r} of {folder} lacks column(s) {missing} that task {task.name!r} needs")
     return splits

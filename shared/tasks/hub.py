@@ -59,6 +59,9 @@ def hub_splits(task: Task, ds, source: str = "") -> dict[str, Dataset]:
                             f"(it has {split.column_names})")
         split = split.select_columns(list(task.hub.columns.values()))
         split = split.rename_columns({v: k for k, v in task.hub.columns.items() if k != v})
+        if task.hub.convert is not None:
+            out[ours] = task.hub.convert(split)
+            continue
         out[ours] = conform_labels(split, task, lambda i, s=theirs: f"split {s!r} of {task.hub.path}, row {i + 1}",
                                    source)
     return out

@@ -24,7 +24,7 @@ FORMAT = "fedsparse-hiwi-v1"
 def save_hiwi_artifact(path: Path, tuner, values: torch.Tensor, head: dict[str, torch.Tensor], source: str) -> Path:
     """``delta.safetensors``: the new FFN tensors (b' = b + f(b)) and the head; f itself is not stored."""
     fresh = load_base_model(tuner.base.source, int(tuner.base.model.config.num_labels), tuner.cfg.seed,
-                            problem_type=tuner.base.model.config.problem_type)
+                            problem_type=tuner.base.model.config.problem_type, kind=tuner.base.kind)
     tensors = {name: t.float().contiguous() for name, t in tuner.adapted(fresh.model, values).items()}
     tensors.update({f"head.{n}": t.detach().float().contiguous() for n, t in head.items()})
     meta = {"format": FORMAT, "fingerprint": tuner.fingerprint, "method": "hiwi", "model": source,
@@ -68,7 +68,7 @@ def finalize_hiwi(tuner, merged: nn.Module, values: torch.Tensor, score_fn: Call
     """The ``summary.json`` fields: artifact size, architecture check, speeds of base, merged and adapter model."""
     cfg = tuner.cfg
     base = load_base_model(tuner.base.source, int(merged.config.num_labels), cfg.seed,
-                           problem_type=merged.config.problem_type).model
+                           problem_type=merged.config.problem_type, kind=tuner.base.kind).model
     batch = synthetic_batch(int(merged.config.vocab_size), cfg.batch_size, cfg.max_length, cfg.seed)
     tuner.load(values)  # the adapter-applied model at the final values
     n_base = num_params(base)

@@ -57,7 +57,7 @@ def _local_gradient(call: ClientCall) -> tuple[torch.Tensor, int]:
     cfg, tuner, data = call.cfg, call.tuner, call.data()
     batches = tuner.settings.batches
     pristine = load_base_model(cfg.model, int(call.base.model.config.num_labels), cfg.seed,  # θ0
-                               problem_type=call.base.model.config.problem_type).model
+                               problem_type=call.base.model.config.problem_type, kind=call.base.kind).model
     grad = accumulate_gradients(pristine, list(tuner.shapes), data, batches, cfg.batch_size,
                                 seed=cfg.seed * 100_003 + call.partition_id * 1_009)
     return grad, min(len(data), batches * cfg.batch_size)

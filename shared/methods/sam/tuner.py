@@ -71,7 +71,7 @@ class SamTuner(Tuner):
         (a SparseTuner wires the model in place and cannot be unwired)."""
         if self.inner is not None and self.inner.fingerprint != mask.fingerprint:
             fresh = load_base_model(self.cfg.model, int(self.base.model.config.num_labels), self.cfg.seed,
-                                    problem_type=self.base.model.config.problem_type)
+                                    problem_type=self.base.model.config.problem_type, kind=self.base.kind)
             self.base.model = fresh.model.to(model_device(self.base.model))  # the Runtime shares this BaseModel
             self.inner = None
         if self.inner is None:

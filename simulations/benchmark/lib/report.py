@@ -20,8 +20,8 @@ from typing import Any, Iterable, Mapping
 
 from simulations.benchmark.lib.runs import (MB, ReportError, RunResult, cumulative_bytes, fmt_cell, load_run,
                                              reach_target, split_by_task)
-from simulations.benchmark.lib.scores import (LEGACY_METRIC, final_score, long_label, score_of, short_label, short_name,
-                                              target_for, unit)
+from simulations.benchmark.lib.scores import (LEGACY_METRIC, best_of, final_score, long_label, score_of, short_label,
+                                              short_name, target_for, unit)
 from simulations.benchmark.lib.seeds import (GROUP_COLUMNS, TAIL_ROUNDS, group_rows, markdown_groups, markdown_paired,
                                              tail_score)
 
@@ -79,7 +79,7 @@ def run_row(run: RunResult, ref: RunResult | None, target: float | None) -> dict
         "reduction_down": _ratio(ref_down, down), "reduction_reference": reference,
         "total_bytes": cumulative_bytes(h)[-1] if h else 0, "target_score": target,
         "round_to_target": rnd, "bytes_to_target": nbytes, "final_score": final,
-        "best_score": max(scores) if scores else None, "tail_score": tail_score(h, metric=run.metric),
+        "best_score": best_of(run.metric, scores) if scores else None, "tail_score": tail_score(h, metric=run.metric),
         "score_vs_reference": (final - ref_final) if final is not None and ref_final is not None else None,
         "codec_rel_error": _mean_codec_error(h), "rounds": s.get("rounds"),
         "seconds_per_round": s.get("seconds_per_round"), "wall_seconds": s.get("wall_seconds"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmark.lib.scores import headline, score_of, task_of
+from simulations.benchmark.lib.scores import headline, reaches, score_of, task_of
 
 MB = 1e6
 
@@ -84,12 +84,13 @@ def cumulative_bytes(history: list[dict[str, Any]]) -> list[int]:
 
 def reach_target(history: list[dict[str, Any]], target: float | None,
                  metric: str | None = None) -> tuple[int | None, int | None]:
-    """(first round whose score >= target, cumulative bytes through that round), or (None, None)."""
+    """(first round whose score reaches target, cumulative bytes through that round), or (None, None); reaching is
+    in the metric's direction (a perplexity reaches its target from above)."""
     if target is None:
         return None, None
     for rec, cum in zip(history, cumulative_bytes(history)):
         score = score_of(rec, metric)
-        if rec.get("round", 0) >= 1 and score is not None and score >= target:
+        if rec.get("round", 0) >= 1 and score is not None and reaches(metric or "", score, target):
             return int(rec["round"]), cum
     return None, None
 

@@ -9,7 +9,9 @@ accuracy, but nothing else in the benchmark reads them; everything goes through 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
+
+from shared.tasks.metrics import higher_is_better
 
 LEGACY_METRIC = "accuracy"  # the headline of a run whose outputs name none
 
@@ -42,6 +44,16 @@ def score_of(record: Mapping[str, Any], metric: str | None = None) -> float | No
     if "metrics" in record:
         return (record["metrics"] or {}).get(metric) if metric else None
     return record.get("accuracy")
+
+
+def best_of(metric: str, values: Iterable[float]) -> float:
+    """The best of ``values`` in ``metric``'s direction (the lowest perplexity, the highest accuracy)."""
+    return max(values) if higher_is_better(metric) else min(values)
+
+
+def reaches(metric: str, score: float, target: float) -> bool:
+    """Whether ``score`` is at or beyond ``target`` in ``metric``'s direction."""
+    return score >= target if higher_is_better(metric) else score <= target
 
 
 def with_score(record: Mapping[str, Any], value: float | None) -> dict[str, Any]:

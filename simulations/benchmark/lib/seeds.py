@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.schedule import full_rate_rounds
 from simulations.benchmark.lib.runs import MB, RunResult, fmt_cell, cumulative_bytes, reach_target
-from simulations.benchmark.lib.scores import LEGACY_METRIC, final_score, score_of, short_label
+from simulations.benchmark.lib.scores import LEGACY_METRIC, best_of, final_score, score_of, short_label
 
 GROUP_COLUMNS = ("name", "task", "metric", "method", "value_dtype", "partitioner", "mask_density", "num_trainable",
                  "seeds", "rounds", "final_score", "final_std", "best_score", "best_std", "tail_score", "tail_std",
@@ -118,7 +118,7 @@ def group_row(name: str, runs: list[RunResult], ref: list[RunResult] | None, tar
     """One row over the seeds of ``runs`` (one task); reductions and Δ score against the mean of ``ref``'s runs."""
     s = runs[0].summary
     finals = [f for f in (final_score(r.summary) for r in runs) if f is not None]
-    bests = [max(acc) for acc in (_trained(r.history, r.metric) for r in runs) if acc]
+    bests = [best_of(r.metric, acc) for r, acc in ((r, _trained(r.history, r.metric)) for r in runs) if acc]
     final, final_std = mean_std(finals)
     best, best_std = mean_std(bests)
     tail, tail_std = _tails(runs)

@@ -219,3 +219,13 @@ def test_the_progress_line_reads_the_latest_score(tmp_path):
     hist = [_new(0, "f1", 0.5, 10), _new(1, "f1", 0.81, 10)]
     run_dir = _write(tmp_path, "pafi-mrpc", "pafi", "mrpc", hist, "f1")
     assert history_rounds(run_dir) == (1, 0.81)
+
+
+def test_a_lower_is_better_headline_ranks_and_reaches_from_below():
+    from simulations.benchmark.lib.runs import reach_target
+    from simulations.benchmark.lib.scores import best_of, reaches
+
+    assert best_of("perplexity", [30.0, 12.0, 20.0]) == 12.0 and best_of("bleu", [0.3, 0.5, 0.4]) == 0.5
+    assert reaches("perplexity", 9.0, 10.0) and not reaches("perplexity", 11.0, 10.0) and reaches("bleu", 0.5, 0.4)
+    history = [{"round": r, "score": s, "bytes_up": 1, "bytes_down": 1} for r, s in enumerate([90.0, 40.0, 9.0, 8.0])]
+    assert reach_target(history, 10.0, "perplexity")[0] == 2
