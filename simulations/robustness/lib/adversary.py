@@ -45,9 +45,11 @@ FEDERATED_CELLS = (
     ("alie-zmax", "centered-clipping"),
 )
 
-# the default-settings matrix (``--defaults``): (attack, attackers); the single-attacker cells first, then 3, then 2
-DEFAULT_ATTACKS = ("scale-20", "huge", "declare-1e9", "alie-1.0", "alie-zmax", "ipm-0.5", "zeros")
-DEFAULT_CELLS = (("none", 0),) + tuple((a, f) for f in (1, 3, 2) for a in DEFAULT_ATTACKS)
+# the default-settings matrix (``--defaults``): (attack, attackers); the single-attacker cells first, then 3, then 2,
+# and last ALIE at z_max with one attacker (z_max(10, 1) = 0: it sends the honest mean)
+DEFAULT_ATTACKS = ("scale-20", "huge", "declare-1e9", "zeros", "ipm-0.5", "alie-1.0", "alie-zmax")
+DEFAULT_CELLS = ((("none", 0),) + tuple((a, f) for f in (1, 3, 2) for a in DEFAULT_ATTACKS
+                                        if (a, f) != ("alie-zmax", 1)) + (("alie-zmax", 1),))
 
 
 class AttackingGrid(Grid):
