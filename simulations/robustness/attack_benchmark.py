@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="federated runs: clients (default 5, all sampled every round; --defaults: 10)")
     ap.add_argument("--fed-attackers", type=int, default=2, help="federated runs: attackers among them")
     ap.add_argument("--fed-rounds", type=int, default=None, help="federated runs: rounds (default 6; --defaults: 8)")
+    ap.add_argument("--tabulate", action="store_true",
+                    help="with --defaults: write the table and CSV of the cells finished so far, run none")
     ap.add_argument("--fed-eval-examples", type=int, default=400,
                     help="--defaults: max-eval-examples of each run (0 = the whole split)")
     ap.add_argument("--fed-results", type=Path, default=REPO / "docs" / "results" / "robustness",
@@ -190,9 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fed-partitioner", default="iid", choices=("iid", "dirichlet"),
                     help="federated runs: partitions (iid: the attack's effect is not mixed with the label skew's)")
     args = ap.parse_args(argv)
+    if (args.defaults or args.tabulate) and not (args.federated and args.defaults):
+        raise SystemExit("--defaults needs --federated, and --tabulate needs --federated --defaults")
     if args.defaults:
-        if not args.federated:
-            raise SystemExit("--defaults needs --federated")
         return _federated_defaults(args)
     args.fed_clients = 5 if args.fed_clients is None else args.fed_clients
     args.fed_rounds = 6 if args.fed_rounds is None else args.fed_rounds
@@ -229,7 +231,7 @@ def _federated_defaults(args) -> None:
           "local-steps": args.fed_local_steps, "max-eval-examples": args.fed_eval_examples,
           **_parse_overrides(args.run_config)}
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    cells = run_default_cells(DEFAULT_CELLS, rc, n, args.out)
+    cells = run_default_cells(DEFAULT_CELLS, rc, n, args.out, run=not args.tabulate)
     rows = default_rows(cells, rc, n)
     write_default_rows(rows, args.fed_results / "defaults_matrix.csv")
     settings = ", ".join(f"{k}={v}" for k, v in sorted(rc.items()) if k != "data-dir")

@@ -195,15 +195,18 @@ def run_cells(cells, run_config: dict, num_clients: int, attackers: int, out: Pa
     return done["cells"]
 
 
-def run_default_cells(cells, run_config: dict, num_clients: int, out: Path) -> dict[str, dict]:
+def run_default_cells(cells, run_config: dict, num_clients: int, out: Path, run: bool = True) -> dict[str, dict]:
     """The (attack, attackers) cells under the defaults (FedAvg), every one not already in
     ``out``/federated_defaults.json (resumable: a cell is written as soon as it ends; an unfinished one reruns
-    from scratch). Each run's files are kept under ``out``/defaults/<attack>-<attackers>."""
+    from scratch). Each run's files are kept under ``out``/defaults/<attack>-<attackers>. ``run=False``: only the
+    finished cells of these settings, in ``cells``' order, nothing run."""
     store = out / "federated_defaults.json"
     key = repr({"run_config": dict(sorted(run_config.items())), "num_clients": num_clients})
     done = json.loads(store.read_text()) if store.exists() else {}
     if done.get("key") != key:
         done = {"key": key, "run_config": run_config, "num_clients": num_clients, "cells": {}}
+    if not run:
+        return {f"{a}|{f}": done["cells"][f"{a}|{f}"] for a, f in cells if f"{a}|{f}" in done["cells"]}
     for attack, attackers in cells:
         name = f"{attack}|{attackers}"
         if name in done["cells"]:
@@ -219,7 +222,7 @@ def run_default_cells(cells, run_config: dict, num_clients: int, out: Path) -> d
               flush=True)
         out.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(done, indent=1))
-    return done["cells"]
+    return run_default_cells(cells, run_config, num_clients, out, run=False)
 
 
 def default_rows(cells: dict[str, dict], run_config: dict, num_clients: int) -> list[dict]:

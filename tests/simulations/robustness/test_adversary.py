@@ -125,6 +125,9 @@ def test_default_cells_resume_and_tabulate(rc, tmp_path):
     stamp = (tmp_path / "federated_defaults.json").stat().st_mtime_ns
     assert run_default_cells(cells, rc, NODES, tmp_path) == first
     assert (tmp_path / "federated_defaults.json").stat().st_mtime_ns == stamp
+    assert list(first) == ["none|0", "huge|1"]
+    # --tabulate: the finished cells only, nothing run (a cell not run yet is left out)
+    assert run_default_cells(cells + (("zeros", 1),), rc, NODES, tmp_path, run=False) == first
     rows = default_rows(first, rc, NODES)
     huge = rows[1]
     assert huge["replies_clipped"] == rc["num-server-rounds"] and huge["rounds_skipped"] == 0  # 1e30: clipped
