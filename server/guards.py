@@ -8,16 +8,69 @@
   no round's replies set their own bound and attackers who own a round's median move it by at most 1.5x;
 - weights: FedAvg weights are the replies' ``num-examples`` capped at what each node declared at the
   handshake (and at ``examples-cap-multiple`` x the median declaration), or uniform (``weighting``).
+
+:class:`AdaptiveBound` holds the one piece of state among them: the trusted scale, its reference hook and its
+checkpointed form (``opt.guard.bound-scale``).
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
+from typing import Any, Callable, Mapping
 
 import torch
 
+from shared.config import RunConfig
+from shared.schedule import lr_factor
+
+log = logging.getLogger("fedsparse.server")
 
 BOUND_STEP = 1.5  # the most the trusted scale moves in one round (up or down)
+GUARD = "guard."  # checkpointed strategy state kept among the optimizer's tensors (``opt.guard.<name>``)
+SCALE_KEY = f"{GUARD}bound-scale"
+
+
+class AdaptiveBound:
+    """The default bound (``update-bound = "adaptive"``): ``update-bound-multiple`` x the trusted ``scale`` (norm per
+    unit lr factor) x the round's lr factor. ``reference(state, round)``: the norm of the server's own reference
+    update (set by the ServerApp; :mod:`server.reference`), which starts the scale the first round it is needed;
+    ``scale`` is None until then and is checkpointed after it (:meth:`saved`, :meth:`load`)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.reference: Callable[[Any, int], float] | None = None
+        self.scale: float | None = None
+
+    def bound(self, state: Any, server_round: int) -> tuple[float | None, float]:
+        """(the adaptive bound of this round or None, the round's lr factor); the first time, the trusted scale
+        comes from the server's reference update from ``state`` (never from the replies it bounds)."""
+        cfg = self.cfg
+        factor = lr_factor(server_round, cfg.num_server_rounds, cfg.lr_schedule, cfg.lr_warmup_rounds,
+                           cfg.lr_decay_rounds)
+        if cfg.update_bound != "adaptive" or factor <= 0:
+            return None, factor
+        if self.scale is None and self.reference is not None:
+            self.scale = max(self.reference(state, server_round) / factor, 1e-12)
+            log.info("round %d: the server's reference update sets the trusted norm scale %.4g", server_round,
+                     self.scale)
+        if self.scale is None:
+            return None, factor
+        return cfg.update_bound_multiple * self.scale * factor, factor
+
+    def moved(self, norms: torch.Tensor, factor: float) -> None:
+        """After a round: the scale moves toward the median of the bounded updates' ``norms`` (:func:`next_scale`)."""
+        if self.scale is not None and norms.numel():
+            self.scale = next_scale(self.scale, norms, factor)
+
+    def saved(self) -> dict[str, torch.Tensor]:
+        """The checkpoint's tensors for the scale (none before it is set)."""
+        return {} if self.scale is None else {SCALE_KEY: torch.tensor([self.scale], dtype=torch.float64)}
+
+    def load(self, stored: Mapping[str, torch.Tensor]) -> None:
+        """The scale from a checkpoint's tensors (None where the checkpoint has none)."""
+        scale = stored.get(SCALE_KEY)
+        self.scale = float(scale[0]) if scale is not None else None
 
 
 def next_scale(scale: float, norms: torch.Tensor, lr_factor: float) -> float:

@@ -18,13 +18,13 @@ import torch
 
 from server.checkpoint import (RESUMABLE_CHANGES, CHECKPOINT_NAME, Checkpoint, CheckpointError, check_compatible, load_checkpoint,
                                restore_rng, save_checkpoint)
+from server.guards import GUARD
 from server.strategy import GlobalState, SparseStrategy
 from shared.config import CHANGED_DEFAULTS, RunConfig
 from shared.settings import declared_defaults, parse_run_config
 
 log = logging.getLogger("fedsparse.server")
 CRASH_EXIT_CODE = 17
-GUARD = "guard."  # checkpointed strategy state kept among the optimizer's tensors (``opt.guard.<name>``)
 
 
 def run_identity(strategy: SparseStrategy, model_source: str, method: str, data: str = "") -> dict[str, Any]:
@@ -136,8 +136,7 @@ def resume_from_checkpoint(cfg: RunConfig, out: Path, strategy: SparseStrategy, 
                               f"({strategy.expected.head_size},)")
     strategy.state = GlobalState(ck.values.clone(), ck.head.clone())
     strategy.opt_state = {k: v.clone() for k, v in ck.opt_state.items() if not k.startswith(GUARD)}
-    scale = ck.opt_state.get(f"{GUARD}bound-scale")
-    strategy.bound_scale = float(scale[0]) if scale is not None else None
+    strategy.adaptive.load(ck.opt_state)
     strategy.drift.load(ck.drift)  # c, and each node's c_i to hand back with its next train message
     restore_rng(ck.rng, ck.rng.get("torch"))
     print(f"fedsparse: resumed from {path} after round {ck.round}", flush=True)
@@ -152,9 +151,7 @@ def checkpoint_round(cfg: RunConfig, out: Path, strategy: SparseStrategy, server
     ``selection``: what a selection phase chose (sam's mask positions), so a resumed run re-installs it
     instead of running the phase again.
     """
-    opt_state = dict(strategy.opt_state)
-    if strategy.bound_scale is not None:  # the adaptive bound's trusted scale, beside the optimizer's state
-        opt_state[f"{GUARD}bound-scale"] = torch.tensor([strategy.bound_scale], dtype=torch.float64)
+    opt_state = {**strategy.opt_state, **strategy.adaptive.saved()}  # the trusted scale beside the optimizer's
     save_checkpoint(out, Checkpoint(server_round, strategy.state.values, strategy.state.head, opt_state,
                                     history, dict(identity), dict(run_config), selection=dict(selection or {}),
                                     drift=strategy.drift.state()))

@@ -163,7 +163,7 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     recorder = RunRecorder(cfg, rt, out)
     strategy.vet = lambda state: recorder.evaluate(state).loss  # a state is adopted only if its loss does not explode
     if cfg.update_bound == "adaptive" and not cfg.secure_aggregation:  # the first bound's scale: the server's own
-        strategy.reference = lambda state, rnd: reference_norm(cfg, rt, state.values, state.head, rnd)
+        strategy.adaptive.reference = lambda state, rnd: reference_norm(cfg, rt, state.values, state.head, rnd)
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
     saved = saved_selection(cfg) if rt.method.select is not None else {}

@@ -27,14 +27,13 @@ from flwr.serverapp.strategy import Strategy
 from server.rounds import GlobalState, RoundLog, send_and_receive  # noqa: F401 (re-exported)
 from server.aggregation import AggregationError
 from server.drift import ServerDrift
-from server.guards import bound_updates, capped_weights, example_caps, next_scale, norm_bound
+from server.guards import AdaptiveBound, bound_updates, capped_weights, example_caps, norm_bound
 from server.handshake import HandshakeError, admit, later_claimants
 from server.secagg import SecAggParams, check_capacity
 from server.secure_round import secure_train
 from server.server_opt import OptState, ServerSettings, server_step
 from server.validation import Expected, validate_reply
 from shared.config import RunConfig
-from shared.schedule import lr_factor
 from wire.codec import MalformedUpdateError, relative_error, representable
 from wire.drift import split_control
 from wire.protocol import HANDSHAKE, TRAIN, Update
@@ -67,10 +66,7 @@ class SparseStrategy(Strategy):
         self.secagg = SecAggParams.from_config(cfg) if cfg.secure_aggregation else None
         self.vet: Callable[[GlobalState], float] | None = None  # a state's server-side evaluation loss (the ServerApp's)
         self.adopted_loss: float | None = None  # that loss for the state last adopted (None: not evaluated yet)
-        # update-bound='adaptive': the server's reference update norm for (state, round), and the trusted scale
-        # (norm per unit lr factor) it starts; None until the first bounded round (checkpointed after it)
-        self.reference: Callable[[GlobalState, int], float] | None = None
-        self.bound_scale: float | None = None
+        self.adaptive = AdaptiveBound(cfg)  # update-bound='adaptive': the trusted scale and its reference hook
         self.drift = ServerDrift(cfg)  # SCAFFOLD's c and its arrays (no-op unless drift-correction='scaffold')
 
     # ---- Strategy contract -----------------------------------------------------------------
@@ -189,25 +185,9 @@ class SparseStrategy(Strategy):
             return "reply does not answer this round's message"
         return ""
 
-    def _trusted_bound(self, server_round: int) -> tuple[float | None, float]:
-        """(the adaptive bound of this round or None, the round's lr factor); the first time, the trusted scale
-        comes from the server's reference update (never from the replies it bounds)."""
-        cfg = self.cfg
-        factor = lr_factor(server_round, cfg.num_server_rounds, cfg.lr_schedule, cfg.lr_warmup_rounds,
-                           cfg.lr_decay_rounds)
-        if self.cfg.update_bound != "adaptive" or factor <= 0:
-            return None, factor
-        if self.bound_scale is None and self.reference is not None:
-            self.bound_scale = max(self.reference(self.state, server_round) / factor, 1e-12)
-            log.info("round %d: the server's reference update sets the trusted norm scale %.4g", server_round,
-                     self.bound_scale)
-        if self.bound_scale is None:
-            return None, factor
-        return self.cfg.update_bound_multiple * self.bound_scale * factor, factor
-
     def _bounded(self, updates: list[tuple[int, Update]]) -> list[tuple[int, Update]]:
         """The norm policy: updates over the round's bound are clipped to it or rejected (logged per node)."""
-        trusted, factor = self._trusted_bound(self.current.round) if updates else (None, 1.0)
+        trusted, factor = self.adaptive.bound(self.state, self.current.round) if updates else (None, 1.0)
         if not updates or (trusted is None and self.cfg.max_update_norm <= 0 and self.cfg.update_norm_multiple <= 0):
             return updates
         k = self.expected.k
@@ -217,8 +197,7 @@ class SparseStrategy(Strategy):
         self.current.norm_bound = norm_bound(norms, self.cfg.max_update_norm, self.cfg.update_norm_multiple, trusted)
         rows, keep, notes = bound_updates(stack, self.cfg.max_update_norm, self.cfg.update_norm_multiple,
                                           self.cfg.norm_policy, trusted)
-        if self.bound_scale is not None and rows.shape[0]:
-            self.bound_scale = next_scale(self.bound_scale, rows.double().norm(dim=1), factor)
+        self.adaptive.moved(rows.double().norm(dim=1), factor)
         out, r = [], 0
         for (node, u), kept, note in zip(updates, keep, notes):
             if not kept:

@@ -8,6 +8,7 @@ They are cached (``--out``/honest_deltas.pt, keyed by the settings), so reruns t
     python -m simulations.robustness.attack_benchmark                  # 10 clients, 3 attackers, table + CSV + markdown
     python -m simulations.robustness.attack_benchmark --refresh        # retrain the honest deltas
     python -m simulations.robustness.attack_benchmark --federated      # + whole federations under attack (resumable)
+    python -m simulations.robustness.attack_benchmark --federated --defaults   # only the default-settings matrix
 
 The first ``--attackers`` clients attack; every aggregator runs through ``server_step`` (the server's
 path: clipping, aggregation, optimizer) and is scored by ``||agg - honest_mean|| / ||honest_mean||``, where
@@ -173,14 +174,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refresh", action="store_true", help="retrain the honest deltas")
     ap.add_argument("-c", "--run-config", action="append", default=[], help='extra knobs, e.g. "mask-density=0.01"')
     ap.add_argument("--federated", action="store_true", help="also run whole federations under attack")
-    ap.add_argument("--fed-clients", type=int, default=5, help="federated runs: clients, all sampled every round")
+    ap.add_argument("--defaults", action="store_true",
+                    help="with --federated: only the default-settings matrix (DEFAULT_CELLS: every attack with 1, 2 "
+                         "and 3 attackers, FedAvg and every defence at its default); no one-round matrix")
+    ap.add_argument("--fed-clients", type=int, default=None,
+                    help="federated runs: clients (default 5, all sampled every round; --defaults: 10)")
     ap.add_argument("--fed-attackers", type=int, default=2, help="federated runs: attackers among them")
-    ap.add_argument("--fed-rounds", type=int, default=6, help="federated runs: rounds")
+    ap.add_argument("--fed-rounds", type=int, default=None, help="federated runs: rounds (default 6; --defaults: 8)")
+    ap.add_argument("--tabulate", action="store_true",
+                    help="with --defaults: write the table and CSV of the cells finished so far, run none")
+    ap.add_argument("--fed-eval-examples", type=int, default=400,
+                    help="--defaults: max-eval-examples of each run (0 = the whole split)")
+    ap.add_argument("--fed-results", type=Path, default=REPO / "docs" / "results" / "robustness",
+                    help="--defaults: where defaults_matrix.csv and .md are written")
     ap.add_argument("--fed-local-steps", type=int, default=10, help="federated runs: local steps per round")
     ap.add_argument("--fed-batch-size", type=int, default=16, help="federated runs: local batch size")
     ap.add_argument("--fed-partitioner", default="iid", choices=("iid", "dirichlet"),
                     help="federated runs: partitions (iid: the attack's effect is not mixed with the label skew's)")
     args = ap.parse_args(argv)
+    if (args.defaults or args.tabulate) and not (args.federated and args.defaults):
+        raise SystemExit("--defaults needs --federated, and --tabulate needs --federated --defaults")
+    if args.defaults:
+        return _federated_defaults(args)
+    args.fed_clients = 5 if args.fed_clients is None else args.fed_clients
+    args.fed_rounds = 6 if args.fed_rounds is None else args.fed_rounds
     if not 0 < args.attackers < args.num_clients / 2:
         raise SystemExit(f"--attackers must be a minority of --num-clients, got {args.attackers}")
     if args.federated and not 0 < args.fed_attackers < args.fed_clients / 2:
@@ -199,6 +216,29 @@ def main(argv: list[str] | None = None) -> None:
         text += "\n\n" + _federated(run_config, args)
     write_outputs(tables, args.out, text)
     print(text + f"\n\nwritten: {args.out / 'attack_matrix.md'}, {args.out / 'attack_matrix.csv'}")
+
+
+def _federated_defaults(args) -> None:
+    """The default-settings matrix: declared defaults but for the run's size (rounds, local steps, evaluation
+    examples, ``-c`` overrides); resumable per cell; the table and CSV under ``--fed-results``."""
+    from simulations.robustness.lib.adversary import (DEFAULT_CELLS, default_rows, default_table, run_default_cells,
+                                                      write_default_rows)
+
+    n = 10 if args.fed_clients is None else args.fed_clients
+    if n < 7:
+        raise SystemExit(f"--defaults needs --fed-clients >= 7 (3 attackers must stay a minority), got {n}")
+    rc = {"data-dir": str(SST2), "num-server-rounds": 8 if args.fed_rounds is None else args.fed_rounds,
+          "local-steps": args.fed_local_steps, "max-eval-examples": args.fed_eval_examples,
+          **_parse_overrides(args.run_config)}
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    cells = run_default_cells(DEFAULT_CELLS, rc, n, args.out, run=not args.tabulate)
+    rows = default_rows(cells, rc, n)
+    write_default_rows(rows, args.fed_results / "defaults_matrix.csv")
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(rc.items()) if k != "data-dir")
+    text = (f"Default-settings matrix: {n} clients, FedAvg and every defence at its default; {settings}; "
+            f"{len(cells)} of {len(DEFAULT_CELLS)} cells done\n\n" + default_table(rows))
+    (args.fed_results / "defaults_matrix.md").write_text(text + "\n")
+    print(text + f"\n\nwritten: {args.fed_results / 'defaults_matrix.csv'}, {args.fed_results / 'defaults_matrix.md'}")
 
 
 def _federated(base: dict, args) -> str:

@@ -99,7 +99,7 @@ def _bounded_strategy(nodes: int, dtype: str = "float32", **cfg) -> SparseStrate
                        Expected(FP, dtype, K, H, block=8, max_bytes=4096))
     s.partitions = {100 + i: i for i in range(nodes)}
     s.declared = {100 + i: 50 for i in range(nodes)}
-    s.reference = lambda state, rnd: REF
+    s.adaptive.reference = lambda state, rnd: REF
     return s
 
 
@@ -162,8 +162,25 @@ def test_a_lone_reply_and_zeros_cannot_set_the_bound():
         z.current.round = rnd
         replies = [_row(100 + i, torch.zeros(K + H) if i < 3 else _honest(i, rnd), "float32") for i in range(5)]
         z.aggregate_train(rnd, replies)
-        assert z.bound_scale == pytest.approx(REF / 1.5 ** rnd)  # owned median: down 1.5x a round, not to zero
+        assert z.adaptive.scale == pytest.approx(REF / 1.5 ** rnd)  # owned median: down 1.5x a round, not to zero
     assert not any("rejected" in r for r in z.current.reasons)  # honest updates are clipped at worst, never refused
+
+
+def test_the_trusted_scale_is_checkpointed_and_restored():
+    """AdaptiveBound: nothing to save before the reference sets the scale; what it saves restores the same scale."""
+    from server.guards import SCALE_KEY, AdaptiveBound
+
+    s = _bounded_strategy(5)
+    assert s.adaptive.saved() == {}
+    s.current.round = 1
+    s.aggregate_train(1, [_row(100 + i, _honest(i, 1), "float32") for i in range(5)])
+    saved = s.adaptive.saved()
+    assert list(saved) == [SCALE_KEY] and saved[SCALE_KEY].dtype == torch.float64
+    again = AdaptiveBound(s.cfg)
+    again.load(saved)
+    assert again.scale == s.adaptive.scale != REF  # moved toward the round's median after round 1
+    again.load({})
+    assert again.scale is None
 
 
 @settings(max_examples=80, deadline=None)

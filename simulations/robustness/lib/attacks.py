@@ -14,10 +14,12 @@ import torch
 HUGE_CLAIM = 1_000_000.0  # num-examples claimed by the lying client of the ``weight-claim`` attack
 ATTACKS = ("none", "sign-flip", "scale-20", "alie-zmax", "alie-1.0", "alie-1.5", "ipm-0.1", "ipm-0.5",
            "weight-claim")
-# Whole-federation attacks only (not in the one-round matrix): every value 1e30 (finite in float32), or all zeros
-# (pulls a median-based bound down)
-FEDERATED_ATTACKS = ("huge", "zeros")
+# Whole-federation attacks only (not in the one-round matrix): every value 1e30 (finite in float32), all zeros
+# (pulls a median-based bound down), or a node that declares DECLARED_CLAIM examples at the handshake and claims
+# them in every train reply, sending its sign-flipped delta
+FEDERATED_ATTACKS = ("huge", "zeros", "declare-1e9")
 HUGE_VALUE = 1e30
+DECLARED_CLAIM = 10**9
 
 
 def alie_z_max(n: int, f: int) -> float:
@@ -35,7 +37,7 @@ def honest_stats(deltas: torch.Tensor, honest: torch.Tensor) -> tuple[torch.Tens
 def attack_rows(attack: str, own: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, n: int) -> torch.Tensor:
     """What the attackers send, from their own true deltas (f, d) and the honest statistics."""
     f = own.shape[0]
-    if attack == "sign-flip":
+    if attack in ("sign-flip", "declare-1e9"):
         return -own
     if attack == "scale-20":
         return -20.0 * own

@@ -91,3 +91,48 @@ def test_other_dtypes_are_refused(rc, tmp_path):
     """The attack is written in float32 wire values; a float16 run says so instead of sending garbage."""
     with pytest.raises(ValueError, match="float32"):
         run_cell("sign-flip", "fedavg", {**rc, "value-dtype": "float16"}, NODES, ATTACKERS, tmp_path / "f16")
+
+
+def test_a_handshake_declaration_of_1e9_is_capped(rc, tmp_path):
+    """declare-1e9: the attacker declares a billion examples at the handshake and claims them every round; the
+    default examples-cap-multiple caps its weight at 10x the median declaration, every round it is sampled."""
+    from simulations.robustness.lib.attacks import DECLARED_CLAIM
+
+    cell = run_cell("declare-1e9", "fedavg", rc, NODES, ATTACKERS, tmp_path / "declared", population=NODES)
+    assert cell["rewritten"] == rc["num-server-rounds"]
+    capped = [r["capped"] for r in cell["rounds"]]
+    assert capped == [1] * rc["num-server-rounds"]
+    history = json.loads((tmp_path / "declared" / "history.json").read_text())
+    note = next(n for n in history[1]["rejected_reasons"] if "capped" in n)
+    assert f"num-examples {DECLARED_CLAIM} above" in note
+
+
+def test_alie_zmax_with_a_population_uses_the_federation_z():
+    """With the federation's size, ALIE's z is Baruch et al.'s for (n, f), not the round's (infinite at 3 of 5)."""
+    from simulations.robustness.lib.attacks import alie_z_max
+
+    grid = AttackingGrid(None, "alie-zmax", [1, 2, 3], population=10)
+    assert float(grid.rows_attack[5:]) == pytest.approx(alie_z_max(10, 3)) and alie_z_max(10, 3) > 0.5
+    assert AttackingGrid(None, "alie-zmax", [1, 2, 3]).rows_attack == "alie-zmax"
+
+
+def test_default_cells_resume_and_tabulate(rc, tmp_path):
+    """The default-settings matrix: FedAvg at the defaults, resumable per cell, one summary row per cell."""
+    from simulations.robustness.lib.adversary import default_rows, default_table, run_default_cells, write_default_rows
+
+    cells = (("none", 0), ("huge", 1))
+    first = run_default_cells(cells, rc, NODES, tmp_path)
+    stamp = (tmp_path / "federated_defaults.json").stat().st_mtime_ns
+    assert run_default_cells(cells, rc, NODES, tmp_path) == first
+    assert (tmp_path / "federated_defaults.json").stat().st_mtime_ns == stamp
+    assert list(first) == ["none|0", "huge|1"]
+    # --tabulate: the finished cells only, nothing run (a cell not run yet is left out)
+    assert run_default_cells(cells + (("zeros", 1),), rc, NODES, tmp_path, run=False) == first
+    rows = default_rows(first, rc, NODES)
+    huge = rows[1]
+    assert huge["replies_clipped"] == rc["num-server-rounds"] and huge["rounds_skipped"] == 0  # 1e30: clipped
+    assert rows[0]["delta_pts"] == 0.0 and "| huge | 1 |" in default_table(rows)
+    write_default_rows(rows, tmp_path / "out" / "m.csv")
+    assert (tmp_path / "out" / "m.csv").read_text().startswith("attack,attackers,")
+    with pytest.raises(ValueError, match="minority"):
+        run_default_cells((("zeros", 3),), rc, NODES, tmp_path)
