@@ -191,6 +191,7 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int = 10, cpus
 
 
 APP_ERROR = re.compile(r"fedsparse: error: .*")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _flwr_run(run_config: Mapping[str, Any], fed: str, app_dir: Path, flwr_home: Path, timeout: float,
@@ -212,7 +213,7 @@ def _flwr_run(run_config: Mapping[str, Any], fed: str, app_dir: Path, flwr_home:
 def _tee(line: str, errors: list[str] | None) -> None:
     sys.stdout.write(line)
     sys.stdout.flush()
-    found = APP_ERROR.search(line)
+    found = APP_ERROR.search(ANSI.sub("", line))  # Flower colours its log lines
     if found and errors is not None:
         errors.append(found.group(0).rstrip())
 
