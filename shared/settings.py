@@ -134,6 +134,20 @@ def check_run(run_config: Mapping[str, Any]) -> str | None:
     return None
 
 
+def parse_pairs(text: str) -> dict[str, Any]:
+    """``key=value key2='text'`` as ``flwr run --run-config`` takes it: space-separated TOML pairs (quotes kept)."""
+    import shlex
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for pair in shlex.split(text, posix=False):
+        try:
+            out.update(tomllib.loads(pair))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{pair!r} is not key=value (strings in quotes: method='pafi'): {exc}") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.settings", description=__doc__.split("\n")[0])
     parser.add_argument("--toml", action="store_true", help="print the [tool.flwr.app.config] block")
@@ -142,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
                              "model) and print the first problem in one line, or 'ok'")
     args = parser.parse_args(argv)
     if args.check is not None:
-        from flwr.common.config import parse_config_args
-
-        problem = check_run(dict(parse_config_args([args.check])) if args.check.strip() else {})
+        try:
+            parse_pairs(args.check)
+        except ConfigError as exc:
+            print(f"fedsparse: error: {exc}", file=sys.stderr)
+            return 2
+        problem = check_run(parse_pairs(args.check))
         print(f"fedsparse: error: {problem}" if problem else "ok", file=sys.stderr if problem else sys.stdout)
         return 2 if problem else 0
     print(toml_block() if args.toml else describe())
