@@ -97,8 +97,9 @@ def resolved_settings(cfg: RunConfig, run_config: Mapping[str, Any], lrs: tuple[
     """Every knob with the value this run trains with: ``run_config`` (Flower's: the declared defaults with the
     command's values on top) with ``lr``/``head-lr`` resolved to the method's rates where they were left at 0. What
     checkpoints and ``settings.json`` store, so a resumed run keeps the rates it was made with even where a method's
-    default rate changes later."""
-    out = dict(run_config)
+    default rate changes later. Every declared knob is there (a run-config given without Flower's declared defaults,
+    as an in-process Grid passes it, gets them here), so a later default change never reads as one this run had."""
+    out = {**declared_defaults(), **run_config}
     out["lr"], out["head-lr"] = float(lrs[0]), float(lrs[1])
     return out
 
