@@ -35,7 +35,7 @@ run: install
 
 ## test: the whole suite (unit + integration through Flower's engines)
 test: install
-	$(PYTHON) -m pytest -q -ra
+	$(PYTHON) -m pytest -q -ra --durations=30
 
 ## test-fast: unit tests only
 test-fast: install

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -29,6 +30,7 @@ from shared.faults import act_before_training, planned_fault, poison
 from shared.masks import MaskMismatchError
 from shared.methods import methods
 from shared.methods.base import ClientCall, ClientRoute, Method
+from shared.multitask import node_task, parse_tasks, task_config
 from shared.runtime import Runtime, client_partition, client_partition_size, get_runtime
 from shared.schedule import lr_factor
 from shared.settings import parse_run_config
@@ -81,13 +83,35 @@ def _config(run_config: Mapping[str, Any]) -> RunConfig:
     return _PARSED[key]
 
 
-def _runtime(context: Context, state: dict[str, Any] | None = None) -> tuple[RunConfig, Runtime]:
-    """The parsed config and this process's runtime, with the method's node state (read once) re-installed."""
+@dataclass(frozen=True)
+class Node:
+    """This node's view of the run: its task's settings and runtime, its global partition and its share of its
+    task's data (a single-task run: the run's settings, and the partition is the share)."""
+
+    cfg: RunConfig
+    rt: Runtime
+    pid: int  # global partition id (seeds, faults, the handshake)
+    nparts: int
+    part: int  # its share of its task's train split
+    parts: int
+
+    def data(self):
+        return client_partition(self.cfg, self.rt.base.tokenizer, self.part, self.parts)
+
+
+def _node(context: Context, state: dict[str, Any] | None = None) -> Node:
+    """The parsed config and this process's runtime for this node's task, with the method's node state (read once)
+    re-installed. A multi-task run (``tasks``): the task its partition id is assigned (``shared.multitask``)."""
     cfg = _config(context.run_config)
-    rt = get_runtime(cfg)
+    pid, nparts = _node_partition(context)
+    part, parts, capacity = pid, nparts, 1
+    if cfg.tasks:
+        slot, part = node_task(cfg, pid, nparts)
+        cfg, parts, capacity = task_config(cfg, slot.name), slot.count, len(parse_tasks(cfg.tasks))
+    rt = get_runtime(cfg, capacity)
     if rt.method.restore is not None:
         rt.method.restore(rt.tuner, _node_state(context) if state is None else state)
-    return cfg, rt
+    return Node(cfg, rt, pid, nparts, part, parts)
 
 
 def _receive(msg: Message, cfg: RunConfig, rt: Runtime) -> tuple:
@@ -120,14 +144,14 @@ def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
 @app.train(mods=[secure_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train the method's values and the head locally; reply with the deltas only (masked under SecAgg+)."""
-    cfg, rt = _runtime(context)
+    node = _node(context)
+    cfg, rt, pid = node.cfg, node.rt, node.pid
     secure = RECORD_KEY_CONFIGS in msg.content.config_records
     if cfg.secure_aggregation and not secure:
         raise ValueError("this run uses secure-aggregation: a plain train message is refused (its reply would "
                          "show this node's update to the server)")
     values, head_vec, dtype, control = _receive(msg, cfg, rt)
-    pid, nparts = _node_partition(context)
-    data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
+    data = node.data()
     server_round = int(msg.content[CONFIG].get("server-round", 0))
     fault = planned_fault(cfg.seed, pid, server_round, cfg.fail_rate, cfg.fail_mode)
     act_before_training(fault, cfg.round_timeout, pid, server_round)
@@ -203,10 +227,10 @@ def _worker_node() -> dict[str, str]:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Client-side evaluation of the global model on this node's partition (metrics only)."""
-    cfg, rt = _runtime(context)
+    node = _node(context)
+    cfg, rt = node.cfg, node.rt
     _receive(msg, cfg, rt)
-    pid, nparts = _node_partition(context)
-    data = client_partition(cfg, rt.base.tokenizer, pid, nparts)
+    data = node.data()
     ev = evaluate_model(rt.base.model, data, task_of(cfg), cfg.eval_batch_size, cfg.precision, cfg.max_new_tokens)
     metrics = {"num-examples": len(data), "eval-loss": ev.loss, **{f"eval-{m}": v for m, v in ev.metrics.items()}}
     if "accuracy" in ev.metrics:
@@ -216,27 +240,31 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Handshake: this node's partition, its size and the mask fingerprint (derived locally, never sent)."""
-    cfg, rt = _runtime(context)
-    pid, nparts = _node_partition(context)
-    size = client_partition_size(cfg, pid, nparts)  # the cap on what its replies may claim; counted, not tokenized
-    metrics = {"partition-id": pid, "num-partitions": nparts, "num-examples": size, "k": rt.tuner.k}
-    return Message(to_recorddict({}, {"fingerprint": rt.tuner.fingerprint}, metrics), reply_to=msg)
+    """Handshake: this node's partition, its size and the mask fingerprint (derived locally, never sent); in a
+    multi-task run also its task and its head's size, which the server checks against its assignment."""
+    node = _node(context)
+    rt = node.rt
+    size = client_partition_size(node.cfg, node.part, node.parts)  # the cap on what its replies may claim; counted
+    metrics = {"partition-id": node.pid, "num-partitions": node.nparts, "num-examples": size, "k": rt.tuner.k}
+    config = {"fingerprint": rt.tuner.fingerprint}
+    if _config(context.run_config).tasks:  # a multi-task run: the task this node trains
+        config["task"] = node.cfg.dataset
+        metrics["head-size"] = rt.tuner.head_size
+    return Message(to_recorddict({}, config, metrics), reply_to=msg)
 
 
 def _route_handler(owner: Method, route: ClientRoute) -> Callable[[Message, Context], Message]:
     """A Flower handler around a method's plain route: parts in, parts out, node state kept."""
     def handle(msg: Message, context: Context) -> Message:
         state = _node_state(context)
-        cfg, rt = _runtime(context, state)
+        node = _node(context, state)
+        cfg, rt = node.cfg, node.rt
         if rt.method.name != owner.name:  # by name: Flower may re-import the app's modules between runs
             raise ValueError(f"message {msg.metadata.message_type!r} belongs to method {owner.name!r}, "
                              f"this run's method is {rt.method.name!r}")
-        pid, nparts = _node_partition(context)
         arrays, metrics, config = message_parts(msg)
-        call = ClientCall(cfg=cfg, tuner=rt.tuner, base=rt.base, partition_id=pid, num_partitions=nparts,
-                          request=Parts(arrays, config, metrics), state=state,
-                          data=lambda: client_partition(cfg, rt.base.tokenizer, pid, nparts))
+        call = ClientCall(cfg=cfg, tuner=rt.tuner, base=rt.base, partition_id=node.part, num_partitions=node.parts,
+                          request=Parts(arrays, config, metrics), state=state, data=node.data)
         reply: Parts = route(call)
         _keep_state(context, call.state)
         return Message(to_recorddict(reply.arrays, reply.config, reply.metrics), reply_to=msg)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from server.validation import MAX_NUM_EXAMPLES
 from shared.masks import MaskMismatchError
@@ -32,6 +32,7 @@ class Admission:
     partition_id: int
     num_partitions: int
     num_examples: int
+    task: str = ""  # a multi-task run: the task the node trains (its partition's, checked)
 
 
 def _integer(metrics: Mapping[str, Any], key: str, low: int, high: int) -> int:
@@ -45,13 +46,29 @@ def _integer(metrics: Mapping[str, Any], key: str, low: int, high: int) -> int:
     return int(value)
 
 
-def admit(metrics: Mapping[str, Any], config: Mapping[str, Any], fingerprint: str) -> Admission:
-    """Check one handshake reply's plain parts; raises with the reason (never returns a partial admission)."""
+def admit(metrics: Mapping[str, Any], config: Mapping[str, Any], fingerprint: str,
+          tasks: Sequence[tuple[str, int]] | None = None) -> Admission:
+    """Check one handshake reply's plain parts; raises with the reason (never returns a partial admission).
+
+    ``tasks``: a multi-task run's assignment, (task, its head's size) per global partition id; the node must count
+    that many partitions and report its partition's task and head size (config ``task``, metric ``head-size``)."""
     if config.get("fingerprint") != fingerprint:
         raise MaskMismatchError("mask fingerprint differs from the server's; node excluded")
     nparts = _integer(metrics, "num-partitions", 1, MAX_PARTITIONS)
     pid = _integer(metrics, "partition-id", 0, nparts - 1)
-    return Admission(pid, nparts, _integer(metrics, "num-examples", 0, MAX_NUM_EXAMPLES))
+    examples = _integer(metrics, "num-examples", 0, MAX_NUM_EXAMPLES)
+    if tasks is None:
+        return Admission(pid, nparts, examples)
+    if nparts != len(tasks):
+        raise MalformedUpdateError(f"num-partitions {nparts} differs from the {len(tasks)} nodes the run's tasks assign")
+    task, size = tasks[pid]
+    if config.get("task") != task:
+        raise MalformedUpdateError(f"node reports task {str(config.get('task'))[:40]!r}, the run assigns partition "
+                                   f"{pid} to {task!r}")
+    head = _integer(metrics, "head-size", 0, MAX_NUM_EXAMPLES)
+    if head != size:
+        raise MalformedUpdateError(f"node reports a {head}-value head for task {task!r}, the server's has {size}")
+    return Admission(pid, nparts, examples, task)
 
 
 def later_claimants(admitted: Mapping[int, Admission]) -> dict[int, int]:

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from server.checkpoint import CheckpointError
 from server.handshake import HandshakeError
 from server.linkstate_index import install as install_linkstate_index
+from server.multitask import TaskSuite, multitask_fingerprint
 from server.outputs import save_final_model, write_json
 from server.reference import reference_norm
 from server.recovery import (checkpoint_round, kept_defaults, prepare_output_dir, resolved_settings,
@@ -29,6 +30,7 @@ from shared.masks import MaskError
 from shared.model import ModelLoadError
 from shared.runtime import Runtime, extra_held_out, get_runtime, test_split
 from shared.schedule import describe
+from shared.multitask import parse_tasks, task_configs
 from shared.settings import parse_run_config
 from shared.tasks import score_of, short_name, task_of
 from shared.tasks.metrics import higher_is_better
@@ -48,10 +50,12 @@ class RunRecorder:
     headline is better is the task's metric's (``higher_is_better`` in the summary: perplexity is lower-better). A
     generation task's few generated samples per round go to ``samples.jsonl`` (one JSON object per line)."""
 
-    def __init__(self, cfg: RunConfig, rt: Runtime, out: Path):
-        self.cfg, self.rt, self.out = cfg, rt, out
-        self.task = task_of(cfg)
-        self.test = test_split(cfg, rt.base.tokenizer)
+    def __init__(self, cfg: RunConfig, rt: Runtime, out: Path, suite: TaskSuite | None = None):
+        self.cfg, self.rt, self.out, self.suite = cfg, rt, out, suite
+        # a multi-task run (suite): every task scored, the headline is the mean of the tasks' headlines
+        self.task = task_of(cfg) if suite is None else None
+        self.headline = "average" if suite is not None else self.task.headline
+        self.test = test_split(cfg, rt.base.tokenizer) if suite is None else None
         if not cfg.resume:  # a new run in this folder: its samples only
             (out / "samples.jsonl").unlink(missing_ok=True)
         self.history: list[dict] = []
@@ -63,11 +67,18 @@ class RunRecorder:
         twice (the strategy's ``vet`` and the round's record share the figures of the same state object)."""
         if self._last is not None and self._last[0] is state:
             return self._last[1]
-        head = unflatten_head(state.head, self.rt.tuner.head_state(), self.rt.base.head_names)
-        self.rt.tuner.load(state.values, head)
-        out = self.score(self.rt.base.model, self.test)  # on the device
+        if self.suite is not None:
+            out = self.suite.evaluate(state.values, state.head)
+        else:
+            head = unflatten_head(state.head, self.rt.tuner.head_state(), self.rt.base.head_names)
+            self.rt.tuner.load(state.values, head)
+            out = self.score(self.rt.base.model, self.test)  # on the device
         self._last = (state, out)
         return out
+
+    def headline_of(self, ev: Evaluation) -> float:
+        """A state's headline value: the task's headline metric, or the mean of the tasks' (a multi-task run)."""
+        return self.suite.average(ev.metrics) if self.suite is not None else ev.metrics[self.task.headline]
 
     def score(self, model, data) -> Evaluation:
         return evaluate(model, data, self.task, self.cfg.eval_batch_size, self.cfg.precision, self.cfg.max_new_tokens)
@@ -75,7 +86,7 @@ class RunRecorder:
     def record(self, rl: RoundLog, state: GlobalState, seconds: float) -> dict:
         t0 = time.perf_counter()
         ev = self.evaluate(state)
-        score = ev.metrics[self.task.headline]
+        score = self.headline_of(ev)
         rec = {"round": rl.round, **({"accuracy": ev.metrics["accuracy"]} if "accuracy" in ev.metrics else {}),
                "score": score, "metrics": ev.metrics, "loss": ev.loss, "train_loss": rl.train_loss,
                "sampled": rl.sampled, "replied": rl.replied, "rejected": rl.rejected, "failed": rl.failed,
@@ -91,7 +102,7 @@ class RunRecorder:
         if ev.samples:
             with open(self.out / "samples.jsonl", "a", encoding="utf-8") as fh:
                 fh.writelines(json.dumps({"round": rl.round, **s}, ensure_ascii=False) + "\n" for s in ev.samples)
-        print(f"[round {rl.round:>3}/{self.cfg.num_server_rounds}] {short_name(self.task.headline)} {score:.4f}  "
+        print(f"[round {rl.round:>3}/{self.cfg.num_server_rounds}] {short_name(self.headline)} {score:.4f}  "
               f"loss {ev.loss:.4f}  replies {rl.replied}/{rl.sampled}  up {rl.bytes_up / 1e3:,.1f} kB  "
               f"down {rl.bytes_down / 1e3:,.1f} kB  {seconds:.1f}s", flush=True)
         return rec
@@ -100,6 +111,13 @@ class RunRecorder:
         """The final state's metrics, and where the run scores on test, every further held-out split of the task
         (MNLI's mismatched dev set: ``accuracy_mismatched``)."""
         metrics = dict(self.evaluate(final).metrics)  # loads the final state (a vetted, refused one may be loaded)
+        if self.suite is not None:  # by task: {task: {metric: value}}, each task's further splits beside
+            metrics = {name: dict(m) for name, m in metrics.items()}
+            if self.cfg.eval_split == "test":
+                for suffix, splits in self.suite.extra_held_out().items():
+                    for name, m in self.suite.evaluate(final.values, final.head, splits).metrics.items():
+                        metrics[name].update({f"{metric}_{suffix}": v for metric, v in m.items()})
+            return metrics
         for split, data in extra_held_out(self.cfg, self.rt.base.tokenizer).items():
             suffix = split.removeprefix("test_")
             metrics.update({f"{name}_{suffix}": v for name, v in self.score(self.rt.base.model, data).metrics.items()})
@@ -121,17 +139,27 @@ class RunRecorder:
             "bytes_up_per_client_round": up, "bytes_down_per_client_round": down,
             "dense_bytes_per_client_round": n_params * 4,
             "value_bytes_per_client_round": payload,
-            "headline_metric": self.task.headline, "higher_is_better": higher_is_better(self.task.headline),
+            "headline_metric": self.headline, "higher_is_better": higher_is_better(self.headline),
             "final_score": score_of(self.history[-1]) if self.history else None,
             **({"final_accuracy": self.history[-1]["accuracy"] if self.history else None}
-               if "accuracy" in self.task.metrics else {}),
+               if self.task is not None and "accuracy" in self.task.metrics else {}),
             "rounds": len(rounds), "wall_seconds": time.perf_counter() - self.t_start,
             "seconds_per_round": sum(r["round_seconds"] for r in rounds) / max(1, len(rounds)),
             "mask_fingerprint": self.rt.tuner.fingerprint, "model": self.rt.base.source,
-            "dataset": self.cfg.dataset, "seed": self.cfg.seed,
+            "dataset": self.cfg.tasks or self.cfg.dataset, "seed": self.cfg.seed,
             "lr": lr, "head_lr": head_lr,
             **secure_summary(self.cfg, rounds, payload),
+            **(self.suite_summary(k) if self.suite is not None else {}),
         }
+
+    def suite_summary(self, k: int) -> dict:
+        """A multi-task run's own figures: each task's nodes, head and headline, and what must be stored (float32):
+        one value vector and a head per task, against one vector and head per task from single-task runs."""
+        layout, nodes = self.suite.layout, {slot.name: slot.count for slot in parse_tasks(self.cfg.tasks)}
+        return {"tasks": {name: {"nodes": nodes[name], "head_size": layout.size(name),
+                                 "headline_metric": self.suite.tasks[name].headline} for name in layout.names},
+                "storage_bytes": {"multitask": 4 * (k + layout.total),
+                                  "one_per_task": sum(4 * (k + size) for size in layout.sizes)}}
 
 
 # Errors caused by the user's input: reported as one line that says how to fix it, not a traceback.
@@ -155,21 +183,30 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     prepare_output_dir(cfg, out)  # before any model loads
     cfg, run_config = kept_defaults(cfg, run_config)  # a resumed run trains with the settings it was made with
     # a bad data folder or file (or a missing eval split) fails here, in one line, before any model
-    held_out(run_splits(cfg), cfg.eval_split, cfg.data_dir)
+    for sub in (task_configs(cfg).values() if cfg.tasks else [cfg]):
+        held_out(run_splits(sub), sub.eval_split, sub.data_dir)
     resolve_device(cfg.device)  # so does a device this machine lacks (device=cuda on a CPU-only host)
-    rt = get_runtime(cfg)
-    rt.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
-    strategy = _strategy(cfg, rt)
-    recorder = RunRecorder(cfg, rt, out)
+    suite = TaskSuite(cfg) if cfg.tasks else None  # many tasks: one runtime per head shape, every task's test split
+    rt = get_runtime(cfg) if suite is None else suite.rts[suite.first]
+    if suite is None:
+        rt.reset()  # a cached runtime may hold an earlier run's state (a second run in one process)
+    strategy = _strategy(cfg, rt, suite)
+    recorder = RunRecorder(cfg, rt, out, suite)
     strategy.vet = lambda state: recorder.evaluate(state).loss  # a state is adopted only if its loss does not explode
     if cfg.update_bound == "adaptive" and not cfg.secure_aggregation:  # the first bound's scale: the server's own
-        strategy.adaptive.reference = lambda state, rnd: reference_norm(cfg, rt, state.values, state.head, rnd)
+        if suite is None:
+            strategy.adaptive.reference = lambda state, rnd: reference_norm(cfg, rt, state.values, state.head, rnd)
+        else:  # many tasks: the first task's reference update (its head's span), one scale for every row
+            first, span = suite.cfgs[suite.first], suite.layout.span(suite.first)
+            strategy.adaptive.reference = lambda state, rnd: reference_norm(first, rt, state.values, state.head[span],
+                                                                            rnd)
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
     saved = saved_selection(cfg) if rt.method.select is not None else {}
     selected = run_selection(grid, cfg, rt, strategy, handshake, saved)  # kept in every checkpoint
     # After selection: the identity (and so a resumable checkpoint) includes a selected mask.
-    identity = run_identity(strategy, rt.base.source, cfg.method, data_fingerprint(cfg.data_dir))
+    data = multitask_fingerprint(cfg) if suite is not None else data_fingerprint(cfg.data_dir)
+    identity = run_identity(strategy, rt.base.source, cfg.method, data)
     settings = resolved_settings(cfg, run_config, rt.method.learning_rates(cfg))  # every knob as it trains
     write_json(out / "settings.json", settings)
     first_round, recorder.history = resume_from_checkpoint(cfg, out, strategy, identity, run_config, settings)
@@ -185,9 +222,13 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     _finish(cfg, rt, out, recorder, strategy, final)
 
 
-def _strategy(cfg: RunConfig, rt: Runtime) -> SparseStrategy:
-    """The strategy at round 0: the tuner's initial values and head, and what a valid reply looks like."""
-    head0 = flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names)  # the global state lives on the CPU
+def _strategy(cfg: RunConfig, rt: Runtime, suite: TaskSuite | None = None) -> SparseStrategy:
+    """The strategy at round 0: the tuner's initial values and head (every task's, end to end, for a multi-task
+    run), and what a valid reply looks like."""
+    if suite is None:
+        head0 = flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names)  # the global state lives on the CPU
+    else:
+        head0 = suite.initial_head()
     expected = Expected(fingerprint=rt.tuner.fingerprint, value_dtype=cfg.value_dtype, k=rt.tuner.k,
                         head_size=int(head0.numel()), block=cfg.int8_block_size, max_bytes=cfg.max_reply_bytes,
                         codec=rt.tuner.codec)
@@ -201,12 +242,20 @@ def _strategy(cfg: RunConfig, rt: Runtime) -> SparseStrategy:
           f"parameters, mask {rt.tuner.fingerprint[:12]}, value-dtype {cfg.value_dtype}, lr {lr:g} (head {head_lr:g}), "
           f"schedule {describe(cfg.lr_schedule, cfg.num_server_rounds, cfg.lr_warmup_rounds, cfg.lr_decay_rounds)}",
           flush=True)
-    return SparseStrategy(cfg, GlobalState(values=rt.tuner.initial_values(), head=head0), expected)
+    if suite is not None:
+        print(f"fedsparse: {len(suite.cfgs)} tasks, one value vector: " + ", ".join(
+            f"{slot.name} ({slot.count} nodes, head {suite.layout.size(slot.name)})"
+            for slot in parse_tasks(cfg.tasks)) + f"; sampling {cfg.task_sampling}", flush=True)
+    return SparseStrategy(cfg, GlobalState(values=rt.tuner.initial_values(), head=head0), expected,
+                          None if suite is None else suite.layout)
 
 
 def _finish(cfg: RunConfig, rt: Runtime, out: Path, recorder: RunRecorder, strategy: SparseStrategy,
             final: GlobalState) -> None:
-    """Merge and save the final model, run the method's final step, write summary.json."""
+    """Merge and save the final model, run the method's final step, write summary.json (a multi-task run: one merged
+    model per task, ``tasks/<task>/``, each the one value vector with its task's head)."""
+    if recorder.suite is not None:
+        return _finish_tasks(out, recorder, strategy, final)
     merged = save_final_model(out, cfg, rt, final.values, final.head)
     summary = recorder.summary(strategy)
     summary.update(rt.tuner.describe())  # method-specific figures (topk k, LoRA rank, ...)
@@ -217,3 +266,25 @@ def _finish(cfg: RunConfig, rt: Runtime, out: Path, recorder: RunRecorder, strat
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final {headline} {summary['final_score']:.4f}; "
           f"up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)
+
+
+def _finish_tasks(out: Path, recorder: RunRecorder, strategy: SparseStrategy, final: GlobalState) -> None:
+    """A multi-task run's end: per task, the merged model and artifact in ``tasks/<task>/`` and the method's final
+    step scored on that task; summary.json with every task's metrics and the mean of their headlines."""
+    suite = recorder.suite
+    summary = recorder.summary(strategy)
+    summary.update(recorder.rt.tuner.describe())
+    summary["metrics"] = recorder.final_metrics(final)
+    for name, sub in suite.cfgs.items():
+        rt, folder = suite.rts[name], out / "tasks" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        merged = save_final_model(folder, sub, rt, final.values, final.head[suite.layout.span(name)])
+        headline, test = suite.tasks[name].headline, suite.tests[name]
+        score = lambda m, h=headline, t=test, task=suite.tasks[name], c=sub: evaluate(  # noqa: E731
+            m, t, task, c.eval_batch_size, c.precision, c.max_new_tokens).metrics[h]
+        summary["tasks"][name].update(rt.tuner.finalize(merged, final.values, score, folder))
+    write_json(out / "summary.json", summary)
+    print(f"fedsparse: final average {summary['final_score']:.4f} over {len(suite.cfgs)} tasks ("
+          + ", ".join(f"{name} {short_name(suite.tasks[name].headline)} "
+                      f"{summary['metrics'][name][suite.tasks[name].headline]:.4f}" for name in suite.cfgs)
+          + f"); up {summary['bytes_up_per_client_round']:,.0f} B/client-round; results in {out}", flush=True)

@@ -117,13 +117,15 @@ def plan(name: str) -> tuple[str, str]:
 
 
 def server_step(deltas: torch.Tensor, weights: torch.Tensor, state: OptState, hp: ServerSettings,
-                server_round: int, num_clients: int | None = None) -> tuple[torch.Tensor, OptState]:
+                server_round: int, num_clients: int | None = None, stream: int = 0) -> tuple[torch.Tensor, OptState]:
     """The update to add to the global (d,) vector from stacked client deltas (n, d); float32 (d,).
 
     With ``dp-clip-norm`` > 0 each row is clipped to that L2 norm and weighted equally (the DP
     sensitivity argument needs equal weights); noise is seeded by (seed, round), so it replays.
     ``num_clients``: how many clients the rows stand for (a secure round passes its one mean row and
-    the survivors' count, so the noise std is still z*C/n); default the number of rows.
+    the survivors' count, so the noise std is still z*C/n); default the number of rows. ``stream``: which noise
+    stream of the round (a multi-task round steps its values and each task's head apart, each with its own; 0 = the
+    values', as in a single-task run).
     """
     agg_name, opt_name = plan(hp.aggregator)
     n = deltas.shape[0] if num_clients is None else int(num_clients)
@@ -134,6 +136,6 @@ def server_step(deltas: torch.Tensor, weights: torch.Tensor, state: OptState, hp
                   cc_iterations=hp.cc_iterations, krum_f=hp.krum_f, krum_m=hp.krum_m).double()
     if hp.dp_noise_multiplier > 0:
         std = noise_std(hp.dp_noise_multiplier, hp.dp_clip_norm, n)
-        g = g + gaussian_noise(g.numel(), std, hp.seed * 1_000_033 + server_round)
+        g = g + gaussian_noise(g.numel(), std, hp.seed * 1_000_033 + server_round + stream * 7_777_777_777)
     update, new_state = OPTIMIZERS[opt_name](g, state, hp)
     return update.float(), new_state

@@ -29,11 +29,13 @@ from server.aggregation import AggregationError
 from server.drift import ServerDrift
 from server.guards import AdaptiveBound, bound_updates, capped_weights, example_caps, norm_bound
 from server.handshake import HandshakeError, admit, later_claimants
+from server.multitask import HeadLayout, multitask_step
 from server.secagg import SecAggParams, check_capacity
 from server.secure_round import secure_train
 from server.server_opt import OptState, ServerSettings, server_step
 from server.validation import Expected, validate_reply
 from shared.config import RunConfig
+from shared.multitask import parse_tasks
 from wire.codec import MalformedUpdateError, relative_error, representable
 from wire.drift import split_control
 from wire.protocol import HANDSHAKE, TRAIN, Update
@@ -54,8 +56,14 @@ def seeded_sample(items: list, fraction: float, seed: int, server_round: int) ->
 class SparseStrategy(Strategy):
     """Federated averaging (or any ``aggregator``) of aligned value vectors, for every method."""
 
-    def __init__(self, cfg: RunConfig, state: GlobalState, expected: Expected):
+    def __init__(self, cfg: RunConfig, state: GlobalState, expected: Expected, layout: HeadLayout | None = None):
         self.cfg, self.state, self.expected = cfg, state, expected
+        # a multi-task run (server/multitask.py): where each task's head lies in state.head, each node's task, and
+        # (task, head size) per global partition id (what the handshake checks)
+        self.layout = layout
+        self.node_tasks: dict[int, str] = {}
+        self.assignment = None if layout is None else [(slot.name, layout.size(slot.name))
+                                                       for slot in parse_tasks(cfg.tasks) for _ in range(slot.count)]
         self.partitions: dict[int, int] = {}  # node id -> partition id (from the handshake)
         self.current = RoundLog(0)
         self.server = ServerSettings.from_config(cfg)
@@ -80,10 +88,30 @@ class SparseStrategy(Strategy):
                                                self.cfg.int8_block_size)
 
     def sample(self, server_round: int) -> list[int]:
-        """Seeded choice of ``ceil(fraction-train * nodes)`` nodes, by partition id order."""
+        """Seeded choice of ``ceil(fraction-train * nodes)`` nodes, by partition id order; a multi-task run with
+        ``task-sampling = "stratified"``: that share of each task's nodes (at least one of every task)."""
         nodes = sorted(self.partitions, key=lambda n: (self.partitions[n], n))
-        picked = seeded_sample(nodes, self.cfg.fraction_train, self.cfg.seed, server_round)
+        if self.layout is None or self.cfg.task_sampling == "proportional":
+            picked = seeded_sample(nodes, self.cfg.fraction_train, self.cfg.seed, server_round)
+        else:
+            picked = []
+            for i, name in enumerate(self.layout.names):
+                mine = [n for n in nodes if self.node_tasks.get(n) == name]
+                if mine:
+                    picked += seeded_sample(mine, self.cfg.fraction_train, self.cfg.seed + 7_919 * (i + 1),
+                                            server_round)
         return sorted(picked, key=lambda n: self.partitions[n])
+
+    def expected_of(self, node: int) -> Expected:
+        """What a valid reply of ``node`` looks like: a multi-task node's head is its task's."""
+        if self.layout is None:
+            return self.expected
+        return dataclasses.replace(self.expected, head_size=self.layout.size(self.node_tasks[node]))
+
+    def global_for(self, tasks: Iterable[str]) -> dict[str, dict]:
+        """A multi-task round's encoded global per task: the values and that task's head only."""
+        return {t: self.expected.codec.encode_down(self.state.values, self.state.head[self.layout.span(t)],
+                                                   self.cfg.value_dtype, self.cfg.int8_block_size) for t in set(tasks)}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -93,12 +121,19 @@ class SparseStrategy(Strategy):
         nodes = self.sample(server_round)
         self.round_nodes = set(nodes)
         self.drift.start_round(self.expected.k + self.expected.head_size)
-        plain = {k: a.numpy() for k, a in arrays.items()}
-        return [Message(to_recorddict({**plain, **self.drift.down(self.partitions.get(node, -1))}, conf), node, TRAIN)
-                for node in nodes]
+        if self.layout is None:
+            plain = {k: a.numpy() for k, a in arrays.items()}
+            return [Message(to_recorddict({**plain, **self.drift.down(self.partitions.get(node, -1))}, conf), node,
+                            TRAIN) for node in nodes]
+        per_task = self.global_for(self.node_tasks[node] for node in nodes)
+        return [Message(to_recorddict(per_task[self.node_tasks[node]], conf), node, TRAIN) for node in nodes]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates = self._bounded(self._accepted(replies))
+        updates = self._accepted(replies)
+        if self.layout is not None:  # each head delta in its task's span, zeros elsewhere (row norms unchanged)
+            updates = [(node, dataclasses.replace(u, head_delta=self.layout.widen(self.node_tasks[node], u.head_delta)))
+                       for node, u in updates]
+        updates = self._bounded(updates)
         self.drift.absorb([(node, self.partitions[node]) for node, _ in updates], len(self.partitions))
         self.current.replied = len(updates)
         if len(updates) < self.cfg.min_train_replies:
@@ -109,13 +144,24 @@ class SparseStrategy(Strategy):
         self._note([node for node, _ in updates], notes)
         stack = torch.stack([torch.cat([u.delta, u.head_delta]) for _, u in updates])
         loss = float(sum(u.train_loss * w for (_, u), w in zip(updates, weights.tolist())) / weights.sum())
-        return self.apply_update(server_round, stack, weights, loss, len(updates))
+        row_tasks = None if self.layout is None else [self.node_tasks[node] for node, _ in updates]
+        return self.apply_update(server_round, stack, weights, loss, len(updates), row_tasks)
 
     def apply_update(self, server_round: int, stack: torch.Tensor, weights: torch.Tensor, loss: float,
-               num_clients: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """``server_step`` on (n, k + h) ``stack`` (a secure round: its one mean row) and the guarded update."""
+                     num_clients: int, row_tasks: list[str] | None = None) -> tuple[ArrayRecord | None,
+                                                                                    MetricRecord | None]:
+        """``server_step`` on (n, k + h) ``stack`` (a secure round: its one mean row) and the guarded update; a
+        multi-task round (``row_tasks``: each row's task) steps the values over all rows and each head over its
+        task's (:func:`server.multitask.multitask_step`)."""
         try:
-            step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round, num_clients)
+            if row_tasks is None:
+                step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round, num_clients)
+            else:
+                step, opt_state, notes = multitask_step(stack, weights, row_tasks, self.layout, self.expected.k,
+                                                        self.opt_state, self.server, server_round)
+                for note in notes:
+                    log.warning("round %d: %s", server_round, note)
+                    self.current.reasons.append(note)
         except AggregationError as exc:  # e.g. too few replies for multi-krum's f: skip, never crash
             self.skip(server_round, str(exc))
             return None, None
@@ -232,7 +278,7 @@ class SparseStrategy(Strategy):
                 raise MalformedUpdateError(f"reply is {size} bytes, over max-reply-mb ({self.expected.max_bytes} B)")
             parts = message_parts(msg)
             arrays, control = split_control(parts[0])
-            update = validate_reply(arrays, parts[1], parts[2], self.expected)
+            update = validate_reply(arrays, parts[1], parts[2], self.expected_of(node))
             self.drift.take(node, control, self.expected.k + self.expected.head_size)
             self.note_diagnostics(parts[1].get("train-seconds"), parts[2].get("worker-node"))
             return update
@@ -290,7 +336,7 @@ class SparseStrategy(Strategy):
                 if node in admitted:
                     raise MalformedUpdateError("second handshake reply from the same node")
                 _, metrics, config = message_parts(reply)
-                admitted[node] = admit(metrics, config, self.expected.fingerprint)
+                admitted[node] = admit(metrics, config, self.expected.fingerprint, self.assignment)
             except Exception as exc:  # noqa: BLE001
                 admitted.pop(node, None)
                 self.reject(node, f"handshake {exc.__class__.__name__}: {str(exc)[:200]}")
@@ -300,6 +346,7 @@ class SparseStrategy(Strategy):
                               f"first")
         self.partitions = {n: a.partition_id for n, a in admitted.items() if n not in clash}
         self.declared = {n: a.num_examples for n, a in admitted.items() if n not in clash}
+        self.node_tasks = {n: a.task for n, a in admitted.items() if n not in clash}
         self.current.replied = len(self.partitions)
         if not self.partitions:
             raise HandshakeError(f"no node passed the handshake ({len(self.current.reasons)} refused; first: "

@@ -79,6 +79,13 @@ class RunConfig:
                         "label-column, task-type and task-metrics keys (docs/tasks.md)")
     data_dir: str = knob("", "the task's local folder in its official layout (e.g. ../shared/data/glue/RTE; custom: "
                          "train and test files as .csv, .tsv, .json or .jsonl); empty = the Hugging Face Hub")
+    tasks: str = knob("", "many tasks, one mask: 'task:nodes,...' (e.g. mnli:3,qnli:2,sst2:2,rte:1,mrpc:1,cola:1) "
+                      "assigns partitions to tasks in that order; each node trains its task's data (data-dir/<the "
+                      "task's folder>, e.g. ../shared/data/glue) and head, all nodes the one value vector; empty = "
+                      "the one task 'dataset' (docs/multitask.md)")
+    task_sampling: str = knob("stratified", "tasks: each round samples fraction-train of every task's nodes "
+                              "(stratified: every task trains every round) or of all nodes at once (proportional)",
+                              choices=("stratified", "proportional"))
     hub_dataset: str = knob("", "dataset='custom' from the Hub: the id passed to datasets.load_dataset (empty: read "
                             "data-dir)")
     hub_config: str = knob("", "dataset='custom' from the Hub: the dataset's configuration name, if it has several")

@@ -69,13 +69,17 @@ def runtime_key(cfg: RunConfig) -> tuple:
             cfg.batch_size, own, str(resolve_device(cfg.device)))
 
 
-def get_runtime(cfg: RunConfig) -> Runtime:
-    """The cached runtime for ``cfg``'s model and mask settings (built on first use)."""
+def get_runtime(cfg: RunConfig, capacity: int = 1) -> Runtime:
+    """The cached runtime for ``cfg``'s model and mask settings (built on first use). ``capacity``: how many
+    runtimes the process keeps (a multi-task run's nodes and server keep one per head shape: its task count);
+    beyond it the least recently used goes."""
     key = runtime_key(cfg)
     with _LOCK:
         if key not in _RUNTIMES:
-            _RUNTIMES.clear()  # one base model per process: a new configuration replaces the old
+            while _RUNTIMES and len(_RUNTIMES) >= max(1, capacity):
+                _RUNTIMES.pop(next(iter(_RUNTIMES)))  # one base model per process unless the run needs more
             _RUNTIMES[key] = build_runtime(cfg)
+        _RUNTIMES[key] = _RUNTIMES.pop(key)  # most recently used last
         return _RUNTIMES[key]
 
 

@@ -20,6 +20,7 @@ from shared.config import CORE_KEYS, RunConfig, core_config
 from shared.drift import check_drift_method
 from shared.knobs import ConfigError, build, coerce, help_rows, knobs, refuse_unknown
 from shared.methods import get_method, methods
+from shared.multitask import check_tasks, task_configs
 
 __all__ = ["ConfigError", "parse_run_config", "method_knobs", "declared_defaults"]
 
@@ -46,6 +47,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     cfg = core_config(run_config, options)
     method = get_method(cfg.method)  # a one-line error naming the registered methods
     check_task(cfg)
+    check_tasks(cfg, check_task)  # tasks=...: the assignment, the method and settings every task's head can share
     if cfg.secure_aggregation and not method.aligned:
         raise ConfigError(f"secure-aggregation=true cannot run method '{cfg.method}': its updates are not aligned "
                           f"(each carries its own positions), so SecAgg+ masks cannot cancel coordinate by "
@@ -127,7 +129,8 @@ def check_run(run_config: Mapping[str, Any]) -> str | None:
 
     try:
         cfg = parse_run_config(run_config)
-        held_out(run_splits(cfg), cfg.eval_split, cfg.data_dir)
+        for sub in (task_configs(cfg).values() if cfg.tasks else [cfg]):  # every task's data
+            held_out(run_splits(sub), sub.eval_split, sub.data_dir)
         check_model(cfg.model)
     except (ConfigError, TaskError, DataLoadError, ModelLoadError) as exc:
         return str(exc)

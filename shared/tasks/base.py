@@ -67,6 +67,7 @@ class Task:
     encoder: Callable[..., Any] | None = None  # (split, tokenizer, max_length, limit) -> shared.data.Encoded
     evaluator: Callable[..., Any] | None = None  # (model, Encoded, task, batch_size, precision, max_new_tokens)
     skew: str | None = "label"  # what partitioner='dirichlet' skews (the column 'label' holds it); None: IID only
+    folder: str = ""  # the task's folder in its benchmark's layout (GLUE: "MNLI"); '' = its name (tasks=..., multitask)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -105,7 +105,7 @@ def score(names: Sequence[str], predictions: np.ndarray, labels: np.ndarray) -> 
     return {name: METRICS[name](predictions, labels) for name in names}
 
 
-SHORT = {"accuracy": "acc", "perplexity": "ppl"}  # a metric's name in a round's log line, where shorter
+SHORT = {"accuracy": "acc", "perplexity": "ppl", "average": "avg"}  # a metric's name in a round's log line, where shorter
 
 
 def short_name(metric: str) -> str:

@@ -21,10 +21,12 @@ NLI = ("entailment", "not_entailment")
 
 def _glue(name: str, help: str, layout: Layout, hub_columns: dict, *, labels: tuple[str, ...] = ("0", "1"),
           metrics: tuple[str, ...] = ("accuracy",), headline: str = "accuracy", kind: str = "classification",
-          hub_splits: dict | None = None, held_out: tuple[str, ...] = ("test",), either: bool = False) -> Task:
+          hub_splits: dict | None = None, held_out: tuple[str, ...] = ("test",), either: bool = False,
+          folder: str = "") -> Task:
     hub = HubSource("nyu-mll/glue", name, hub_splits or {"train": "train", "test": "validation"}, hub_columns)
     read = _either_layout(reader(layout)) if either else reader(layout)
-    return Task(name, help, kind, labels, layout.text_pair is not None, metrics, headline, hub, read, held_out)
+    return Task(name, help, kind, labels, layout.text_pair is not None, metrics, headline, hub, read, held_out,
+                folder=folder or name.upper())
 
 
 def _either_layout(glue):
@@ -37,10 +39,10 @@ def _either_layout(glue):
 
 TASKS = (
     _glue("cola", "CoLA: grammatical acceptability (Matthews correlation)", Layout(DEV, text=3, label=1),
-          {"text": "sentence", "label": "label"}, metrics=("matthews", "accuracy"), headline="matthews"),
+          {"text": "sentence", "label": "label"}, metrics=("matthews", "accuracy"), headline="matthews", folder="CoLA"),
     _glue("sst2", "SST-2: sentence sentiment (accuracy); data-dir: a GLUE SST-2 folder or ../shared/data/sst2",
           Layout(DEV, text="sentence", label="label"), {"text": "sentence", "label": "label"},
-          labels=("negative", "positive"), either=True),
+          labels=("negative", "positive"), either=True, folder="SST-2"),
     _glue("mrpc", "MRPC: paraphrase pairs (F1, accuracy)",
           Layout(DEV, text="#1 String", text_pair="#2 String", label="Quality"),
           {"text": "sentence1", "text_pair": "sentence2", "label": "label"}, metrics=("f1", "accuracy"),
@@ -48,7 +50,7 @@ TASKS = (
     _glue("stsb", "STS-B: sentence-pair similarity 0-5, a regression (Pearson, Spearman)",
           Layout(DEV, text="sentence1", text_pair="sentence2", label="score"),
           {"text": "sentence1", "text_pair": "sentence2", "label": "label"}, labels=(), kind="regression",
-          metrics=("pearson", "spearman"), headline="spearman"),
+          metrics=("pearson", "spearman"), headline="spearman", folder="STS-B"),
     _glue("qqp", "QQP: duplicate question pairs (F1, accuracy)",
           Layout(DEV, text="question1", text_pair="question2", label="is_duplicate"),
           {"text": "question1", "text_pair": "question2", "label": "label"}, metrics=("f1", "accuracy"),
