@@ -90,7 +90,7 @@ class Node:
 
     cfg: RunConfig
     rt: Runtime
-    pid: int  # global partition id (seeds, faults, the handshake)
+    pid: int  # global partition id (faults, the handshake, the reply)
     nparts: int
     part: int  # its share of its task's train split
     parts: int
@@ -156,7 +156,8 @@ def train(msg: Message, context: Context) -> Message:
     fault = planned_fault(cfg.seed, pid, server_round, cfg.fail_rate, cfg.fail_mode)
     act_before_training(fault, cfg.round_timeout, pid, server_round)
     result, local, local_head, drift = _train_locally(cfg, rt, context, control, values, head_vec, data,
-                                                      cfg.seed * 100_003 + pid * 1_009 + server_round, server_round)
+                                                      cfg.seed * 100_003 + node.part * 1_009 + server_round,
+                                                      server_round)  # by its share of its task (= pid, one task)
     delta, head_delta = local - values, local_head - head_vec
     if secure:
         vector = _secure_update(cfg, pid, server_round, delta, head_delta, result.loss, fault)

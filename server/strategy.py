@@ -94,12 +94,10 @@ class SparseStrategy(Strategy):
         if self.layout is None or self.cfg.task_sampling == "proportional":
             picked = seeded_sample(nodes, self.cfg.fraction_train, self.cfg.seed, server_round)
         else:
-            picked = []
-            for i, name in enumerate(self.layout.names):
+            picked = []  # each task's draw is the one its single-task federation of the same seed makes
+            for name in self.layout.names:
                 mine = [n for n in nodes if self.node_tasks.get(n) == name]
-                if mine:
-                    picked += seeded_sample(mine, self.cfg.fraction_train, self.cfg.seed + 7_919 * (i + 1),
-                                            server_round)
+                picked += seeded_sample(mine, self.cfg.fraction_train, self.cfg.seed, server_round) if mine else []
         return sorted(picked, key=lambda n: self.partitions[n])
 
     def expected_of(self, node: int) -> Expected:

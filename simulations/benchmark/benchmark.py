@@ -55,7 +55,8 @@ def run_one(spec: RunSpec, run_dir: Path, preset: Preset, progress: Progress, ta
             (run_dir / name).unlink(missing_ok=True)
     progress.reset(task, total=int(config.get("num-server-rounds", 10)), description=f"{spec.name}: starting")
     sim = preset.simulation
-    cmd = [sys.executable, "-m", "simulations.engines.launcher", "--num-supernodes", str(sim.num_supernodes),
+    nodes = spec.num_supernodes or sim.num_supernodes
+    cmd = [sys.executable, "-m", "simulations.engines.launcher", "--num-supernodes", str(nodes),
            "--cpus-per-client", str(sim.cpus_per_client), "--gpus-per-client", str(sim.gpus_per_client),
            "--ray-cpus", str(sim.ray_cpus), "--timeout", str(sim.timeout),
            "--flwr-home", str(run_dir / ".flwr"),

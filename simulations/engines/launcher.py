@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     for text in args.run_config:
         overrides.update(parse_overrides(text))
-    problem = preflight(overrides)  # the whole run-config, the data and the model: before any process starts
+    problem = preflight(overrides, args.num_supernodes)  # the whole run-config, the data and the model: before any process starts
     if problem:
         print(f"fedsparse: {problem}", file=sys.stderr)
         return 2

@@ -69,6 +69,7 @@ class RunSpec:
     group: str = ""  # the run's name without its seed suffix (the report's row over seeds)
     seed: int | None = None  # set when the preset lists seeds
     variant: bool = False  # the preset marks it a variant/diagnostic: the plots draw it apart from the main rows
+    num_supernodes: int | None = None  # the run's own federation size (a run's num-supernodes key), else [simulation]'s
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,12 @@ def build_runs(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> list[Run
     runs, seen = [], set()
     for own in _expand(doc):
         variant = own.pop("variant", False)
+        nodes = own.pop("num-supernodes", None)  # a simulation setting of this run alone (multitask's single tasks)
         name = str(own.pop("name", "")) or run_name({k: v for k, v in own.items() if k != "seeds"})
         if not isinstance(variant, bool):
             raise PresetError(f"run {name!r}: 'variant' must be true or false, got {variant!r}")
+        if nodes is not None and (isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1):
+            raise PresetError(f"run {name!r}: 'num-supernodes' must be an integer >= 1, got {nodes!r}")
         if name in seen:
             raise PresetError(f"two runs are both named {name!r}; give one a distinct 'name' key")
         seen.add(name)
@@ -137,11 +141,11 @@ def build_runs(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> list[Run
         seeds = _seeds(own.pop("seeds", method.pop("seeds", top_seeds)), name)
         config = {**base, **method, **own, **overrides}
         if seeds is None:
-            runs.append(RunSpec(name, _resolve_paths(config), group=name, variant=variant))
+            runs.append(RunSpec(name, _resolve_paths(config), group=name, variant=variant, num_supernodes=nodes))
             continue
         for seed in seeds:
             runs.append(RunSpec(f"{name}-s{seed}", _resolve_paths({**config, "seed": seed}), group=name, seed=seed,
-                                variant=variant))
+                                variant=variant, num_supernodes=nodes))
     return runs
 
 

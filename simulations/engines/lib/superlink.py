@@ -252,13 +252,19 @@ def check_data(overrides: Mapping[str, Any]) -> str | None:
     return None
 
 
-def preflight(overrides: Mapping[str, Any]) -> str | None:
+def preflight(overrides: Mapping[str, Any], num_supernodes: int | None = None) -> str | None:
     """Everything a run can be refused for, checked before any SuperLink or Ray starts
-    (:func:`shared.settings.check_run`: the whole run-config, the data, the model): ``"error: <the one line>"``,
-    or None."""
+    (:func:`shared.settings.check_run`: the whole run-config, the data, the model; a multi-task run's node count
+    against ``num_supernodes``): ``"error: <the one line>"``, or None."""
+    from shared.multitask import parse_tasks
     from shared.settings import check_run
 
     problem = check_run(overrides)
+    if problem is None and num_supernodes is not None and overrides.get("tasks"):
+        total = sum(slot.count for slot in parse_tasks(str(overrides["tasks"])))
+        if total != num_supernodes:
+            problem = (f"tasks={overrides['tasks']!r} assigns {total} nodes but the federation has {num_supernodes} "
+                       f"SuperNodes; run with --num-supernodes {total} (or change the counts in tasks)")
     return f"error: {problem}" if problem else None
 
 

@@ -163,3 +163,29 @@ def test_the_non_iid_preset_lists_the_issue_41_runs_in_papers_setting():
                 base = ref[f"{method}-s42"]  # paper's run of record: everything else is its setting
                 mu = {"prox-mu": {"pafi": 1e-3, "full": 0.1}[method]} if variant == "prox" else {}
                 assert {k: v for k, v in run.items() if base.get(k) != v} == {**skew_knobs, **knobs, **mu}, group
+
+
+def test_the_multitask_preset_pairs_the_federation_with_one_federation_per_task():
+    """Issue 39: the same nodes per task, the same rounds, seeds and recipe; each single task on its own node count."""
+    from shared.multitask import parse_tasks, task_config
+
+    preset = load_preset("multitask")
+    multi = next(s for s in preset.runs if s.run_config.get("tasks"))
+    cfg = parse_run_config(multi.run_config)
+    slots = {slot.name: slot.count for slot in parse_tasks(cfg.tasks)}
+    assert multi.num_supernodes is None and preset.simulation.num_supernodes == sum(slots.values())
+    singles = {s.run_config["dataset"]: s for s in preset.runs if s is not multi}
+    assert set(singles) == set(slots)
+    for name, spec in singles.items():
+        single = parse_run_config(spec.run_config)
+        assert spec.num_supernodes == slots[name] and single.min_available_nodes <= slots[name]
+        assert single.data_dir == task_config(cfg, name).data_dir  # the same folder the multi-task node reads
+        for key in ("seed", "num-server-rounds", "lr", "local-steps", "batch-size", "max-length", "fraction-train",
+                    "dirichlet-alpha", "max-eval-examples", "lr-schedule"):
+            assert spec.run_config[key] == multi.run_config[key], (name, key)
+
+
+def test_a_runs_own_num_supernodes_is_checked():
+    assert build_runs({"runs": [{"method": "pafi", "num-supernodes": 3}]}, {})[0].num_supernodes == 3
+    with pytest.raises(PresetError, match="'num-supernodes' must be an integer >= 1"):
+        build_runs({"runs": [{"method": "pafi", "num-supernodes": 0}]}, {})

@@ -13,6 +13,8 @@ import pytest
 from simulations.engines import launcher
 from simulations.engines.lib import superlink
 
+GLUE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data", "glue")
+
 BAD = [
     ("methd='pafi'", "unknown run-config key 'methd'", "did you mean 'method'"),
     ("mask-density=1.5", "mask-density", "1.5"),
@@ -20,6 +22,10 @@ BAD = [
     ("dataset='stsb' local-loss='balanced'", "is a regression without classes", "local-loss='ce'"),
     ("dataset='rte'", "data-dir", ""),  # an SST-2 folder for RTE: its files are not RTE's layout
     ("data-dir='/nonexistent/sst2'", "/nonexistent/sst2", ""),
+    # a multi-task run: its data-dir holds every task's folder; two nodes for a three-node assignment
+    (f"data-dir='{GLUE}' tasks='rte:2,mrpc:1'", "assigns 3 nodes but the federation has 2", "--num-supernodes 3"),
+    ("tasks='rte:2,mrpc:1'", "RTE", ""),  # the SST-2 folder holds no task folders
+    (f"data-dir='{GLUE}' tasks='rte:1,mrpc:1' method='sam'", "selected from the clients' data", "pafi"),
 ]
 
 
