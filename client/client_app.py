@@ -182,6 +182,7 @@ def _train_locally(cfg: RunConfig, rt: Runtime, context: Context, control: Mappi
     terms (``client/drift_state.py``); (result, local values (k,), local head (h,), the drift terms)."""
     params = rt.tuner.trainable()
     lr, head_lr = rt.method.learning_rates(cfg)
+    lr = 0.0 if cfg.freeze_values else lr  # the head alone trains: AdamW at rate 0 leaves the values as they came
     scale = lr_factor(server_round, cfg.num_server_rounds, cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_decay_rounds)
     groups = [{"params": params[:1], "lr": lr * scale}, {"params": params[1:], "lr": head_lr * scale}]
     rates = rate_vector(values.numel(), head_vec.numel(), lr * scale, head_lr * scale)

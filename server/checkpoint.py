@@ -34,7 +34,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 # ``data-dir`` is where the data lies; what it holds is in the run identity (``data``, shared.data.data_fingerprint),
 # so a checkpoint moves with a clone of the project.
 RESUMABLE_CHANGES = frozenset({"resume", "num-server-rounds", "crash-after-round", "output-dir", "round-timeout",
-                               "node-wait-timeout", "min-available-nodes", "data-dir"})
+                               "node-wait-timeout", "min-available-nodes", "data-dir", "init-values"})
 
 
 class CheckpointError(ValueError):

@@ -93,6 +93,27 @@ def kept_defaults(cfg: RunConfig, run_config: Mapping[str, Any]) -> tuple[RunCon
     return cfg, dict(run_config)
 
 
+def start_values(cfg: RunConfig, fingerprint: str, initial: torch.Tensor) -> torch.Tensor:
+    """The global values at round 0: ``initial`` (the method's), or with ``init-values`` those of another run's
+    checkpoint (its output-dir or the file), which must be of this run's mask (fingerprint and k); one-line
+    :class:`CheckpointError` otherwise."""
+    if not cfg.init_values:
+        return initial
+    path = Path(cfg.init_values).expanduser().resolve()
+    path = path / CHECKPOINT_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise CheckpointError(f"init-values={cfg.init_values!r}: no {CHECKPOINT_NAME} there; give the output-dir of a "
+                              f"run of the same mask (a finished or stopped run keeps its checkpoint)")
+    ck = load_checkpoint(path)
+    if ck.identity.get("fingerprint") != fingerprint or ck.values.numel() != initial.numel():
+        raise CheckpointError(f"init-values={cfg.init_values!r}: that run's mask "
+                              f"{str(ck.identity.get('fingerprint'))[:12]} (k={ck.values.numel()}) is not this run's "
+                              f"{fingerprint[:12]} (k={initial.numel()}); the same model, method and mask settings "
+                              f"give the same mask")
+    print(f"fedsparse: values start from {path} (its round {ck.round})", flush=True)
+    return ck.values.detach().float().clone()
+
+
 def resolved_settings(cfg: RunConfig, run_config: Mapping[str, Any], lrs: tuple[float, float]) -> dict[str, Any]:
     """Every knob with the value this run trains with: ``run_config`` (Flower's: the declared defaults with the
     command's values on top) with ``lr``/``head-lr`` resolved to the method's rates where they were left at 0. What

@@ -36,6 +36,7 @@ def reference_norm(cfg: RunConfig, rt: Runtime, values: torch.Tensor, head: torc
     rt.tuner.load(values, unflatten_head(head, head_like, rt.base.head_names))
     params = rt.tuner.trainable()
     lr, head_lr = rt.method.learning_rates(cfg)
+    lr = 0.0 if cfg.freeze_values else lr  # as the clients train
     scale = lr_factor(server_round, cfg.num_server_rounds, cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_decay_rounds)
     groups = [{"params": params[:1], "lr": lr * scale}, {"params": params[1:], "lr": head_lr * scale}]
     train_local(rt.base.model, groups, trusted_sample(cfg, rt.base.tokenizer), cfg.local_steps, cfg.batch_size,

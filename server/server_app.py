@@ -18,7 +18,7 @@ from server.multitask import TaskSuite, multitask_fingerprint
 from server.outputs import save_final_model, write_json
 from server.reference import reference_norm
 from server.recovery import (checkpoint_round, kept_defaults, prepare_output_dir, resolved_settings,
-                             resume_from_checkpoint, run_identity, saved_selection)
+                             resume_from_checkpoint, run_identity, saved_selection, start_values)
 from server.secagg import secure_summary
 from server.selection import run_selection
 from server.strategy import GlobalState, RoundLog, SparseStrategy
@@ -246,7 +246,8 @@ def _strategy(cfg: RunConfig, rt: Runtime, suite: TaskSuite | None = None) -> Sp
         print(f"fedsparse: {len(suite.cfgs)} tasks, one value vector: " + ", ".join(
             f"{slot.name} ({slot.count} nodes, head {suite.layout.size(slot.name)})"
             for slot in parse_tasks(cfg.tasks)) + f"; sampling {cfg.task_sampling}", flush=True)
-    return SparseStrategy(cfg, GlobalState(values=rt.tuner.initial_values(), head=head0), expected,
+    values0 = start_values(cfg, rt.tuner.fingerprint, rt.tuner.initial_values())  # init-values: another run's
+    return SparseStrategy(cfg, GlobalState(values=values0, head=head0), expected,
                           None if suite is None else suite.layout)
 
 

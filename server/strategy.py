@@ -164,6 +164,8 @@ class SparseStrategy(Strategy):
             self.skip(server_round, str(exc))
             return None, None
         k = self.expected.k
+        if self.cfg.freeze_values:  # the head alone trains: no values step (DP noise included)
+            step = torch.cat([torch.zeros(k, dtype=step.dtype), step[k:]])
         new = GlobalState(self.state.values + step[:k], self.state.head + step[k:])
         dtype = self.cfg.value_dtype
         if not (representable(new.values, dtype) and representable(new.head, dtype)):

@@ -83,6 +83,11 @@ class RunConfig:
                       "assigns partitions to tasks in that order; each node trains its task's data (data-dir/<the "
                       "task's folder>, e.g. ../shared/data/glue) and head, all nodes the one value vector; empty = "
                       "the one task 'dataset' (docs/multitask.md)")
+    init_values: str = knob("", "start the value vector from another run of the same mask: its output-dir (or its "
+                            "checkpoint.safetensors); e.g. a multi-task run's shared values for a task it never saw "
+                            "(docs/multitask.md); empty = the method's initial values")
+    freeze_values: bool = knob(False, "train the task head only: the value vector stays as it starts (its rate is 0 on "
+                               "every client and the server applies no values step)")
     task_sampling: str = knob("stratified", "tasks: each round samples fraction-train of every task's nodes "
                               "(stratified: every task trains every round) or of all nodes at once (proportional)",
                               choices=("stratified", "proportional"))

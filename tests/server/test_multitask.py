@@ -135,12 +135,12 @@ def _config(tiny_model_dir: Path, out: Path, **extra) -> dict:
     return cfg
 
 
-def _run(cfg: dict) -> None:
+def _run(cfg: dict, nodes: int = NODES) -> None:
     from client.client_app import app as client_app
     from server.server_app import main
     from tests.support.local_grid import LocalGrid
 
-    grid = LocalGrid(client_app, cfg, NODES, error_replies=True)
+    grid = LocalGrid(client_app, cfg, nodes, error_replies=True)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=cfg))
 
 
@@ -208,3 +208,26 @@ def test_a_crashed_multitask_run_resumes_bit_identical_with_every_head(tmp_path,
     assert got.keys() == want.keys() and all(torch.equal(got[key], want[key]) for key in want)
     h_ref, h_res = (json.loads((d / "history.json").read_text()) for d in (ref, crashed))
     assert [r["metrics"] for r in h_res] == [r["metrics"] for r in h_ref]
+
+
+@pytest.mark.integration
+def test_a_task_never_seen_starts_from_the_shared_values_and_can_train_its_head_alone(tmp_path, tiny_model_dir, capsys):
+    """The transfer experiment's two settings: RTE (held out of the multi-task run) from its shared values with the
+    values frozen (only the head trains), and a run of another mask refused in one line before any round."""
+    shared, transfer = tmp_path / "shared", tmp_path / "rte"
+    _run(_config(tiny_model_dir, shared, tasks="mrpc:1,stsb:1", **{"num-server-rounds": 2, "fraction-train": 1.0,
+                                                                    "min-available-nodes": 2}), nodes=2)
+    values = load_checkpoint(shared / CHECKPOINT_NAME).values
+    assert values.abs().sum() > 0
+    single = {"tasks": "", "dataset": "rte", "data-dir": str(GLUE / "RTE"), "num-server-rounds": 2,
+              "fraction-train": 1.0, "min-available-nodes": 2, "init-values": str(shared), "freeze-values": True}
+    _run(_config(tiny_model_dir, transfer, **single), nodes=2)
+    assert "values start from" in capsys.readouterr().out
+    ck = load_checkpoint(transfer / CHECKPOINT_NAME)
+    assert torch.equal(ck.values, values)  # the shared values, untouched by two rounds of head training
+    history = json.loads((transfer / "history.json").read_text())
+    assert all(r["aggregated"] for r in history[1:])
+    with pytest.raises(SystemExit):
+        _run(_config(tiny_model_dir, tmp_path / "other", **{**single, "mask-density": 0.1}), nodes=2)
+    err = capsys.readouterr().err
+    assert "is not this run's" in err and "same mask" in err

@@ -114,9 +114,10 @@ def _expand(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _resolve_paths(config: dict[str, Any]) -> dict[str, Any]:
-    data_dir = config.get("data-dir")
-    if data_dir and not Path(data_dir).is_absolute():
-        config["data-dir"] = str((REPO / data_dir).resolve())
+    for key in ("data-dir", "init-values"):  # relative to the repository
+        path = config.get(key)
+        if path and not Path(path).is_absolute():
+            config[key] = str((REPO / path).resolve())
     return config
 
 

@@ -171,10 +171,18 @@ def test_the_multitask_preset_pairs_the_federation_with_one_federation_per_task(
 
     preset = load_preset("multitask")
     multi = next(s for s in preset.runs if s.run_config.get("tasks"))
+    transfer = [s for s in preset.runs if s.run_config.get("num-server-rounds") == 10]
+    held_out = next(s for s in preset.runs if s.name == "pafi-multitask-no-rte-s42")
+    assert "rte" not in held_out.run_config["tasks"] and held_out.num_supernodes == 9
+    assert {(bool(s.run_config.get("init-values")), s.run_config["freeze-values"]) for s in transfer} == {
+        (True, True), (True, False), (False, True), (False, False)}
+    assert all(s.run_config["init-values"].endswith("runs/pafi-multitask-no-rte-s42") for s in transfer
+               if s.run_config.get("init-values"))
     cfg = parse_run_config(multi.run_config)
     slots = {slot.name: slot.count for slot in parse_tasks(cfg.tasks)}
     assert multi.num_supernodes is None and preset.simulation.num_supernodes == sum(slots.values())
-    singles = {s.run_config["dataset"]: s for s in preset.runs if s is not multi}
+    singles = {s.run_config["dataset"]: s for s in preset.runs
+               if s is not multi and s is not held_out and s not in transfer}
     assert set(singles) == set(slots)
     for name, spec in singles.items():
         single = parse_run_config(spec.run_config)
