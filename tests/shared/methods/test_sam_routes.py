@@ -8,7 +8,7 @@ import torch
 from flwr.app import Message
 
 import shared.runtime as runtime
-from client.client_app import STATE_ARRAYS, _runtime, app
+from client.client_app import STATE_ARRAYS, _node, app
 from wire.records import message_parts, to_recorddict
 from wire.codec import MalformedUpdateError
 from shared.settings import parse_run_config
@@ -40,7 +40,7 @@ def test_broadcast_mask_is_kept_in_node_state_and_reinstalled_in_a_fresh_process
     context = grid.contexts[1001]
     assert STATE_ARRAYS in context.state
     runtime._RUNTIMES.clear()  # another worker process: nothing cached, only the node state
-    _, rt = _runtime(context)
+    rt = _node(context).rt
     assert rt.tuner.fingerprint == mask.fingerprint and rt.tuner.k == mask.k
 
 
