@@ -160,6 +160,7 @@ def train(msg: Message, context: Context) -> Message:
                                                       server_round)  # by its share of its task (= pid, one task)
     delta, head_delta = local - values, local_head - head_vec
     if secure:
+        head_delta = _every_head(msg.content[CONFIG], head_delta)
         vector = _secure_update(cfg, pid, server_round, delta, head_delta, result.loss, fault)
         clear = {"fingerprint": rt.tuner.fingerprint, "train-seconds": result.seconds, **_worker_node()}
         return Message(secure_train_reply(vector, clear), reply_to=msg)
@@ -192,6 +193,19 @@ def _train_locally(cfg: RunConfig, rt: Runtime, context: Context, control: Mappi
                          loss=cfg.local_loss, adjust=drift.adjust)
     local = rt.tuner.values.detach().cpu()  # the wire is on the CPU, whatever the device
     return result, local, flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names), drift
+
+
+def _every_head(conf: Mapping[str, Any], head_delta: torch.Tensor) -> torch.Tensor:
+    """A multi-task node's head delta in every task's head slots (zeros but its own, at ``head-offset`` of
+    ``head-total``): the one length every secure vector of the round shares. A single-task message: unchanged."""
+    if "head-total" not in conf:
+        return head_delta
+    total, offset = int(conf["head-total"]), int(conf["head-offset"])
+    if not 0 <= offset <= total - head_delta.numel():
+        raise ValueError(f"head-offset {offset} + this node's {head_delta.numel()}-value head exceed head-total {total}")
+    out = torch.zeros(total, dtype=head_delta.dtype)
+    out[offset:offset + head_delta.numel()] = head_delta
+    return out
 
 
 def _secure_update(cfg: RunConfig, pid: int, server_round: int, delta: torch.Tensor, head_delta: torch.Tensor,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
@@ -63,28 +64,40 @@ class HeadLayout:
 
 
 def multitask_step(stack: torch.Tensor, weights: torch.Tensor, row_tasks: list[str], layout: HeadLayout, k: int,
-                   opt_state: OptState, hp: ServerSettings,
-                   server_round: int) -> tuple[torch.Tensor, OptState, list[str]]:
+                   opt_state: OptState, hp: ServerSettings, server_round: int,
+                   secure_counts: Mapping[str, int] | None = None) -> tuple[torch.Tensor, OptState, list[str]]:
     """The update (k + H,) of a round from widened rows (n, k + H) whose row i is a reply of task ``row_tasks[i]``:
     ``server_step`` on the values over all rows, and on each task's head span over that task's rows; (update, the
     optimizer state after it, a note per task whose head stayed because its aggregator could not run on its rows).
-    :class:`AggregationError` only where the values' own aggregation fails (the round is skipped)."""
-    if hp.dp_clip_norm > 0:  # one client's whole row (values + its head) bounded by C, once
+    :class:`AggregationError` only where the values' own aggregation fails (the round is skipped).
+
+    A secure round (``secure_counts``: survivors per task) has one row, the survivors' mean: the values step from it
+    over all n survivors, a task's head from its span x n / n_t (the mean over that task's survivors, whose vectors
+    are zero on every other task's span) with the DP noise of n_t clients; a task without survivors keeps its head."""
+    n = None if secure_counts is None else sum(secure_counts.values())
+    if secure_counts is None and hp.dp_clip_norm > 0:  # one client's whole row (values + its head) bounded by C, once
         stack = clip_rows(stack, hp.dp_clip_norm)
     mine = {key: v for key, v in opt_state.items() if not key.startswith(HEAD_STATE)}
-    values_step, values_state = server_step(stack[:, :k], weights, mine, hp, server_round)
+    values_step, values_state = server_step(stack[:, :k], weights, mine, hp, server_round, n)
     step = torch.zeros(stack.shape[1], dtype=torch.float32)
     step[:k] = values_step
     new_state, notes = dict(values_state), []
     for i, name in enumerate(layout.names):
         prefix = f"{HEAD_STATE}{name}."
         theirs = {key[len(prefix):]: v for key, v in opt_state.items() if key.startswith(prefix)}
-        rows = [r for r, task in enumerate(row_tasks) if task == name]
+        if secure_counts is None:
+            rows = [r for r, task in enumerate(row_tasks) if task == name]
+        else:  # the one mean row, where the task has survivors
+            rows = [0] if secure_counts.get(name, 0) > 0 else []
         span = layout.span(name)
         if rows:
             block = stack[rows][:, k + span.start:k + span.stop]
+            count = None
+            if secure_counts is not None:
+                count = secure_counts[name]
+                block = block.double() * (n / count)
             try:
-                head_step, theirs = server_step(block, weights[rows], theirs, hp, server_round, stream=i + 1)
+                head_step, theirs = server_step(block, weights[rows], theirs, hp, server_round, count, stream=i + 1)
                 step[k + span.start:k + span.stop] = head_step
             except AggregationError as exc:
                 notes.append(f"task {name}'s head unchanged: {exc}")

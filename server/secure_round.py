@@ -197,7 +197,8 @@ class RoundHost(Protocol):
     def note_diagnostics(self, seconds: Any, worker: Any) -> None: ...
 
     def apply_update(self, server_round: int, stack: torch.Tensor, weights: torch.Tensor, loss: float,
-                     num_clients: int) -> Any: ...
+                     num_clients: int, row_tasks: list[str] | None = None,
+                     survivors: list[int] | None = None) -> Any: ...
 
 
 def expect_fingerprint(fingerprint: str) -> Callable[[dict], None]:
@@ -236,7 +237,7 @@ def secure_train(host: RoundHost, server_round: int, grid: Grid, msgs: list[Mess
         return
     delta, head, loss = split_secure(outcome.mean, k, h)
     host.apply_update(server_round, torch.cat([delta, head])[None], torch.ones(1, dtype=torch.float64), loss,
-                      len(outcome.survivors))
+                      len(outcome.survivors), survivors=list(outcome.survivors))
 
 
 def _record(conf: dict) -> RecordDict:

@@ -124,7 +124,10 @@ class SparseStrategy(Strategy):
             return [Message(to_recorddict({**plain, **self.drift.down(self.partitions.get(node, -1))}, conf), node,
                             TRAIN) for node in nodes]
         per_task = self.global_for(self.node_tasks[node] for node in nodes)
-        return [Message(to_recorddict(per_task[self.node_tasks[node]], conf), node, TRAIN) for node in nodes]
+        # where the node's head lies in every task's heads: its secure vector carries them all (zeros but its own)
+        spans = {t: {"head-offset": self.layout.span(t).start, "head-total": self.layout.total} for t in per_task}
+        return [Message(to_recorddict(per_task[self.node_tasks[node]], {**conf, **spans[self.node_tasks[node]]}),
+                        node, TRAIN) for node in nodes]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates = self._accepted(replies)
@@ -146,17 +149,22 @@ class SparseStrategy(Strategy):
         return self.apply_update(server_round, stack, weights, loss, len(updates), row_tasks)
 
     def apply_update(self, server_round: int, stack: torch.Tensor, weights: torch.Tensor, loss: float,
-                     num_clients: int, row_tasks: list[str] | None = None) -> tuple[ArrayRecord | None,
-                                                                                    MetricRecord | None]:
-        """``server_step`` on (n, k + h) ``stack`` (a secure round: its one mean row) and the guarded update; a
-        multi-task round (``row_tasks``: each row's task) steps the values over all rows and each head over its
-        task's (:func:`server.multitask.multitask_step`)."""
+                     num_clients: int, row_tasks: list[str] | None = None,
+                     survivors: list[int] | None = None) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """``server_step`` on (n, k + h) ``stack`` (a secure round: its one mean row, of ``survivors``) and the
+        guarded update; a multi-task round (``row_tasks``: each row's task; a secure one: the survivors' tasks) steps
+        the values over all rows and each head over its task's (:func:`server.multitask.multitask_step`)."""
         try:
-            if row_tasks is None:
+            if self.layout is None:
                 step, opt_state = server_step(stack, weights, self.opt_state, self.server, server_round, num_clients)
             else:
-                step, opt_state, notes = multitask_step(stack, weights, row_tasks, self.layout, self.expected.k,
-                                                        self.opt_state, self.server, server_round)
+                counts = None
+                if survivors is not None:
+                    counts = {name: sum(self.node_tasks.get(n) == name for n in survivors)
+                              for name in self.layout.names}
+                step, opt_state, notes = multitask_step(stack, weights, row_tasks or [], self.layout,
+                                                        self.expected.k, self.opt_state, self.server, server_round,
+                                                        counts)
                 for note in notes:
                     log.warning("round %d: %s", server_round, note)
                     self.current.reasons.append(note)

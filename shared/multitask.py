@@ -114,7 +114,7 @@ def task_configs(cfg: RunConfig) -> dict[str, RunConfig]:
 def check_tasks(cfg: RunConfig, check_task: Callable[[RunConfig], None]) -> None:
     """One-line :class:`ConfigError` for a multi-task run this product cannot make: a bad ``tasks`` item, a method whose
     mask or updates are not shared by every task, or a setting that is one task's (``num-labels``) or not yet served
-    with many heads (SCAFFOLD's variates, secure aggregation's sum). A task's own refusals (a regression's balanced
+    with many heads (SCAFFOLD's variates). A task's own refusals (a regression's balanced
     loss, through ``check_task``: ``shared.settings.check_task``) name the task."""
     from shared.methods import get_method
 
@@ -136,9 +136,6 @@ def check_tasks(cfg: RunConfig, check_task: Callable[[RunConfig], None]) -> None
     if cfg.drift_correction != "none":
         raise ConfigError("tasks=... does not run drift-correction='scaffold' yet (its control variates would need "
                           "one head part per task); use drift-correction='none' (prox-mu works)")
-    if cfg.secure_aggregation:
-        raise ConfigError("tasks=... does not run secure-aggregation yet (a secure sum would need every task's head "
-                          "slots in each vector); use secure-aggregation=false")
     for name, sub in task_configs(cfg).items():
         try:
             check_task(sub)

@@ -57,7 +57,7 @@ def test_tasks_assign_partitions_in_the_order_written():
     ({"method": "topk"}, "carry their own positions"),
     ({"num-labels": 3}, "leave num-labels=0"),
     ({"drift-correction": "scaffold"}, "drift-correction='none'"),
-    ({"secure-aggregation": True}, "secure-aggregation=false"),
+    ({"secure-aggregation": True, "aggregator": "median"}, "cannot run aggregator 'median'"),
     ({"local-loss": "balanced", "tasks": "rte:1,stsb:1"}, "task stsb: local-loss='balanced'"),
 ])
 def test_a_multitask_run_it_cannot_make_is_refused_in_one_line(extra, match):
@@ -231,3 +231,19 @@ def test_a_task_never_seen_starts_from_the_shared_values_and_can_train_its_head_
         _run(_config(tiny_model_dir, tmp_path / "other", **{**single, "mask-density": 0.1}), nodes=2)
     err = capsys.readouterr().err
     assert "is not this run's" in err and "same mask" in err
+
+
+@pytest.mark.integration
+def test_a_secure_multitask_federation_equals_the_plain_one_within_the_quantization_error(tmp_path, tiny_model_dir):
+    """SecAgg+ over every task: each vector carries every task's head slots (zeros but its own); the server rescales
+    a head's part of the survivors' mean to the mean over that task's survivors."""
+    same = {"fraction-train": 1.0, "weighting": "uniform", "task-sampling": "stratified", "aggregator": "fedavg",
+            "lr": 0.02}
+    _run(_config(tiny_model_dir, tmp_path / "plain", **same))
+    _run(_config(tiny_model_dir, tmp_path / "sec", **same, **{"secure-aggregation": True}))
+    plain, sec = _final(tmp_path / "plain"), _final(tmp_path / "sec")
+    for key in plain:
+        rel = float((sec[key].double() - plain[key].double()).norm() / plain[key].double().norm())
+        assert rel <= 1e-3, (key, rel)
+    history = json.loads((tmp_path / "sec" / "history.json").read_text())
+    assert all(r["aggregated"] and r["secagg"]["survivors"] == NODES for r in history[1:])
