@@ -114,6 +114,15 @@ def bound_updates(stack: torch.Tensor, max_norm: float, multiple: float, policy:
     return kept, keep, notes
 
 
+def trust_scores(rows: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """FLTrust's trust score of each row of (n, d) ``rows``: ReLU(cosine(row, ``reference`` (d,))) in [0, 1],
+    float64; 0 for a zero row (it carries no direction) or a zero reference."""
+    r, ref = rows.double(), reference.double()
+    norms = r.norm(dim=1) * ref.norm()
+    cos = torch.where(norms > 0, (r @ ref) / norms.clamp(min=1e-300), torch.zeros_like(norms))
+    return cos.clamp(min=0.0)
+
+
 def example_caps(declared: dict[int, int], multiple: float) -> dict[int, int]:
     """Per node, the most ``num-examples`` a reply may claim: its declaration, at most multiple x the median."""
     if multiple <= 0 or not declared:

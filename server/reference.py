@@ -29,7 +29,13 @@ def trusted_sample(cfg: RunConfig, tokenizer):
 
 
 def reference_norm(cfg: RunConfig, rt: Runtime, values: torch.Tensor, head: torch.Tensor, server_round: int) -> float:
-    """L2 norm of the update the server's own local training makes from (``values`` (k,), ``head`` (h,)) in
+    """L2 norm of :func:`reference_update`."""
+    return float(reference_update(cfg, rt, values, head, server_round).norm())
+
+
+def reference_update(cfg: RunConfig, rt: Runtime, values: torch.Tensor, head: torch.Tensor,
+                     server_round: int) -> torch.Tensor:
+    """The update (k + h,) float64 the server's own local training makes from (``values`` (k,), ``head`` (h,)) in
     ``server_round``: the clients' recipe on the trusted sample. The runtime's tuner is left holding the trained
     state (every user of it loads the state it needs first)."""
     head_like = rt.tuner.head_state()
@@ -44,4 +50,4 @@ def reference_norm(cfg: RunConfig, rt: Runtime, values: torch.Tensor, head: torc
                 precision=cfg.precision, group_by_length=cfg.group_by_length, loss=cfg.local_loss)
     delta = rt.tuner.values.detach().cpu().double() - values.double()
     head_delta = flatten_head(rt.tuner.head_state(), rt.base.head_names).detach().cpu().double() - head.double()
-    return float(torch.cat([delta, head_delta]).norm())
+    return torch.cat([delta, head_delta])

@@ -38,6 +38,7 @@ class RoundLog:
     worker_nodes: dict[str, int] = field(default_factory=dict)  # replies per reported worker node (Ray node id)
     norm_bound: float | None = None  # the round's bound on an update's L2 norm (None = unbounded)
     norm_median: float | None = None  # median L2 norm of the round's valid updates, before bounding
+    trust_scores: list[float] | None = None  # trust-weighting='cosine': each aggregated reply's score, partition order
 
 
 def send_and_receive(grid: Grid, msgs: list[Message], timeout: float, poll_s: float = 0.05,

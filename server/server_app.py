@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -16,7 +18,7 @@ from server.handshake import HandshakeError
 from server.linkstate_index import install as install_linkstate_index
 from server.multitask import TaskSuite, multitask_fingerprint
 from server.outputs import save_final_model, write_json
-from server.reference import reference_norm
+from server.reference import reference_update
 from server.recovery import (checkpoint_round, kept_defaults, prepare_output_dir, resolved_settings,
                              resume_from_checkpoint, run_identity, saved_selection, start_values)
 from server.secagg import secure_summary
@@ -93,7 +95,7 @@ class RunRecorder:
                "rejected_reasons": rl.reasons, "aggregated": rl.aggregated,
                "bytes_up": rl.bytes_up, "bytes_down": rl.bytes_down, "codec_rel_error": rl.codec_rel_error,
                "round_seconds": seconds, "train_seconds": rl.train_seconds, "worker_nodes": rl.worker_nodes,
-               "norm_bound": rl.norm_bound, "norm_median": rl.norm_median,
+               "norm_bound": rl.norm_bound, "norm_median": rl.norm_median, "trust_scores": rl.trust_scores,
                "eval_seconds": time.perf_counter() - t0}
         if rl.secagg is not None:
             rec["secagg"] = rl.secagg
@@ -193,13 +195,11 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     strategy = _strategy(cfg, rt, suite)
     recorder = RunRecorder(cfg, rt, out, suite)
     strategy.vet = lambda state: recorder.evaluate(state).loss  # a state is adopted only if its loss does not explode
+    reference = _reference(cfg, rt, suite)
     if cfg.update_bound == "adaptive" and not cfg.secure_aggregation:  # the first bound's scale: the server's own
-        if suite is None:
-            strategy.adaptive.reference = lambda state, rnd: reference_norm(cfg, rt, state.values, state.head, rnd)
-        else:  # many tasks: the first task's reference update (its head's span), one scale for every row
-            first, span = suite.cfgs[suite.first], suite.layout.span(suite.first)
-            strategy.adaptive.reference = lambda state, rnd: reference_norm(first, rt, state.values, state.head[span],
-                                                                            rnd)
+        strategy.adaptive.reference = lambda state, rnd: float(reference(state, rnd).norm())
+    if cfg.trust_weighting == "cosine":  # every round: the direction each update is weighed against
+        strategy.trust = reference
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
     saved = saved_selection(cfg) if rt.method.select is not None else {}
@@ -220,6 +220,28 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     final = strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
                            on_round=after_round, first_round=first_round)
     _finish(cfg, rt, out, recorder, strategy, final)
+
+
+def _reference(cfg: RunConfig, rt: Runtime, suite: TaskSuite | None):
+    """``(state, round) -> (k + h,)``: the server's own reference update from ``state`` in ``round``
+    (:mod:`server.reference`), computed once per round and state (the bound's scale and the trust weights share it).
+    A multi-task run trains the first task's head on its trusted rows; the update is widened to every task's heads
+    (zeros on the others: their rows are weighed by the values)."""
+    last: dict[tuple, torch.Tensor] = {}
+
+    def reference(state: GlobalState, rnd: int) -> torch.Tensor:
+        key = (rnd, id(state))
+        if key not in last:
+            if suite is None:
+                vec = reference_update(cfg, rt, state.values, state.head, rnd)
+            else:
+                first, k = suite.first, state.values.numel()
+                vec = reference_update(suite.cfgs[first], rt, state.values, state.head[suite.layout.span(first)], rnd)
+                vec = torch.cat([vec[:k], suite.layout.widen(first, vec[k:])])
+            last.clear()
+            last[key] = vec
+        return last[key]
+    return reference
 
 
 def _strategy(cfg: RunConfig, rt: Runtime, suite: TaskSuite | None = None) -> SparseStrategy:

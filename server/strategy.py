@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import Strategy
 from server.rounds import GlobalState, RoundLog, send_and_receive  # noqa: F401 (re-exported)
 from server.aggregation import AggregationError
 from server.drift import ServerDrift
-from server.guards import AdaptiveBound, bound_updates, capped_weights, example_caps, norm_bound
+from server.guards import AdaptiveBound, bound_updates, capped_weights, example_caps, norm_bound, trust_scores
 from server.handshake import HandshakeError, admit, later_claimants
 from server.multitask import HeadLayout, multitask_step
 from server.secagg import SecAggParams, check_capacity
@@ -75,6 +75,7 @@ class SparseStrategy(Strategy):
         self.vet: Callable[[GlobalState], float] | None = None  # a state's server-side evaluation loss (the ServerApp's)
         self.adopted_loss: float | None = None  # that loss for the state last adopted (None: not evaluated yet)
         self.adaptive = AdaptiveBound(cfg)  # update-bound='adaptive': the trusted scale and its reference hook
+        self.trust: Callable[[GlobalState, int], torch.Tensor] | None = None  # trust-weighting: the round's reference
         self.drift = ServerDrift(cfg)  # SCAFFOLD's c and its arrays (no-op unless drift-correction='scaffold')
 
     # ---- Strategy contract -----------------------------------------------------------------
@@ -144,6 +145,15 @@ class SparseStrategy(Strategy):
                                         example_caps(self.declared, self.cfg.examples_cap_multiple), self.cfg.weighting)
         self._note([node for node, _ in updates], notes)
         stack = torch.stack([torch.cat([u.delta, u.head_delta]) for _, u in updates])
+        if self.trust is not None:  # FLTrust: each weight times the update's cosine with the server's reference
+            scores = trust_scores(stack, self.trust(self.state, server_round))
+            self.current.trust_scores = [round(float(s), 4) for s in scores]
+            self._note([node for node, _ in updates], ["direction not positive against the server's reference "
+                                                       "update: weight 0" if s <= 0 else "" for s in scores])
+            weights = weights * scores
+            if float(weights.sum()) <= 0:
+                self.skip(server_round, "no update points the way of the server's reference update")
+                return None, None
         loss = float(sum(u.train_loss * w for (_, u), w in zip(updates, weights.tolist())) / weights.sum())
         row_tasks = None if self.layout is None else [self.node_tasks[node] for node, _ in updates]
         return self.apply_update(server_round, stack, weights, loss, len(updates), row_tasks)

@@ -134,7 +134,12 @@ class RunConfig:
                              choices=("adaptive", "none"))
     update_bound_multiple: float = knob(3.0, "update-bound='adaptive': the bound as a multiple of the trusted scale",
                                         low=1.0)
-    trusted_examples: int = knob(256, "training rows the server's reference update trains on (update-bound)", low=1)
+    trusted_examples: int = knob(256, "training rows the server's reference update trains on (update-bound, "
+                                 "trust-weighting)", low=1)
+    trust_weighting: str = knob("none", "'cosine': weigh each update by the cosine of its direction with the server's "
+                                "own reference update of the round, 0 where it is not positive (FLTrust, Cao et al., "
+                                "2021; one local training on trusted-examples rows per round on the server); 'none' = "
+                                "weights as 'weighting' says", choices=("none", "cosine"))
     state_loss_ratio: float = knob(10.0, "a new global state whose server-side evaluation loss exceeds this multiple of "
                                    "the last adopted state's is not adopted (the round is skipped; honest rounds of "
                                    "the paper record rise at most 5.75x); 0 = adopt every finite state", low=0)
@@ -189,6 +194,7 @@ class RunConfig:
         if self.secure_aggregation:
             check_secure_aggregation(self)
         check_aggregator(self)
+        check_trust(self)
         check_drift_config(self.drift_correction, self.secure_aggregation, self.dp_noise_multiplier)
         check_schedule(self.lr_schedule, self.num_server_rounds, self.lr_warmup_rounds, self.lr_decay_rounds)
 
@@ -213,6 +219,24 @@ def check_aggregator(cfg: RunConfig) -> None:
         raise ConfigError(f"aggregator='multi-krum' with krum-f={cfg.krum_f} needs min-train-replies >= {need} (it "
                           f"scores each reply against its n - f - 2 nearest, so n > 2f + 2): set "
                           f"min-train-replies={need} with enough nodes sampled, or lower krum-f")
+
+
+def check_trust(cfg: RunConfig) -> None:
+    """One-line :class:`ConfigError` where ``trust-weighting = "cosine"`` cannot act: it sets each update's weight in a
+    weighted mean, which a per-coordinate robust aggregator, central DP (equal weights by its sensitivity argument) and
+    a secure sum (no update is seen) do not have."""
+    if cfg.trust_weighting != "cosine":
+        return
+    if cfg.aggregator not in MEAN_AGGREGATORS:
+        raise ConfigError(f"trust-weighting='cosine' sets the weights of a weighted mean; aggregator "
+                          f"'{cfg.aggregator}' has none: use one of {', '.join(MEAN_AGGREGATORS)}, or "
+                          f"trust-weighting='none'")
+    if cfg.dp_clip_norm > 0:
+        raise ConfigError("trust-weighting='cosine' weighs updates unequally, and central DP (dp-clip-norm) needs equal "
+                          "weights for its sensitivity bound: use one of them")
+    if cfg.secure_aggregation:
+        raise ConfigError("trust-weighting='cosine' needs each update's direction, and secure-aggregation shows the "
+                          "server only their sum: use one of them")
 
 
 def check_secure_aggregation(cfg: RunConfig) -> None:

@@ -31,6 +31,9 @@ def _refusal(tmp_path, capsys, **rc) -> str:
 
 @pytest.mark.parametrize("rc,needle", [
     ({"aggregator": "krum-ish"}, "'aggregator'"),
+    ({"trust-weighting": "cosine", "aggregator": "median"}, "aggregator 'median' has none"),
+    ({"trust-weighting": "cosine", "dp-clip-norm": 1.0}, "needs equal weights"),
+    ({"trust-weighting": "cosine", "secure-aggregation": True}, "shows the server only their sum"),
     ({"trim-fraction": 0.5}, "'trim-fraction' must be in [0, 0.5)"),
     ({"max-reply-mb": float("inf")}, "'max-reply-mb'"),
     ({"server-beta2": 1.5}, "'server-beta2'"),

@@ -90,3 +90,33 @@ def test_a_lost_node_is_counted_once_for_itself_not_for_the_superlink():
     assert (s.current.failed, s.current.rejected, s.current.replied) == (1, 0, 2)
     assert any(r.startswith("partition 2: client error: node unavailable") for r in s.current.reasons)
     assert not any("no reply" in r for r in s.current.reasons)
+
+
+def test_trust_weighting_gives_updates_against_the_servers_reference_no_weight():
+    """FLTrust's cosine weights through the strategy, with the defaults' adaptive bound off: sign-flipped (x-20),
+    zero and inner-product-manipulating (-0.5 x mean) replies get weight 0, the honest ones theirs x their cosine."""
+    from server.guards import trust_scores
+
+    g = torch.Generator().manual_seed(7)
+    true = torch.randn(K, generator=g) * 0.01
+    honest = [true + 0.002 * torch.randn(K, generator=g) for _ in range(6)]
+    attacks = [true * -20, torch.zeros(K), -0.5 * torch.stack(honest).mean(0)]
+    rows = honest + attacks
+    s = _strategy(len(rows), trust_weighting="cosine", update_bound="none")
+    reference = torch.cat([true, torch.zeros(H)]).double()
+    s.trust = lambda state, rnd: reference
+    replies = [message(100 + i, encode_pair(d, torch.zeros(H), UP_KEYS, "float32", 8),
+                       {"num-examples": 50, "train-loss": 0.1}, {"fingerprint": FP}) for i, d in enumerate(rows)]
+    s.aggregate_train(1, replies)
+    scores = trust_scores(torch.stack([torch.cat([d, torch.zeros(H)]) for d in rows]), reference)
+    assert scores[6:].tolist() == [0.0, 0.0, 0.0] and bool((scores[:6] > 0.9).all())
+    want = torch.mv(torch.stack(honest).double().t(), scores[:6] / scores[:6].sum()).float()
+    assert torch.allclose(s.state.values, want, atol=1e-7)
+    assert s.current.trust_scores[6:] == [0.0, 0.0, 0.0]
+    assert sum("server's reference update: weight 0" in r for r in s.current.reasons) == 3
+    every = _strategy(2, trust_weighting="cosine", update_bound="none")
+    every.trust = lambda state, rnd: reference
+    against = [message(100 + i, encode_pair(d, torch.zeros(H), UP_KEYS, "float32", 8),
+                       {"num-examples": 50, "train-loss": 0.1}, {"fingerprint": FP}) for i, d in enumerate(attacks[:2])]
+    assert every.aggregate_train(1, against) == (None, None)  # only opposing / empty updates: the round skips
+    assert "no update points the way" in every.current.reasons[-1] and not every.state.values.any()
