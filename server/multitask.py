@@ -159,10 +159,17 @@ class TaskSuite:
         """The mean of the tasks' headline metrics (``final_score`` and each round's ``score``)."""
         return sum(metrics[name][self.tasks[name].headline] for name in self.cfgs) / len(self.cfgs)
 
-    def extra_held_out(self) -> dict[str, dict]:
-        """Split suffix -> {task: the task's further held-out split} (MNLI's mismatched dev set), scored at the end."""
+    def whole_tests(self) -> dict:
+        """Every task's whole held-out split (``final-eval = "full"``), tokenized."""
+        return {name: test_split(sub.replace(max_eval_examples=0), self.rts[name].base.tokenizer)
+                for name, sub in self.cfgs.items()}
+
+    def extra_held_out(self, whole: bool = False) -> dict[str, dict]:
+        """Split suffix -> {task: the task's further held-out split} (MNLI's mismatched dev set), scored at the end
+        (``whole``: all its rows, else the rounds' ``max-eval-examples``)."""
         out: dict[str, dict] = {}
         for name, sub in self.cfgs.items():
+            sub = sub.replace(max_eval_examples=0) if whole else sub
             for split, data in extra_held_out(sub, self.rts[name].base.tokenizer).items():
                 out.setdefault(split.removeprefix("test_"), {})[name] = data
         return out

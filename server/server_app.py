@@ -109,18 +109,28 @@ class RunRecorder:
               f"down {rl.bytes_down / 1e3:,.1f} kB  {seconds:.1f}s", flush=True)
         return rec
 
+    @property
+    def whole(self) -> bool:
+        """Whether the final state is scored on the whole held-out split apart from the rounds' slice."""
+        return self.cfg.final_eval == "full" and self.cfg.max_eval_examples > 0
+
     def final_metrics(self, final: GlobalState) -> dict[str, float]:
-        """The final state's metrics, and where the run scores on test, every further held-out split of the task
-        (MNLI's mismatched dev set: ``accuracy_mismatched``)."""
+        """The final state's metrics (``final-eval``: on the rounds' slice, or the whole split), and where the run
+        scores on test, every further held-out split of the task (MNLI's mismatched dev set: ``accuracy_mismatched``)."""
         metrics = dict(self.evaluate(final).metrics)  # loads the final state (a vetted, refused one may be loaded)
+        cfg = self.cfg.replace(max_eval_examples=0) if self.whole else self.cfg
         if self.suite is not None:  # by task: {task: {metric: value}}, each task's further splits beside
+            if self.whole:
+                metrics = self.suite.evaluate(final.values, final.head, self.suite.whole_tests()).metrics
             metrics = {name: dict(m) for name, m in metrics.items()}
             if self.cfg.eval_split == "test":
-                for suffix, splits in self.suite.extra_held_out().items():
+                for suffix, splits in self.suite.extra_held_out(self.whole).items():
                     for name, m in self.suite.evaluate(final.values, final.head, splits).metrics.items():
                         metrics[name].update({f"{metric}_{suffix}": v for metric, v in m.items()})
             return metrics
-        for split, data in extra_held_out(self.cfg, self.rt.base.tokenizer).items():
+        if self.whole:
+            metrics = dict(self.score(self.rt.base.model, test_split(cfg, self.rt.base.tokenizer)).metrics)
+        for split, data in extra_held_out(cfg, self.rt.base.tokenizer).items():
             suffix = split.removeprefix("test_")
             metrics.update({f"{name}_{suffix}": v for name, v in self.score(self.rt.base.model, data).metrics.items()})
         return metrics
@@ -153,6 +163,19 @@ class RunRecorder:
             **secure_summary(self.cfg, rounds, payload),
             **(self.suite_summary(k) if self.suite is not None else {}),
         }
+
+    def whole_final(self, summary: dict) -> None:
+        """With ``final-eval = "full"``: the summary's final figures are the whole split's (``metrics``), the rounds'
+        slice's beside them (``final_score_slice``)."""
+        summary["final_eval"] = "full" if self.whole else "slice"
+        if not self.whole:
+            return
+        metrics = summary["metrics"]
+        summary["final_score_slice"] = summary["final_score"]
+        summary["final_score"] = (self.suite.average(metrics) if self.suite is not None
+                                  else metrics[self.task.headline])
+        if "final_accuracy" in summary:
+            summary["final_accuracy"] = metrics["accuracy"]
 
     def suite_summary(self, k: int) -> dict:
         """A multi-task run's own figures: each task's nodes, head and headline, and what must be stored (float32):
@@ -283,6 +306,7 @@ def _finish(cfg: RunConfig, rt: Runtime, out: Path, recorder: RunRecorder, strat
     summary = recorder.summary(strategy)
     summary.update(rt.tuner.describe())  # method-specific figures (topk k, LoRA rank, ...)
     summary["metrics"] = recorder.final_metrics(final)
+    recorder.whole_final(summary)
     headline = recorder.task.headline
     score = lambda m: recorder.score(m, recorder.test).metrics[headline]  # noqa: E731
     summary.update(rt.tuner.finalize(merged, final.values, score, out))  # e.g. DSEE pruning (by the headline score)
@@ -298,6 +322,7 @@ def _finish_tasks(out: Path, recorder: RunRecorder, strategy: SparseStrategy, fi
     summary = recorder.summary(strategy)
     summary.update(recorder.rt.tuner.describe())
     summary["metrics"] = recorder.final_metrics(final)
+    recorder.whole_final(summary)
     for name, sub in suite.cfgs.items():
         rt, folder = suite.rts[name], out / "tasks" / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -176,6 +176,9 @@ class RunConfig:
                                       "share of train is held out under the seed (never trained on) and scored",
                                       low=0, high=0.5, low_open=True, high_open=True)
     max_eval_examples: int = knob(0, "server-side evaluation rows; 0 = the whole held-out split", low=0)
+    final_eval: str = knob("slice", "summary.json's final metrics: on the max-eval-examples slice every round is "
+                           "scored on (slice), or on the whole held-out split (full: one more evaluation at the end; "
+                           "history.json keeps the slices)", choices=("slice", "full"))
     eval_batch_size: int = knob(64, "evaluation batch size", low=1)
     max_new_tokens: int = knob(64, "causal-LM generation tasks (e2e, instruction): most tokens generated per prompt "
                                "(greedy, KV cache) when the held-out slice is scored", low=1)
