@@ -13,6 +13,11 @@ mirrored ``c_i`` (``control-own``, float32), so a resumed run is bit-identical t
 message re-bases a node whose last reply failed or was refused (it may have moved its ``c_i`` while the server did
 not count the change), so ``c`` stays the mean of the nodes' ``c_i``.
 With ``drift-correction='none'`` every hook here is a no-op and a reply carrying control arrays is refused.
+
+A multi-task run (``views``: partition -> the indices of the values and its task's head in the (k + H,) layout of
+every head, ``server/multitask.py``) keeps ``c`` over the whole layout; a node receives and returns its view (k + h_t,)
+and the head part of ``c`` averages over that task's N_t nodes (the values' over all N): each task's head has the
+variate its own clients' drift defines.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from wire.drift import CONTROL, CONTROL_OWN, decode_control_up, encode_control
 class ServerDrift:
     """SCAFFOLD's server state (``c``, the mirrored ``c_i``) and its part of each round."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, views: Mapping[int, torch.Tensor] | None = None):
         self.on = cfg.drift_correction == "scaffold"
+        self.views = views  # multi-task: partition -> its indices in c (values, then its task's head span)
         self.dtype, self.block = cfg.value_dtype, cfg.int8_block_size
         self.c: torch.Tensor | None = None  # (k + h,) float32, created at the first round (k is known then)
         self.mirror: dict[int, torch.Tensor] = {}  # partition id -> its c_i as the accepted replies built it
@@ -50,15 +56,16 @@ class ServerDrift:
         if not self.on:
             return {}
         self.sent.add(partition)
-        arrays = encode_control(self.c, CONTROL, self.dtype, self.block)
+        view = (lambda t: t) if self.views is None else (lambda t: t[self.views[partition]])
+        arrays = encode_control(view(self.c), CONTROL, self.dtype, self.block)
         if partition in self.restore:
             own = self.mirror.get(partition, torch.zeros_like(self.c))
-            arrays.update(encode_control(own, CONTROL_OWN, self.dtype, self.block))
+            arrays.update(encode_control(view(own), CONTROL_OWN, self.dtype, self.block))
         return arrays
 
-    def take(self, node: int, control: Mapping[str, np.ndarray], size: int) -> None:
+    def take(self, node: int, control: Mapping[str, np.ndarray], size: int, partition: int | None = None) -> None:
         """Check and keep one reply's ``delta c_i`` (size,) (raises :class:`MalformedUpdateError`: the reply is
-        refused)."""
+        refused); a multi-task node's (its view) is kept widened to ``c``'s layout."""
         if not self.on:
             if control:
                 raise MalformedUpdateError(f"reply carries control-variate arrays {sorted(control)[:3]}, but this "
@@ -66,7 +73,12 @@ class ServerDrift:
             return
         if self.c is None:  # a round aggregated without configure_train (tests feed replies directly)
             self.c = torch.zeros(int(size))
-        self.received[node] = decode_control_up(control, self.dtype, int(size), self.block)
+        delta = decode_control_up(control, self.dtype, int(size), self.block)
+        if self.views is not None:
+            wide = torch.zeros_like(self.c)
+            wide[self.views[partition]] = delta
+            delta = wide
+        self.received[node] = delta
 
     def absorb(self, accepted: list[tuple[int, int]], num_nodes: int) -> None:
         """``c += sum(delta c_i) / num_nodes`` over ``accepted`` (node, partition) pairs, in partition order.
@@ -82,7 +94,13 @@ class ServerDrift:
         if not taken:
             return
         total = torch.stack([d for _, d in taken]).double().sum(0)
-        self.c = (self.c.double() + total / max(1, int(num_nodes))).float()
+        if self.views is None:
+            self.c = (self.c.double() + total / max(1, int(num_nodes))).float()
+        else:  # each coordinate over the nodes that hold it: the values over all, a head over its task's
+            holders = torch.zeros_like(total)
+            for view in self.views.values():
+                holders[view] += 1
+            self.c = (self.c.double() + total / holders.clamp(min=1)).float()
         for pid, delta in taken:
             self.mirror[pid] = self.mirror.get(pid, torch.zeros_like(delta)) + delta
             self.restore.discard(pid)  # the node holds it now

@@ -77,6 +77,11 @@ class SparseStrategy(Strategy):
         self.adaptive = AdaptiveBound(cfg)  # update-bound='adaptive': the trusted scale and its reference hook
         self.trust: Callable[[GlobalState, int], torch.Tensor] | None = None  # trust-weighting: the round's reference
         self.drift = ServerDrift(cfg)  # SCAFFOLD's c and its arrays (no-op unless drift-correction='scaffold')
+        if layout is not None:  # each partition's view of c: the values and its task's head span
+            spans = [layout.span(name) for name, _ in self.assignment]
+            k = expected.k
+            self.drift.views = {pid: torch.cat([torch.arange(k), torch.arange(k + s.start, k + s.stop)])
+                                for pid, s in enumerate(spans)}
 
     # ---- Strategy contract -----------------------------------------------------------------
     def summary(self) -> None:
@@ -127,8 +132,8 @@ class SparseStrategy(Strategy):
         per_task = self.global_for(self.node_tasks[node] for node in nodes)
         # where the node's head lies in every task's heads: its secure vector carries them all (zeros but its own)
         spans = {t: {"head-offset": self.layout.span(t).start, "head-total": self.layout.total} for t in per_task}
-        return [Message(to_recorddict(per_task[self.node_tasks[node]], {**conf, **spans[self.node_tasks[node]]}),
-                        node, TRAIN) for node in nodes]
+        return [Message(to_recorddict({**per_task[self.node_tasks[node]], **self.drift.down(self.partitions[node])},
+                                      {**conf, **spans[self.node_tasks[node]]}), node, TRAIN) for node in nodes]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates = self._accepted(replies)
@@ -297,7 +302,8 @@ class SparseStrategy(Strategy):
             parts = message_parts(msg)
             arrays, control = split_control(parts[0])
             update = validate_reply(arrays, parts[1], parts[2], self.expected_of(node))
-            self.drift.take(node, control, self.expected.k + self.expected.head_size)
+            expected = self.expected_of(node)
+            self.drift.take(node, control, expected.k + expected.head_size, self.partitions.get(node))
             self.note_diagnostics(parts[1].get("train-seconds"), parts[2].get("worker-node"))
             return update
         except Exception as exc:  # the wall: any malformed reply is a rejection, never a crash

@@ -113,9 +113,8 @@ def task_configs(cfg: RunConfig) -> dict[str, RunConfig]:
 
 def check_tasks(cfg: RunConfig, check_task: Callable[[RunConfig], None]) -> None:
     """One-line :class:`ConfigError` for a multi-task run this product cannot make: a bad ``tasks`` item, a method whose
-    mask or updates are not shared by every task, or a setting that is one task's (``num-labels``) or not yet served
-    with many heads (SCAFFOLD's variates). A task's own refusals (a regression's balanced
-    loss, through ``check_task``: ``shared.settings.check_task``) name the task."""
+    mask or updates are not shared by every task, or a setting that is one task's (``num-labels``). A task's own
+    refusals (a regression's balanced loss, through ``check_task``: ``shared.settings.check_task``) name the task."""
     from shared.methods import get_method
 
     slots = parse_tasks(cfg.tasks)
@@ -133,9 +132,6 @@ def check_tasks(cfg: RunConfig, check_task: Callable[[RunConfig], None]) -> None
     if cfg.num_labels:
         raise ConfigError(f"num-labels={cfg.num_labels} is one task's; with tasks=... every task's head has its own "
                           f"classes: leave num-labels=0")
-    if cfg.drift_correction != "none":
-        raise ConfigError("tasks=... does not run drift-correction='scaffold' yet (its control variates would need "
-                          "one head part per task); use drift-correction='none' (prox-mu works)")
     for name, sub in task_configs(cfg).items():
         try:
             check_task(sub)

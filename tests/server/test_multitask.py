@@ -56,7 +56,6 @@ def test_tasks_assign_partitions_in_the_order_written():
     ({"method": "sam"}, "selected from the clients' data"),
     ({"method": "topk"}, "carry their own positions"),
     ({"num-labels": 3}, "leave num-labels=0"),
-    ({"drift-correction": "scaffold"}, "drift-correction='none'"),
     ({"secure-aggregation": True, "aggregator": "median"}, "cannot run aggregator 'median'"),
     ({"local-loss": "balanced", "tasks": "rte:1,stsb:1"}, "task stsb: local-loss='balanced'"),
 ])
@@ -247,3 +246,39 @@ def test_a_secure_multitask_federation_equals_the_plain_one_within_the_quantizat
         assert rel <= 1e-3, (key, rel)
     history = json.loads((tmp_path / "sec" / "history.json").read_text())
     assert all(r["aggregated"] and r["secagg"]["survivors"] == NODES for r in history[1:])
+
+
+def test_scaffold_keeps_each_heads_variate_over_its_tasks_nodes():
+    """c over the values and every head: a node's delta c_i lands in its view; the values part averages over all N
+    nodes, a head's over that task's N_t."""
+    from server.drift import ServerDrift
+    from wire.drift import CONTROL_DELTA, encode_control
+
+    k = 3
+    layout = HeadLayout(("a", "b"), (2, 1))
+    views = {0: torch.tensor([0, 1, 2, 3, 4]), 1: torch.tensor([0, 1, 2, 3, 4]), 2: torch.tensor([0, 1, 2, 5])}
+    drift = ServerDrift(parse_run_config({**declared_defaults(), "drift-correction": "scaffold"}), views)
+    drift.start_round(k + layout.total)
+    assert drift.down(2)["control"].shape == (4,)  # its view only
+    deltas = {0: torch.ones(5), 1: torch.full((5,), 3.0), 2: torch.full((4,), 6.0)}
+    for pid, d in deltas.items():
+        drift.take(100 + pid, encode_control(d, CONTROL_DELTA, "float32", 256), d.numel(), pid)
+    drift.absorb([(100 + pid, pid) for pid in deltas], 3)
+    assert torch.equal(drift.c, torch.tensor([10 / 3] * 3 + [2.0, 2.0] + [6.0]))
+
+
+@pytest.mark.integration
+def test_a_crashed_multitask_scaffold_run_resumes_bit_identical(tmp_path, tiny_model_dir):
+    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+    scaffold = {"drift-correction": "scaffold", "task-sampling": "stratified", "fraction-train": 0.5}
+    _run(_config(tiny_model_dir, ref, **scaffold))
+    child = mp.get_context("spawn").Process(target=_run, args=(_config(tiny_model_dir, crashed, **scaffold,
+                                                                       **{"crash-after-round": 2}),))
+    child.start()
+    child.join(300)
+    assert child.exitcode == CRASH_EXIT_CODE
+    ck = load_checkpoint(crashed / CHECKPOINT_NAME)
+    assert ck.drift["c"].numel() == ck.values.numel() + 66 + 66 + 33 and bool(ck.drift["c"][ck.values.numel():].any())
+    _run(_config(tiny_model_dir, crashed, resume=True, **scaffold))
+    got, want = _final(crashed), _final(ref)
+    assert all(torch.equal(got[key], want[key]) for key in want)
