@@ -247,7 +247,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, rt = node.cfg, node.rt
     _receive(msg, cfg, rt)
     data = node.data()
-    ev = evaluate_model(rt.base.model, data, task_of(cfg), cfg.eval_batch_size, cfg.precision, cfg.max_new_tokens)
+    ev = evaluate_model(rt.base.model, data, task_of(cfg), cfg.eval_batch_size, cfg.precision, cfg.max_new_tokens,
+                        cfg.num_beams)
     metrics = {"num-examples": len(data), "eval-loss": ev.loss, **{f"eval-{m}": v for m, v in ev.metrics.items()}}
     if "accuracy" in ev.metrics:
         metrics["eval-acc"] = ev.metrics["accuracy"]  # the name replies had before tasks had metrics

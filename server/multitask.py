@@ -150,7 +150,7 @@ class TaskSuite:
                 continue
             rt = self.load(name, values, head)
             ev = evaluate(rt.base.model, data, self.tasks[name], sub.eval_batch_size, sub.precision,
-                          sub.max_new_tokens)
+                          sub.max_new_tokens, sub.num_beams)
             metrics[name] = ev.metrics
             losses.append(ev.loss)
         return Evaluation(loss=sum(losses) / max(1, len(losses)), metrics=metrics)

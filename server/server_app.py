@@ -83,7 +83,8 @@ class RunRecorder:
         return self.suite.average(ev.metrics) if self.suite is not None else ev.metrics[self.task.headline]
 
     def score(self, model, data) -> Evaluation:
-        return evaluate(model, data, self.task, self.cfg.eval_batch_size, self.cfg.precision, self.cfg.max_new_tokens)
+        return evaluate(model, data, self.task, self.cfg.eval_batch_size, self.cfg.precision, self.cfg.max_new_tokens,
+                        self.cfg.num_beams)
 
     def record(self, rl: RoundLog, state: GlobalState, seconds: float) -> dict:
         t0 = time.perf_counter()
@@ -329,7 +330,7 @@ def _finish_tasks(out: Path, recorder: RunRecorder, strategy: SparseStrategy, fi
         merged = save_final_model(folder, sub, rt, final.values, final.head[suite.layout.span(name)])
         headline, test = suite.tasks[name].headline, suite.tests[name]
         score = lambda m, h=headline, t=test, task=suite.tasks[name], c=sub: evaluate(  # noqa: E731
-            m, t, task, c.eval_batch_size, c.precision, c.max_new_tokens).metrics[h]
+            m, t, task, c.eval_batch_size, c.precision, c.max_new_tokens, c.num_beams).metrics[h]
         summary["tasks"][name].update(rt.tuner.finalize(merged, final.values, score, folder))
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final average {summary['final_score']:.4f} over {len(suite.cfgs)} tasks ("

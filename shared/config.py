@@ -180,6 +180,8 @@ class RunConfig:
                            "scored on (slice), or on the whole held-out split (full: one more evaluation at the end; "
                            "history.json keeps the slices)", choices=("slice", "full"))
     eval_batch_size: int = knob(64, "evaluation batch size", low=1)
+    num_beams: int = knob(1, "causal-LM generation tasks: beams of the search (1 = greedy; the E2E papers decode with "
+                          "beams, e.g. 10)", low=1, high=64)
     max_new_tokens: int = knob(64, "causal-LM generation tasks (e2e, instruction): most tokens generated per prompt "
                                "(greedy, KV cache) when the held-out slice is scored", low=1)
     round_timeout: float = knob(3600.0, "seconds to wait for a round's replies", low=0, low_open=True)

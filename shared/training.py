@@ -136,13 +136,14 @@ MAX_NEW_TOKENS = 64  # the run-config default (max-new-tokens)
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Encoded, task: Task, batch_size: int = 64,
-             precision: str = "fp32", max_new_tokens: int = MAX_NEW_TOKENS) -> Evaluation:
+             precision: str = "fp32", max_new_tokens: int = MAX_NEW_TOKENS, num_beams: int = 1) -> Evaluation:
     """``model``'s mean loss and ``task``'s metrics (scikit-learn / SciPy on the gathered outputs) on ``data`` (eval
     mode, on the model's device; batches sorted by length, which changes no output). A task with its own
-    ``evaluator`` (a causal LM: token loss, perplexity, generation of at most ``max_new_tokens``) evaluates itself.
+    ``evaluator`` (a causal LM: token loss, perplexity, generation of at most ``max_new_tokens``, greedy or with
+    ``num_beams`` beams) evaluates itself.
     """
     if task.evaluator is not None:
-        return task.evaluator(model, data, task, batch_size, precision, max_new_tokens)
+        return task.evaluator(model, data, task, batch_size, precision, max_new_tokens, num_beams=num_beams)
     device = model_device(model)
     was_training = model.training
     model.eval()

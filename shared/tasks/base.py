@@ -65,7 +65,8 @@ class Task:
     # causal-LM tasks (the hooks the data, training and server code call instead of testing a name):
     columns: tuple[str, ...] = ()  # the columns every split carries; () = text [, text_pair], label
     encoder: Callable[..., Any] | None = None  # (split, tokenizer, max_length, limit) -> shared.data.Encoded
-    evaluator: Callable[..., Any] | None = None  # (model, Encoded, task, batch_size, precision, max_new_tokens)
+    evaluator: Callable[..., Any] | None = None  # (model, Encoded, task, batch_size, precision, max_new_tokens,
+    #                                              num_beams=...)
     skew: str | None = "label"  # what partitioner='dirichlet' skews (the column 'label' holds it); None: IID only
     folder: str = ""  # the task's folder in its benchmark's layout (GLUE: "MNLI"); '' = its name (tasks=..., multitask)
 

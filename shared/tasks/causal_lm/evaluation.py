@@ -28,7 +28,7 @@ MAX_PERPLEXITY_LOSS = 50.0  # exp(50): an untrained model's perplexity stays a f
 
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, data: Encoded, task, batch_size: int, precision: str,
-                max_new_tokens: int) -> Evaluation:
+                max_new_tokens: int, num_beams: int = 1) -> Evaluation:
     """Token loss and ``task``'s metrics of ``model`` on ``data`` (eval mode, the model's device)."""
     was_training = model.training
     model.eval()
@@ -39,7 +39,7 @@ def evaluate_lm(model: nn.Module, data: Encoded, task, batch_size: int, precisio
         wanted = [m for m in task.metrics if m in GENERATION_METRICS]
         if wanted and data.generation is not None:
             gen = data.generation
-            texts = generate(model, gen, batch_size, max_new_tokens, precision)
+            texts = generate(model, gen, batch_size, max_new_tokens, precision, num_beams)
             metrics.update({m: GENERATION_METRICS[m](texts, gen.references) for m in wanted})
             samples = [{"prompt": p, "generated": t, "references": r}
                        for p, t, r in list(zip(gen.prompts, texts, gen.references))[:SAMPLES]]
@@ -72,17 +72,22 @@ def max_positions(model: nn.Module) -> int | None:
 
 
 def generate(model: nn.Module, gen: Generation, batch_size: int, max_new_tokens: int,
-             precision: str = "fp32") -> list[str]:
-    """Greedy continuations of ``gen``'s prompts (decoded, special tokens dropped, stripped), in its order.
+             precision: str = "fp32", num_beams: int = 1) -> list[str]:
+    """Greedy (or ``num_beams``-beam search) continuations of ``gen``'s prompts (decoded, special tokens dropped,
+    stripped), in its order.
 
     Prompts are batched longest first and left-padded, so every row's new tokens start at the same column; a batch
-    gets at most as many new tokens as the model's positions leave after its prompts."""
+    gets at most as many new tokens as the model's positions leave after its prompts. With beams, a batch holds
+    ``batch_size / num_beams`` prompts (the search keeps that many rows per prompt) and each ends when its beams
+    are done (``early_stopping``)."""
     tok, device = gen.tokenizer, model_device(model)
     order = sorted(range(len(gen)), key=lambda i: -len(gen.prompt_ids[i]))
     limit = max_positions(model)
     out = [""] * len(gen)
-    for start in range(0, len(order), max(1, batch_size)):
-        rows = order[start:start + max(1, batch_size)]
+    per_batch = max(1, batch_size // max(1, num_beams))
+    search = {"num_beams": num_beams, "early_stopping": True} if num_beams > 1 else {"num_beams": 1}
+    for start in range(0, len(order), per_batch):
+        rows = order[start:start + per_batch]
         width = max(len(gen.prompt_ids[i]) for i in rows)
         budget = min(max_new_tokens, limit - width) if limit else max_new_tokens
         if budget < 1:
@@ -95,7 +100,7 @@ def generate(model: nn.Module, gen: Generation, batch_size: int, max_new_tokens:
             am[r, width - len(p):] = 1
         batch = to_device({"input_ids": ids, "attention_mask": am}, device)
         with autocast(device, precision):
-            seqs = model.generate(**batch, max_new_tokens=budget, do_sample=False, num_beams=1, use_cache=True,
+            seqs = model.generate(**batch, max_new_tokens=budget, do_sample=False, use_cache=True, **search,
                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         for r, i in enumerate(rows):
             out[i] = decode(tok, seqs[r, width:].tolist())

@@ -101,6 +101,27 @@ def test_the_held_out_slice_keeps_its_first_mrs_with_all_their_references(tokeni
                                                                for p in enc.generation.prompts]
 
 
+def test_beam_search_generates_what_transformers_beam_search_does(tokenizer, tiny_gpt2_dir):
+    """num-beams > 1: the evaluation's batched search (one prompt a batch at batch size = beams) returns for each
+    prompt what ``model.generate`` with those beams returns for it alone, and greedy stays greedy."""
+    from shared.model import load_base_model
+    from shared.tasks.causal_lm.evaluation import decode, generate
+
+    model = load_base_model(str(tiny_gpt2_dir), 0, 0, kind="causal-lm").model.eval()
+    test = load_splits("e2e", str(FOLDERS["e2e"]))["test"]
+    gen = encode(test, tokenizer, 64, limit=3, task=get_task("e2e")).generation
+    beams = generate(model, gen, batch_size=3, max_new_tokens=8, num_beams=3)
+    greedy = generate(model, gen, batch_size=3, max_new_tokens=8)
+    for i, ids in enumerate(gen.prompt_ids):
+        prompt = torch.tensor([ids])
+        common = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, attention_mask=torch.ones_like(prompt))
+        alone = model.generate(prompt, num_beams=3, early_stopping=True, **common)
+        assert beams[i] == decode(tokenizer, alone[0, len(ids):].tolist())
+        first = model.generate(prompt, num_beams=1, **common)
+        assert greedy[i] == decode(tokenizer, first[0, len(ids):].tolist())
+
+
 HYPS = ["The Vaults is an English pub.", "Alimentum is in the city centre and is not family-friendly.",
         "A coffee shop called Blue Spice."]
 REFS = [["The Vaults is a pub serving English food.", "The Vaults is an English pub."],
