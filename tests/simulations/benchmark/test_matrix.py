@@ -197,3 +197,14 @@ def test_a_runs_own_num_supernodes_is_checked():
     assert build_runs({"runs": [{"method": "pafi", "num-supernodes": 3}]}, {})[0].num_supernodes == 3
     with pytest.raises(PresetError, match="'num-supernodes' must be an integer >= 1"):
         build_runs({"runs": [{"method": "pafi", "num-supernodes": 0}]}, {})
+
+
+def test_the_decoder_preset_lists_the_issue_38_runs():
+    preset = load_preset("decoder")
+    cfgs = {s.name: parse_run_config(s.run_config) for s in preset.runs}
+    assert all(c.model == "smollm2-135m" and c.dataset == "e2e" and c.max_eval_examples > 0 for c in cfgs.values())
+    pafi = {(c.mask_density, c.partitioner) for c in cfgs.values() if c.method == "pafi"}
+    assert pafi == {(d, p) for d in (0.001, 0.005, 0.02) for p in ("dirichlet", "iid")}
+    lora = {(c.options["lora-rank"], c.partitioner) for c in cfgs.values() if c.method == "lora"}
+    assert lora == {(r, p) for r in (8, 16) for p in ("dirichlet", "iid")}
+    assert [c.partitioner for c in cfgs.values() if c.method == "full"] == ["dirichlet"]
