@@ -202,7 +202,8 @@ def _every_head(conf: Mapping[str, Any], head_delta: torch.Tensor) -> torch.Tens
         return head_delta
     total, offset = int(conf["head-total"]), int(conf["head-offset"])
     if not 0 <= offset <= total - head_delta.numel():
-        raise ValueError(f"head-offset {offset} + this node's {head_delta.numel()}-value head exceed head-total {total}")
+        raise ValueError(f"head-offset {offset} + this node's {head_delta.numel()}-value head exceed head-total "
+                         f"{total}")
     out = torch.zeros(total, dtype=head_delta.dtype)
     out[offset:offset + head_delta.numel()] = head_delta
     return out

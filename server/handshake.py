@@ -60,7 +60,8 @@ def admit(metrics: Mapping[str, Any], config: Mapping[str, Any], fingerprint: st
     if tasks is None:
         return Admission(pid, nparts, examples)
     if nparts != len(tasks):
-        raise MalformedUpdateError(f"num-partitions {nparts} differs from the {len(tasks)} nodes the run's tasks assign")
+        raise MalformedUpdateError(f"num-partitions {nparts} differs from the {len(tasks)} nodes the run's tasks "
+                                   f"assign")
     task, size = tasks[pid]
     if config.get("task") != task:
         raise MalformedUpdateError(f"node reports task {str(config.get('task'))[:40]!r}, the run assigns partition "

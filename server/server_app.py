@@ -117,7 +117,8 @@ class RunRecorder:
 
     def final_metrics(self, final: GlobalState) -> dict[str, float]:
         """The final state's metrics (``final-eval``: on the rounds' slice, or the whole split), and where the run
-        scores on test, every further held-out split of the task (MNLI's mismatched dev set: ``accuracy_mismatched``)."""
+        scores on test, every further held-out split of the task (MNLI's mismatched dev set:
+        ``accuracy_mismatched``)."""
         metrics = dict(self.evaluate(final).metrics)  # loads the final state (a vetted, refused one may be loaded)
         cfg = self.cfg.replace(max_eval_examples=0) if self.whole else self.cfg
         if self.suite is not None:  # by task: {task: {metric: value}}, each task's further splits beside
