@@ -189,22 +189,29 @@ def _final(out: Path) -> dict[str, torch.Tensor]:
             for key, t in load_file(str(out / "tasks" / name / "delta.safetensors")).items()}
 
 
-@pytest.mark.integration
-def test_a_crashed_multitask_run_resumes_bit_identical_with_every_head(tmp_path, tiny_model_dir):
+def _crash_and_resume(tmp_path: Path, tiny_model_dir: Path, **extra):
+    """A reference run of 3 rounds, the same run killed after round 2's checkpoint and resumed: (the checkpoint it
+    resumed from, the reference's folder, the resumed run's folder), the finals checked bit-identical."""
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
-    stratified = {"task-sampling": "stratified", "fraction-train": 0.5}
-    _run(_config(tiny_model_dir, ref, **stratified))
-    child = mp.get_context("spawn").Process(target=_run, args=(_config(tiny_model_dir, crashed, **stratified,
+    _run(_config(tiny_model_dir, ref, **extra))
+    child = mp.get_context("spawn").Process(target=_run, args=(_config(tiny_model_dir, crashed, **extra,
                                                                        **{"crash-after-round": 2}),))
     child.start()
     child.join(300)
     assert child.exitcode == CRASH_EXIT_CODE
     ck = load_checkpoint(crashed / CHECKPOINT_NAME)
-    assert ck.round == 2 and ck.head.numel() == 66 + 66 + 33
-    assert any(key.startswith(f"{HEAD_STATE}stsb.") for key in ck.opt_state)  # every head's server-optimizer state
-    _run(_config(tiny_model_dir, crashed, resume=True, **stratified))
+    _run(_config(tiny_model_dir, crashed, resume=True, **extra))
     got, want = _final(crashed), _final(ref)
     assert got.keys() == want.keys() and all(torch.equal(got[key], want[key]) for key in want)
+    return ck, ref, crashed
+
+
+@pytest.mark.integration
+def test_a_crashed_multitask_run_resumes_bit_identical_with_every_head(tmp_path, tiny_model_dir):
+    ck, ref, crashed = _crash_and_resume(tmp_path, tiny_model_dir, **{"task-sampling": "stratified",
+                                                                      "fraction-train": 0.5})
+    assert ck.round == 2 and ck.head.numel() == 66 + 66 + 33
+    assert any(key.startswith(f"{HEAD_STATE}stsb.") for key in ck.opt_state)  # every head's server-optimizer state
     h_ref, h_res = (json.loads((d / "history.json").read_text()) for d in (ref, crashed))
     assert [r["metrics"] for r in h_res] == [r["metrics"] for r in h_ref]
 
@@ -269,16 +276,6 @@ def test_scaffold_keeps_each_heads_variate_over_its_tasks_nodes():
 
 @pytest.mark.integration
 def test_a_crashed_multitask_scaffold_run_resumes_bit_identical(tmp_path, tiny_model_dir):
-    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
-    scaffold = {"drift-correction": "scaffold", "task-sampling": "stratified", "fraction-train": 0.5}
-    _run(_config(tiny_model_dir, ref, **scaffold))
-    child = mp.get_context("spawn").Process(target=_run, args=(_config(tiny_model_dir, crashed, **scaffold,
-                                                                       **{"crash-after-round": 2}),))
-    child.start()
-    child.join(300)
-    assert child.exitcode == CRASH_EXIT_CODE
-    ck = load_checkpoint(crashed / CHECKPOINT_NAME)
+    ck, _, _ = _crash_and_resume(tmp_path, tiny_model_dir, **{"drift-correction": "scaffold",
+                                                               "task-sampling": "stratified", "fraction-train": 0.5})
     assert ck.drift["c"].numel() == ck.values.numel() + 66 + 66 + 33 and bool(ck.drift["c"][ck.values.numel():].any())
-    _run(_config(tiny_model_dir, crashed, resume=True, **scaffold))
-    got, want = _final(crashed), _final(ref)
-    assert all(torch.equal(got[key], want[key]) for key in want)
