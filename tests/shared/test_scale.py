@@ -71,11 +71,11 @@ def test_the_handshake_counts_rows_without_tokenizing_and_parses_the_config_once
     parsed = []
     real_parse = ca.parse_run_config
     monkeypatch.setattr(ca, "parse_run_config", lambda rc: (parsed.append(1), real_parse(rc))[1])
-    first = ca._runtime(_context(cfg, 0, 1000))  # builds the runtime (tokenizer and all) once
+    first = ca._node(_context(cfg, 0, 1000)).rt  # builds the runtime (tokenizer and all) once
     monkeypatch.setattr(rt_mod, "encode", lambda *a, **k: pytest.fail("the handshake tokenized a partition"))
     sizes = []
     for pid in range(0, 1000, 50):
-        msg = Message(to_recorddict({}, {"fingerprint": first[1].tuner.fingerprint}), 1001, HANDSHAKE)
+        msg = Message(to_recorddict({}, {"fingerprint": first.tuner.fingerprint}), 1001, HANDSHAKE)
         msg.metadata.__dict__["_message_id"] = f"m{pid}"
         reply = ca.query(msg, _context(cfg, pid, 1000))
         sizes.append(message_parts(reply)[1]["num-examples"])

@@ -96,7 +96,7 @@ def test_the_presets_timeout_reaches_the_launchers_flwr_run(tmp_path, monkeypatc
     cmd = seen["cmd"]
     assert float(cmd[cmd.index("--timeout") + 1]) == preset.simulation.timeout == 36000
     forwarded = {}
-    monkeypatch.setattr(launcher, "preflight", lambda overrides: None)
+    monkeypatch.setattr(launcher, "preflight", lambda overrides, num_supernodes=None: None)
     monkeypatch.setattr(launcher, "run_simulation", lambda *a, **kw: forwarded.update(kw) or 0)
     assert launcher.main(cmd[cmd.index("--num-supernodes"):]) == 0
     assert forwarded["timeout"] == 36000
