@@ -11,12 +11,19 @@ another's id cannot evict it. A handshake that admits no node ends the run with 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from server.rounds import RoundLog
 from server.validation import MAX_NUM_EXAMPLES
 from shared.masks import MaskMismatchError
 from wire.codec import MalformedUpdateError
+from wire.protocol import HANDSHAKE
+from wire.records import message_bytes, message_parts, to_recorddict
 
 MAX_PARTITIONS = 10**7
 
@@ -85,3 +92,48 @@ def later_claimants(admitted: Mapping[int, Admission]) -> dict[int, int]:
         else:
             holder[adm.partition_id] = node
     return later
+
+
+def run_handshake(host, grid: Grid, min_nodes: int, wait_s: float) -> RoundLog:
+    """Ask every node of ``grid`` for its partition id (and check its fingerprint, and in a multi-task run its task):
+    round 0's traffic, logged in ``host.current``. ``host``: the strategy, whose ``partitions``, ``declared`` and
+    ``node_tasks`` are set from the admitted replies; a node refused is named through ``host.reject``."""
+    host.current = RoundLog(0)
+    deadline = time.monotonic() + wait_s
+    while len(list(grid.get_node_ids())) < min_nodes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(list(grid.get_node_ids()))} nodes connected after {wait_s:.0f}s; "
+                               f"min-available-nodes is {min_nodes}")
+        time.sleep(1.0)
+    conf = {"fingerprint": host.expected.fingerprint}
+    msgs = [Message(to_recorddict({}, conf), node, HANDSHAKE) for node in sorted(grid.get_node_ids())]
+    host.current.sampled = len(msgs)
+    host.current.bytes_down = sum(message_bytes(m) for m in msgs)
+    admitted = {}
+    for reply in grid.send_and_receive(msgs, timeout=max(host.cfg.round_timeout, wait_s)):  # cold starts
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            host.reject(node, f"handshake failed: {reply.error.reason[:200]}", failed=True)
+            continue
+        try:  # the handshake's wall: any malformed reply excludes its node, never crashes the server
+            host.current.bytes_up += message_bytes(reply)
+            if node in admitted:
+                raise MalformedUpdateError("second handshake reply from the same node")
+            _, metrics, config = message_parts(reply)
+            admitted[node] = admit(metrics, config, host.expected.fingerprint, host.assignment)
+        except Exception as exc:  # noqa: BLE001
+            admitted.pop(node, None)
+            host.reject(node, f"handshake {exc.__class__.__name__}: {str(exc)[:200]}")
+    clash = later_claimants(admitted)
+    for node, holder in clash.items():
+        host.reject(node, f"partition id {admitted[node].partition_id} is held by node {holder}, which claimed it "
+                          f"first")
+    host.partitions = {n: a.partition_id for n, a in admitted.items() if n not in clash}
+    host.declared = {n: a.num_examples for n, a in admitted.items() if n not in clash}
+    host.node_tasks = {n: a.task for n, a in admitted.items() if n not in clash}
+    host.current.replied = len(host.partitions)
+    if not host.partitions:
+        raise HandshakeError(f"no node passed the handshake ({len(host.current.reasons)} refused; first: "
+                             + "; ".join(host.current.reasons[:3]) + "); check that the nodes run this app "
+                             "with the same model and settings")
+    return host.current

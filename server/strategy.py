@@ -28,7 +28,7 @@ from server.rounds import GlobalState, RoundLog, send_and_receive  # noqa: F401 
 from server.aggregation import AggregationError
 from server.drift import ServerDrift
 from server.guards import AdaptiveBound, bound_updates, capped_weights, example_caps, norm_bound, trust_scores
-from server.handshake import HandshakeError, admit, later_claimants
+from server.handshake import run_handshake
 from server.multitask import HeadLayout, multitask_step
 from server.secagg import SecAggParams, check_capacity
 from server.secure_round import secure_train
@@ -38,7 +38,7 @@ from shared.config import RunConfig
 from shared.multitask import parse_tasks
 from wire.codec import MalformedUpdateError, relative_error, representable
 from wire.drift import split_control
-from wire.protocol import HANDSHAKE, TRAIN, Update
+from wire.protocol import TRAIN, Update
 from wire.records import message_bytes, message_parts, to_recorddict
 
 log = logging.getLogger("fedsparse.server")
@@ -337,46 +337,9 @@ class SparseStrategy(Strategy):
             self.current.rejected += 1
 
     def handshake(self, grid: Grid, min_nodes: int, wait_s: float) -> RoundLog:
-        """Ask every node for its partition id (and check its fingerprint): round 0's traffic."""
-        self.current = RoundLog(0)
-        deadline = time.monotonic() + wait_s
-        while len(list(grid.get_node_ids())) < min_nodes:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(list(grid.get_node_ids()))} nodes connected after {wait_s:.0f}s; "
-                                   f"min-available-nodes is {min_nodes}")
-            time.sleep(1.0)
-        conf = {"fingerprint": self.expected.fingerprint}
-        msgs = [Message(to_recorddict({}, conf), node, HANDSHAKE) for node in sorted(grid.get_node_ids())]
-        self.current.sampled = len(msgs)
-        self.current.bytes_down = sum(message_bytes(m) for m in msgs)
-        admitted = {}
-        for reply in grid.send_and_receive(msgs, timeout=max(self.cfg.round_timeout, wait_s)):  # cold starts
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                self.reject(node, f"handshake failed: {reply.error.reason[:200]}", failed=True)
-                continue
-            try:  # the handshake's wall: any malformed reply excludes its node, never crashes the server
-                self.current.bytes_up += message_bytes(reply)
-                if node in admitted:
-                    raise MalformedUpdateError("second handshake reply from the same node")
-                _, metrics, config = message_parts(reply)
-                admitted[node] = admit(metrics, config, self.expected.fingerprint, self.assignment)
-            except Exception as exc:  # noqa: BLE001
-                admitted.pop(node, None)
-                self.reject(node, f"handshake {exc.__class__.__name__}: {str(exc)[:200]}")
-        clash = later_claimants(admitted)
-        for node, holder in clash.items():
-            self.reject(node, f"partition id {admitted[node].partition_id} is held by node {holder}, which claimed it "
-                              f"first")
-        self.partitions = {n: a.partition_id for n, a in admitted.items() if n not in clash}
-        self.declared = {n: a.num_examples for n, a in admitted.items() if n not in clash}
-        self.node_tasks = {n: a.task for n, a in admitted.items() if n not in clash}
-        self.current.replied = len(self.partitions)
-        if not self.partitions:
-            raise HandshakeError(f"no node passed the handshake ({len(self.current.reasons)} refused; first: "
-                                 + "; ".join(self.current.reasons[:3]) + "); check that the nodes run this app "
-                                 "with the same model and settings")
-        return self.current
+        """Ask every node for its partition id (and check its fingerprint): round 0's traffic
+        (:func:`server.handshake.run_handshake`)."""
+        return run_handshake(self, grid, min_nodes, wait_s)
 
     def plain_train(self, server_round: int, grid: Grid, msgs: list[Message], timeout: float) -> None:
         """A train round in the clear: send, collect, the wall, ``aggregate_train``."""
