@@ -301,8 +301,8 @@ class SparseStrategy(Strategy):
                 raise MalformedUpdateError(f"reply is {size} bytes, over max-reply-mb ({self.expected.max_bytes} B)")
             parts = message_parts(msg)
             arrays, control = split_control(parts[0])
-            update = validate_reply(arrays, parts[1], parts[2], self.expected_of(node))
             expected = self.expected_of(node)
+            update = validate_reply(arrays, parts[1], parts[2], expected)
             self.drift.take(node, control, expected.k + expected.head_size, self.partitions.get(node))
             self.note_diagnostics(parts[1].get("train-seconds"), parts[2].get("worker-node"))
             return update
