@@ -3,10 +3,8 @@ PYTHON ?= python3
 # The local SST-2 copy beside the clone if there is one; else empty = the Hugging Face Hub (make run DATA_DIR=... to choose)
 DATA_DIR ?= $(if $(wildcard ../shared/data/sst2/train.tsv),../shared/data/sst2,)
 RUN_CONFIG ?=
-# The first run's settings (<= 10 minutes on 2 cores, > 83 % on the SST-2 dev split; see README); RUN_CONFIG wins.
-# local-loss='balanced': Dirichlet-0.5 clients do not pull the global head to their class in the first rounds
-# (docs/benchmark.md, "make run with the balanced loss")
-RUN_DEFAULTS ?= num-server-rounds=20 local-steps=15 local-loss='balanced'
+# make run = the app's own defaults (pyproject's [tool.flwr.app.config], the same as a plain `flwr run .`) with only
+# the data folder and the output folder; RUN_CONFIG="key=value ..." overrides any knob
 NUM_SUPERNODES ?= 10
 # One CPU per virtual client: two clients train at once on 2 cores, one thread each (1.45x the steps per second of
 # one client on two threads: python -m simulations.performance.perf_benchmark --sections parallel; docs/performance.md)
@@ -30,7 +28,6 @@ install: .install.stamp
 ## run: federated PaFi on the bundled MiniLM + SST-2 (10 clients, Dirichlet 0.5), results in outputs/run
 run: install
 	$(PYTHON) -m simulations.engines.launcher --num-supernodes $(NUM_SUPERNODES) --cpus-per-client $(CPUS_PER_CLIENT) \
-		-c "$(RUN_DEFAULTS)" \
 		-c "data-dir='$(if $(DATA_DIR),$(abspath $(DATA_DIR)),)' output-dir='$(abspath outputs/run)' $(RUN_CONFIG)"
 
 ## test: the whole suite (unit + integration through Flower's engines)

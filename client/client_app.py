@@ -33,7 +33,7 @@ from shared.methods.base import ClientCall, ClientRoute, Method
 from shared.multitask import node_task, parse_tasks, task_config
 from shared.runtime import Runtime, client_partition, client_partition_size, get_runtime
 from shared.schedule import lr_factor
-from shared.settings import parse_run_config
+from shared.settings import local_loss, parse_run_config
 from shared.tasks import task_of
 from shared.training import evaluate as evaluate_model
 from shared.training import train_local
@@ -190,7 +190,7 @@ def _train_locally(cfg: RunConfig, rt: Runtime, context: Context, control: Mappi
     drift = ClientDrift(cfg, context, control, params, torch.cat([values, head_vec]), rates, rt.tuner.fingerprint)
     result = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size, seed=seed,
                          weight_decay=cfg.weight_decay, precision=cfg.precision, group_by_length=cfg.group_by_length,
-                         loss=cfg.local_loss, adjust=drift.adjust)
+                         loss=local_loss(cfg), adjust=drift.adjust)
     local = rt.tuner.values.detach().cpu()  # the wire is on the CPU, whatever the device
     return result, local, flatten_head(to_cpu(rt.tuner.head_state()), rt.base.head_names), drift
 

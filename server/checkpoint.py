@@ -141,14 +141,14 @@ def check_compatible(ck: Checkpoint, identity: Mapping[str, Any], run_config: Ma
             raise CheckpointError(f"checkpoint is for {key}={str(ck.identity.get(key))[:24]!r}, this run has "
                                   f"{str(mine)[:24]!r}; use another output-dir or run without resume=true")
     keys = (set(ck.run_config) | set(run_config)) - RESUMABLE_CHANGES - SCHEDULE_KEYS
-    if not same_factors(ck.run_config, run_config, ck.round):
+    defaults = declared_defaults()  # a key one side lacks (a knob added since the checkpoint) ran at its default,
+    then = {**defaults, **CHANGED_DEFAULTS}  # the checkpoint's side: the default of its time where it changed since
+    if not same_factors({**then, **ck.run_config}, {**defaults, **run_config}, ck.round):
         raise CheckpointError(f"this run's lr schedule trains rounds 1-{ck.round} at other rates than the checkpoint's "
                               f"run did; keep lr-schedule, lr-warmup-rounds and lr-decay-rounds, or add a decay of "
                               f"lr-decay-rounds <= num-server-rounds - {ck.round}")
     if "data" not in ck.identity:
         keys.add("data-dir")
-    defaults = declared_defaults()  # a key one side lacks (a knob added since the checkpoint) ran at its default,
-    then = {**defaults, **CHANGED_DEFAULTS}  # the checkpoint's side: the default of its time where it changed since
     for key in sorted(keys):
         old, new = ck.run_config.get(key, then.get(key)), run_config.get(key, defaults.get(key))
         if old != new and (resolved is None or old != resolved.get(key, new)):

@@ -21,7 +21,7 @@ from server.checkpoint import (RESUMABLE_CHANGES, CHECKPOINT_NAME, Checkpoint, C
 from server.guards import GUARD
 from server.strategy import GlobalState, SparseStrategy
 from shared.config import CHANGED_DEFAULTS, RunConfig
-from shared.settings import declared_defaults, parse_run_config
+from shared.settings import declared_defaults, local_loss, parse_run_config
 
 log = logging.getLogger("fedsparse.server")
 CRASH_EXIT_CODE = 17
@@ -116,12 +116,16 @@ def start_values(cfg: RunConfig, fingerprint: str, initial: torch.Tensor) -> tor
 
 def resolved_settings(cfg: RunConfig, run_config: Mapping[str, Any], lrs: tuple[float, float]) -> dict[str, Any]:
     """Every knob with the value this run trains with: ``run_config`` (Flower's: the declared defaults with the
-    command's values on top) with ``lr``/``head-lr`` resolved to the method's rates where they were left at 0. What
+    command's values on top) with ``lr``/``head-lr`` resolved to the method's rates where they were left at 0 and the
+    ``auto`` of ``trust-weighting`` and ``local-loss`` to what they chose. What
     checkpoints and ``settings.json`` store, so a resumed run keeps the rates it was made with even where a method's
     default rate changes later. Every declared knob is there (a run-config given without Flower's declared defaults,
     as an in-process Grid passes it, gets them here), so a later default change never reads as one this run had."""
     out = {**declared_defaults(), **run_config}
     out["lr"], out["head-lr"] = float(lrs[0]), float(lrs[1])
+    out["trust-weighting"] = "cosine" if cfg.trusts else "none"
+    if not cfg.tasks:  # a multi-task run's tasks each resolve 'auto' by their kind
+        out["local-loss"] = local_loss(cfg)
     return out
 
 

@@ -16,6 +16,8 @@ from shared.config import RunConfig
 from shared.data import encode, run_splits
 from shared.runtime import Runtime
 from shared.schedule import lr_factor
+from shared.settings import local_loss
+from shared.tasks import task_of
 from shared.training import train_local
 from wire.protocol import flatten_head, unflatten_head
 
@@ -25,7 +27,7 @@ def trusted_sample(cfg: RunConfig, tokenizer):
     train = run_splits(cfg)["train"]
     n = min(cfg.trusted_examples, len(train))
     rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 7_919 + 17))[:n]
-    return encode(train.select(sorted(rows.tolist())), tokenizer, cfg.max_length)
+    return encode(train.select(sorted(rows.tolist())), tokenizer, cfg.max_length, task=task_of(cfg))  # as clients do
 
 
 def reference_norm(cfg: RunConfig, rt: Runtime, values: torch.Tensor, head: torch.Tensor, server_round: int) -> float:
@@ -47,7 +49,7 @@ def reference_update(cfg: RunConfig, rt: Runtime, values: torch.Tensor, head: to
     groups = [{"params": params[:1], "lr": lr * scale}, {"params": params[1:], "lr": head_lr * scale}]
     train_local(rt.base.model, groups, trusted_sample(cfg, rt.base.tokenizer), cfg.local_steps, cfg.batch_size,
                 seed=cfg.seed * 100_003 + 999_983 + server_round, weight_decay=cfg.weight_decay,
-                precision=cfg.precision, group_by_length=cfg.group_by_length, loss=cfg.local_loss)
+                precision=cfg.precision, group_by_length=cfg.group_by_length, loss=local_loss(cfg))
     delta = rt.tuner.values.detach().cpu().double() - values.double()
     head_delta = flatten_head(rt.tuner.head_state(), rt.base.head_names).detach().cpu().double() - head.double()
     return torch.cat([delta, head_delta])

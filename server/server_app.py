@@ -62,20 +62,22 @@ class RunRecorder:
             (out / "samples.jsonl").unlink(missing_ok=True)
         self.history: list[dict] = []
         self.t_start = time.perf_counter()
-        self._last: tuple[GlobalState, Evaluation] | None = None  # the last state evaluated and its figures
+        self._last: tuple[GlobalState, Evaluation, float] | None = None  # the last state evaluated, figures, seconds
+        self.reference_seconds: dict[int, float] = {}  # round -> seconds of the server's reference update
 
     def evaluate(self, state: GlobalState) -> Evaluation:
         """Loss and metrics of ``state`` on the held-out split; a state vetted before adoption is not evaluated
         twice (the strategy's ``vet`` and the round's record share the figures of the same state object)."""
         if self._last is not None and self._last[0] is state:
             return self._last[1]
+        t0 = time.perf_counter()
         if self.suite is not None:
             out = self.suite.evaluate(state.values, state.head)
         else:
             head = unflatten_head(state.head, self.rt.tuner.head_state(), self.rt.base.head_names)
             self.rt.tuner.load(state.values, head)
             out = self.score(self.rt.base.model, self.test)  # on the device
-        self._last = (state, out)
+        self._last = (state, out, time.perf_counter() - t0)
         return out
 
     def headline_of(self, ev: Evaluation) -> float:
@@ -87,8 +89,7 @@ class RunRecorder:
                         self.cfg.num_beams)
 
     def record(self, rl: RoundLog, state: GlobalState, seconds: float) -> dict:
-        t0 = time.perf_counter()
-        ev = self.evaluate(state)
+        ev = self.evaluate(state)  # where the time of a round goes: its evaluation, the server's reference update
         score = self.headline_of(ev)
         rec = {"round": rl.round, **({"accuracy": ev.metrics["accuracy"]} if "accuracy" in ev.metrics else {}),
                "score": score, "metrics": ev.metrics, "loss": ev.loss, "train_loss": rl.train_loss,
@@ -97,7 +98,7 @@ class RunRecorder:
                "bytes_up": rl.bytes_up, "bytes_down": rl.bytes_down, "codec_rel_error": rl.codec_rel_error,
                "round_seconds": seconds, "train_seconds": rl.train_seconds, "worker_nodes": rl.worker_nodes,
                "norm_bound": rl.norm_bound, "norm_median": rl.norm_median, "trust_scores": rl.trust_scores,
-               "eval_seconds": time.perf_counter() - t0}
+               "eval_seconds": self._last[2], "reference_seconds": self.reference_seconds.pop(rl.round, 0.0)}
         if rl.secagg is not None:
             rec["secagg"] = rl.secagg
         self.history.append(rec)
@@ -220,10 +221,10 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     strategy = _strategy(cfg, rt, suite)
     recorder = RunRecorder(cfg, rt, out, suite)
     strategy.vet = lambda state: recorder.evaluate(state).loss  # a state is adopted only if its loss does not explode
-    reference = _reference(cfg, rt, suite)
+    reference = _reference(cfg, rt, suite, recorder.reference_seconds)
     if cfg.update_bound == "adaptive" and not cfg.secure_aggregation:  # the first bound's scale: the server's own
         strategy.adaptive.reference = lambda state, rnd: float(reference(state, rnd).norm())
-    if cfg.trust_weighting == "cosine":  # every round: the direction each update is weighed against
+    if cfg.trusts:  # every round: the direction each update is weighed against
         strategy.trust = reference
     t0 = time.perf_counter()
     handshake = strategy.handshake(grid, cfg.min_available_nodes, cfg.node_wait_timeout)
@@ -247,16 +248,17 @@ def run(grid: Grid, cfg: RunConfig, run_config: dict) -> None:
     _finish(cfg, rt, out, recorder, strategy, final)
 
 
-def _reference(cfg: RunConfig, rt: Runtime, suite: TaskSuite | None):
+def _reference(cfg: RunConfig, rt: Runtime, suite: TaskSuite | None, seconds: dict[int, float]):
     """``(state, round) -> (k + h,)``: the server's own reference update from ``state`` in ``round``
     (:mod:`server.reference`), computed once per round and state (the bound's scale and the trust weights share it).
     A multi-task run trains the first task's head on its trusted rows; the update is widened to every task's heads
-    (zeros on the others: their rows are weighed by the values)."""
+    (zeros on the others: their rows are weighed by the values). ``seconds[round]``: the time each took."""
     last: dict[tuple, torch.Tensor] = {}
 
     def reference(state: GlobalState, rnd: int) -> torch.Tensor:
         key = (rnd, id(state))
         if key not in last:
+            t0 = time.perf_counter()
             if suite is None:
                 vec = reference_update(cfg, rt, state.values, state.head, rnd)
             else:
@@ -265,6 +267,7 @@ def _reference(cfg: RunConfig, rt: Runtime, suite: TaskSuite | None):
                 vec = torch.cat([vec[:k], suite.layout.widen(first, vec[k:])])
             last.clear()
             last[key] = vec
+            seconds[rnd] = seconds.get(rnd, 0.0) + time.perf_counter() - t0
         return last[key]
     return reference
 

@@ -42,8 +42,8 @@ class RunConfig:
                        "cuda, cuda:N or mps; what travels is always on the CPU")
     precision: str = knob("fp32", "training/eval compute: fp32, or bf16 autocast (values and optimizer state stay "
                           "fp32)", choices=PRECISIONS)
-    num_server_rounds: int = knob(10, "federated rounds", low=0)
-    fraction_train: float = knob(0.5, "share of the nodes sampled per round", low=0, high=1, low_open=True)
+    num_server_rounds: int = knob(14, "federated rounds", low=0)
+    fraction_train: float = knob(0.4, "share of the nodes sampled per round", low=0, high=1, low_open=True)
     min_train_replies: int = knob(1, "valid replies needed to update the global model", low=1)
     local_steps: int = knob(10, "local AdamW steps per round", low=1)
     batch_size: int = knob(32, "local batch size", low=1)
@@ -53,9 +53,10 @@ class RunConfig:
     lr: float = knob(0.0, "local learning rate; 0 = the method's default", low=0)
     head_lr: float = knob(0.0, "learning rate of the dense task head; 0 = the method's (or lr)", low=0)
     weight_decay: float = knob(0.0, "AdamW weight decay", low=0)
-    local_loss: str = knob("ce", "local training loss: ce (the model's cross-entropy) or balanced (classes weighted "
-                           "n / (C n_c) by the client's own labels: its label skew does not pull the global head)",
-                           choices=LOCAL_LOSSES)
+    local_loss: str = knob("auto", "local training loss: ce (the model's own: cross-entropy, MSE for a regression), "
+                           "balanced (classes weighted n / (C n_c) by the client's own labels: its label skew does not "
+                           "pull the global head), or auto (balanced for a classification task, ce otherwise)",
+                           choices=("auto", *LOCAL_LOSSES))
     drift_correction: str = knob("none", "client-drift correction on the aligned vectors: none, or scaffold (control "
                                  "variates c and c_i of the values + head; 2x the vector each way; docs/drift.md)",
                                  choices=DRIFT_CORRECTIONS)
@@ -65,8 +66,8 @@ class RunConfig:
                                  choices=SCAFFOLD_VARIATES)
     prox_mu: float = knob(0.0, "FedProx: each local step adds mu * (w - w_global) to the gradient of the values + "
                           "head (the term (mu/2)||w - w_global||^2); 0 = off", low=0)
-    lr_schedule: str = knob("constant", "clients' lr over the server rounds: constant, or a linear or cosine decay "
-                            "(shared/schedule.py)", choices=SCHEDULES)
+    lr_schedule: str = knob("cosine", "clients' lr over the server rounds: constant, or a linear or cosine decay to 0 "
+                            "(shared/schedule.py); a run extended past its rounds needs lr-decay-rounds", choices=SCHEDULES)
     lr_warmup_rounds: int = knob(0, "first rounds at a rate ramping up to lr (round r: r / (W + 1))", low=0)
     lr_decay_rounds: int = knob(0, "last rounds the linear or cosine decay covers; 0 = all after the warm-up "
                                 "(fewer: a constant run annealed at its end)", low=0)
@@ -136,10 +137,12 @@ class RunConfig:
                                         low=1.0)
     trusted_examples: int = knob(256, "training rows the server's reference update trains on (update-bound, "
                                  "trust-weighting)", low=1)
-    trust_weighting: str = knob("none", "'cosine': weigh each update by the cosine of its direction with the server's "
+    trust_weighting: str = knob("auto", "'cosine': weigh each update by the cosine of its direction with the server's "
                                 "own reference update of the round, 0 where it is not positive (FLTrust, Cao et al., "
                                 "2021; one local training on trusted-examples rows per round on the server); 'none' = "
-                                "weights as 'weighting' says", choices=("none", "cosine"))
+                                "weights as 'weighting' says; 'auto' = cosine wherever it can act (a weighted-mean "
+                                "aggregator, no central DP, no secure-aggregation), else none",
+                                choices=("auto", "cosine", "none"))
     state_loss_ratio: float = knob(10.0, "a new global state whose server-side evaluation loss exceeds this multiple of "
                                    "the last adopted state's is not adopted (the round is skipped; honest rounds of "
                                    "the paper record rise at most 5.75x); 0 = adopt every finite state", low=0)
@@ -175,8 +178,9 @@ class RunConfig:
     validation_fraction: float = knob(0.1, "eval-split='validation' where the data has no validation split: this "
                                       "share of train is held out under the seed (never trained on) and scored",
                                       low=0, high=0.5, low_open=True, high_open=True)
-    max_eval_examples: int = knob(0, "server-side evaluation rows; 0 = the whole held-out split", low=0)
-    final_eval: str = knob("slice", "summary.json's final metrics: on the max-eval-examples slice every round is "
+    max_eval_examples: int = knob(500, "server-side evaluation rows each round (the first of the held-out split); 0 = the "
+                                   "whole split", low=0)
+    final_eval: str = knob("full", "summary.json's final metrics: on the max-eval-examples slice every round is "
                            "scored on (slice), or on the whole held-out split (full: one more evaluation at the end; "
                            "history.json keeps the slices)", choices=("slice", "full"))
     eval_batch_size: int = knob(64, "evaluation batch size", low=1)
@@ -207,6 +211,13 @@ class RunConfig:
     def max_reply_bytes(self) -> int:
         return int(self.max_reply_mb * 2**20)
 
+    @property
+    def trusts(self) -> bool:
+        """trust-weighting resolved: 'cosine', or 'auto' where updates are weighed in a mean the server sees."""
+        if self.trust_weighting != "auto":
+            return self.trust_weighting == "cosine"
+        return self.aggregator in MEAN_AGGREGATORS and self.dp_clip_norm <= 0 and not self.secure_aggregation
+
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -230,7 +241,7 @@ def check_trust(cfg: RunConfig) -> None:
     """One-line :class:`ConfigError` where ``trust-weighting = "cosine"`` cannot act: it sets each update's weight in a
     weighted mean, which a per-coordinate robust aggregator, central DP (equal weights by its sensitivity argument) and
     a secure sum (no update is seen) do not have."""
-    if cfg.trust_weighting != "cosine":
+    if cfg.trust_weighting != "cosine":  # auto turns itself off where it cannot act (RunConfig.trusts)
         return
     if cfg.aggregator not in MEAN_AGGREGATORS:
         raise ConfigError(f"trust-weighting='cosine' sets the weights of a weighted mean; aggregator "
@@ -283,6 +294,8 @@ CORE_KEYS = frozenset(knobs(RunConfig))
 # value, or lack the key where the knob is newer). A resumed run keeps it unless the resuming run sets the key to
 # something other than today's default: a changed default never changes what a run of record trains with.
 CHANGED_DEFAULTS: dict[str, Any] = {"examples-cap-multiple": 0.0, "state-loss-ratio": 0.0, "update-bound": "none",
+                                     "local-loss": "ce", "trust-weighting": "none", "fraction-train": 0.5,
+                                     "num-server-rounds": 10, "lr-schedule": "constant", "max-eval-examples": 0, "final-eval": "slice",
                                      "lora-target-modules": "query,value"}  # (a method's knob: lora's, now "auto")
 
 

@@ -77,6 +77,17 @@ def check_task(cfg: RunConfig) -> None:
                           f"attribute to skew; use partitioner='iid'")
 
 
+def local_loss(cfg: RunConfig) -> str:
+    """The loss a client trains with: ``local-loss``, with ``auto`` resolved by the task -- the class-balanced loss for
+    a classification (a label-skewed client does not pull the global head to its classes), the model's own loss for
+    a regression or a causal LM."""
+    if cfg.local_loss != "auto":
+        return cfg.local_loss
+    from shared.tasks import task_of
+
+    return "balanced" if task_of(cfg).kind == "classification" else "ce"
+
+
 def declared_defaults() -> dict[str, Any]:
     """Every knob's default, core first: what ``[tool.flwr.app.config]`` declares."""
     out = {key: f.default for key, (f, _) in knobs(RunConfig).items()}

@@ -37,7 +37,7 @@ def adamw(param_groups: list[dict], weight_decay: float = 0.0) -> torch.optim.Ad
     return torch.optim.AdamW(param_groups, weight_decay=weight_decay, **({"fused": True} if fused else {}))
 
 
-LOCAL_LOSSES = ("ce", "balanced")
+LOCAL_LOSSES = ("ce", "balanced")  # what train_local runs; the run-config adds "auto" (shared.settings.local_loss)
 
 
 def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

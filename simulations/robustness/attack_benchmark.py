@@ -99,7 +99,7 @@ def train_honest(run_config: dict, num_clients: int) -> tuple[torch.Tensor, torc
     """Round-1 deltas of ``num_clients`` clients trained with the project's own code; (n, d), (n,)."""
     from shared.device import to_cpu
     from shared.runtime import build_runtime, client_partition
-    from shared.settings import parse_run_config
+    from shared.settings import local_loss, parse_run_config
     from shared.training import train_local
     from wire.protocol import flatten_head
 
@@ -116,7 +116,7 @@ def train_honest(run_config: dict, num_clients: int) -> tuple[torch.Tensor, torc
         groups = [{"params": params[:1], "lr": lr}, {"params": params[1:], "lr": head_lr}]
         res = train_local(rt.base.model, groups, data, cfg.local_steps, cfg.batch_size,
                           seed=cfg.seed * 100_003 + pid * 1_009 + 1, weight_decay=cfg.weight_decay,
-                          group_by_length=cfg.group_by_length, loss=cfg.local_loss)
+                          group_by_length=cfg.group_by_length, loss=local_loss(cfg))
         delta = rt.tuner.values.detach().cpu().clone()
         rows.append(torch.cat([delta, flatten_head(to_cpu(rt.tuner.head_state()), names) - head_vec0]))
         counts.append(float(len(data)))

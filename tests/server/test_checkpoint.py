@@ -12,7 +12,8 @@ from server.checkpoint import (CHECKPOINT_NAME, Checkpoint, CheckpointError, che
                                restore_rng, save_checkpoint)
 
 IDENTITY = {"fingerprint": "f" * 64, "k": 5, "head_size": 2, "model": "/m", "method": "pafi"}
-RUN_CONFIG = {"seed": 42, "lr": 0.005, "resume": False, "num-server-rounds": 3, "aggregator": "fedadam"}
+RUN_CONFIG = {"seed": 42, "lr": 0.005, "resume": False, "num-server-rounds": 3, "aggregator": "fedadam",
+              "lr-schedule": "constant"}
 
 
 def _ck(rnd: int = 2) -> Checkpoint:

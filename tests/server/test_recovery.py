@@ -11,7 +11,7 @@ from server.strategy import GlobalState, SparseStrategy
 from server.validation import Expected
 from shared.config import RunConfig
 
-RUN_CONFIG = {"seed": 1, "aggregator": "fedadam", "resume": False, "num-server-rounds": 3}
+RUN_CONFIG = {"seed": 1, "aggregator": "fedadam", "resume": False, "num-server-rounds": 3, "lr-schedule": "constant"}
 
 
 def _strategy(fp: str = "c" * 64, k: int = 6) -> SparseStrategy:
@@ -109,6 +109,7 @@ def test_a_run_of_record_resumes_with_the_defaults_it_was_made_with(tmp_path, re
     assert today["examples-cap-multiple"] == 10.0 and stored.run_config["examples-cap-multiple"] == 0.0
     kept = kept_settings(today)
     assert kept == {"examples-cap-multiple": 0.0, "state-loss-ratio": 0.0, "update-bound": "none",
+                    "local-loss": "ce", "trust-weighting": "none", "final-eval": "slice",
                     "lora-target-modules": "query,value"}  # (another method's knob: kept, unused)
     with pytest.raises(CheckpointError, match=r"made with examples-cap-multiple=0\.0 .*add them to --run-config"):
         kept_defaults(parse_run_config(today), today)
@@ -146,3 +147,32 @@ def test_a_resumed_run_keeps_its_resolved_learning_rate_when_the_methods_default
     faster = dataclasses.replace(pafi, lr=pafi.lr * 2)  # the method's default rate changes
     monkeypatch.setattr("shared.methods.get_method", lambda name: faster)
     assert kept_settings(rc) == {"lr": pafi.lr}  # the stored rate is kept: the launcher adds lr=<stored>
+
+
+def test_runs_store_what_auto_chose_and_a_run_made_before_auto_resumes_as_it_was_made(tmp_path):
+    """settings.json and checkpoints store the loss and the trust weighting ``auto`` resolved to; a checkpoint of
+    a run made when the defaults were ``ce`` and no trust weighting (or one that predates the knob) keeps them."""
+    from server.checkpoint import Checkpoint, check_compatible, save_checkpoint
+    from server.recovery import kept_settings, resolved_settings
+    from shared.methods import get_method
+    from shared.settings import declared_defaults, parse_run_config
+
+    rc = {**declared_defaults(), "output-dir": str(tmp_path), "resume": True}
+    cfg = parse_run_config(rc)
+    lrs = get_method("pafi").learning_rates(cfg)
+    now = resolved_settings(cfg, rc, lrs)
+    assert (now["local-loss"], now["trust-weighting"]) == ("balanced", "cosine")
+    assert resolved_settings(cfg.replace(aggregator="median"), {**rc, "aggregator": "median"},
+                             lrs)["trust-weighting"] == "none"
+    save_checkpoint(tmp_path, Checkpoint(1, torch.zeros(3), torch.zeros(2), identity={"k": 3}, run_config=now))
+    assert kept_settings(rc) == {}  # made under today's defaults: resumes with them
+    old = {k: v for k, v in now.items() if k != "trust-weighting"}  # predates the knob
+    old["local-loss"] = "ce"
+    ck = Checkpoint(1, torch.zeros(3), torch.zeros(2), identity={"k": 3}, run_config=old)
+    save_checkpoint(tmp_path, ck)
+    assert kept_settings(rc) == {"local-loss": "ce", "trust-weighting": "none"}
+    with pytest.raises(CheckpointError, match="local-loss"):
+        check_compatible(ck, ck.identity, rc, now)
+    kept = {**rc, "local-loss": "ce", "trust-weighting": "none"}
+    kcfg = parse_run_config(kept)
+    check_compatible(ck, ck.identity, kept, resolved_settings(kcfg, kept, get_method("pafi").learning_rates(kcfg)))

@@ -72,7 +72,8 @@ def test_method_knobs_are_typed_and_defaulted_in_their_settings():
 
 def test_each_method_has_its_own_learning_rate_and_an_explicit_lr_wins():
     assert get_method("full").learning_rates(parse_run_config({"method": "full"})) == (3e-5, 3e-5)
-    assert get_method("pafi").learning_rates(parse_run_config({})) == (5e-3, 1e-3)  # the head apart (head swing)
+    assert get_method("pafi").learning_rates(parse_run_config({})) == (2e-2, 1e-3)  # the head apart (head swing)
+    assert get_method("magnitude").learning_rates(parse_run_config({"method": "magnitude"})) == (5e-3, 1e-3)
     assert get_method("pafi").learning_rates(parse_run_config({"lr": 1e-2})) == (1e-2, 1e-3)
     assert get_method("topk").learning_rates(parse_run_config({"method": "topk"})) == (2e-4, 5e-3)
     assert get_method("full").learning_rates(parse_run_config({"method": "full", "lr": 1e-4})) == (1e-4, 1e-4)
@@ -96,3 +97,15 @@ def test_the_command_line_lists_every_method_and_knob(repo_root):
     toml = subprocess.run([sys.executable, "-m", "shared.settings", "--toml"], cwd=repo_root, capture_output=True,
                           text=True, check=True).stdout
     assert tomllib.loads(toml)["tool"]["flwr"]["app"]["config"] == declared_defaults()
+
+
+def test_trust_weighting_auto_is_on_wherever_it_can_act():
+    assert RunConfig().trust_weighting == "auto" and RunConfig().trusts
+    for agg in ("fedavg", "fedavgm", "fedadam", "fedyogi"):
+        assert RunConfig(aggregator=agg).trusts
+    assert not RunConfig(aggregator="median").trusts  # a robust aggregator: no weights to set, it is the defence
+    assert not RunConfig(aggregator="multi-krum", min_train_replies=5).trusts
+    assert not RunConfig(dp_clip_norm=1.0).trusts  # central DP: equal weights
+    assert not RunConfig(secure_aggregation=True).trusts  # a secure sum: no update is seen
+    assert not RunConfig(trust_weighting="none").trusts
+    assert RunConfig(trust_weighting="cosine").trusts

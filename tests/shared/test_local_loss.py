@@ -106,3 +106,16 @@ def test_a_label_the_model_has_no_logit_for_is_refused_before_a_step(tiny_model_
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     with pytest.raises(ValueError, match="a label is 3 but there are 2 classes"):
         balanced_weights(torch.tensor([0, 3]), 2)
+
+
+def test_auto_is_the_balanced_loss_for_classification_and_the_models_own_otherwise(sst2_dir):
+    from shared.config import RunConfig
+    from shared.settings import local_loss
+
+    assert RunConfig().local_loss == "auto"
+    assert local_loss(RunConfig(dataset="sst2")) == "balanced"
+    assert local_loss(RunConfig(dataset="agnews")) == "balanced"
+    assert local_loss(RunConfig(dataset="stsb")) == "ce"  # a regression: its MSE
+    assert local_loss(RunConfig(dataset="e2e", partitioner="iid")) == "ce"  # a causal LM: next-token CE
+    assert local_loss(RunConfig(dataset="stsb", local_loss="ce")) == "ce"
+    assert local_loss(RunConfig(local_loss="ce")) == "ce"

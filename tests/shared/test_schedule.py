@@ -52,8 +52,9 @@ def test_which_runs_may_continue_under_another_schedule():
 
 @pytest.mark.parametrize("changes, needle", [
     ({"lr_schedule": "step"}, "lr-schedule"),
-    ({"lr_decay_rounds": 3}, "needs lr-schedule linear or cosine"),
-    ({"lr_schedule": "cosine", "lr_decay_rounds": 8, "lr_warmup_rounds": 3}, "exceed num-server-rounds (10)"),
+    ({"lr_schedule": "constant", "lr_decay_rounds": 3}, "needs lr-schedule linear or cosine"),
+    ({"lr_schedule": "cosine", "lr_decay_rounds": 8, "lr_warmup_rounds": 3, "num_server_rounds": 10},
+     "exceed num-server-rounds (10)"),
     ({"lr_warmup_rounds": -1}, "lr-warmup-rounds"),
 ])
 def test_a_schedule_that_cannot_run_is_refused_in_one_line(changes, needle):

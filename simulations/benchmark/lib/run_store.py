@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from server.checkpoint import CHECKPOINT_NAME
+from shared.config import CHANGED_DEFAULTS
 from shared.data import data_fingerprint
 from shared.schedule import SCHEDULE_KEYS, same_factors
 from simulations.benchmark.lib.matrix import RunSpec
@@ -91,10 +92,22 @@ def _changed(spec: RunSpec, run_dir: Path) -> set[str] | None:
     stored.pop("output-dir", None)
     want = dict(spec.run_config)
     changed = {k for k in set(stored) | set(want) if stored.get(k) != want.get(k)}
+    if changed & set(want) - set(stored):  # a key the preset now sets that the stored run left at a default:
+        ran = _ran_with(run_dir)  # unchanged if the run ran with that very value (pinning a changed default)
+        changed -= {k for k in changed - set(stored) if ran.get(k, CHANGED_DEFAULTS.get(k)) == want[k]}
     if "data-dir" in changed and data_fingerprint(str(stored.get("data-dir") or "")) \
             == data_fingerprint(str(want.get("data-dir") or "")):
         changed.discard("data-dir")
     return changed
+
+
+def _ran_with(run_dir: Path) -> dict[str, Any]:
+    """The settings the run was made with: its ``settings.json`` (every knob the ServerApp ran with), {} if none."""
+    path = run_dir / "settings.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _has_checkpoint(run_dir: Path) -> bool:

@@ -90,6 +90,25 @@ def run_to_end(cmd: list[str], env: Mapping[str, str], timeout: float, **streams
 
 
 @contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """Inside: SIGTERM (``kill PID``, a job scheduler, ``timeout``) exits like Ctrl-C, through every ``finally``, so
+    the SuperLink, the ``flwr run`` process and Ray stop with the launcher instead of outliving it (Python's default
+    for SIGTERM ends the process at once). Only the main thread may set handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@contextmanager
 def simulation_superlink(flwr_home: Path, ray_address: str | None = None) -> Iterator[str]:
     """A private simulation SuperLink; yields its Control API address, stops it on exit.
 
@@ -198,7 +217,7 @@ def _flwr_run(run_config: Mapping[str, Any], fed: str, app_dir: Path, flwr_home:
               quiet: bool, ray_address: str | None, errors: list[str] | None = None) -> int:
     """``flwr run --stream`` against a private SuperLink; its output goes to ours line by line (unless ``quiet``),
     and every app error line it carries (``fedsparse: error: …``) is appended to ``errors``."""
-    with simulation_superlink(flwr_home, ray_address) as control:
+    with stopped_by_sigterm(), simulation_superlink(flwr_home, ray_address) as control:
         write_connection(flwr_home, "fedsparse-sim", control)
         cmd = ["flwr", "run", str(app_dir), "fedsparse-sim", "--stream", "--federation-config", fed]
         if run_config:

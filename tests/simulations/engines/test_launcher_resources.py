@@ -108,13 +108,20 @@ def test_a_bad_timeout_is_refused_in_one_line(capsys):
     assert err.startswith("fedsparse: error:") and "--timeout" in err and "\n" not in err
 
 
-def test_make_run_s_settings_are_a_valid_run_config():
-    """`make run` passes RUN_DEFAULTS to the launcher as one -c: a typo there would end a newcomer's first run."""
+def test_make_run_trains_with_the_apps_own_defaults_as_a_plain_flwr_run_does():
+    """One set of defaults: `make run` passes the launcher the data folder and the output folder only (and whatever
+    RUN_CONFIG adds), so it trains with pyproject's [tool.flwr.app.config], which is what a plain `flwr run .` reads,
+    and that block is the declared defaults (tests/shared/test_config.py checks it is generated from them)."""
     import re
+    import tomllib
 
-    from shared.settings import parse_run_config
-    from simulations.engines import REPO, parse_overrides
+    from shared.settings import declared_defaults
+    from simulations.engines import REPO
 
-    line = re.search(r"^RUN_DEFAULTS \?= (.+)$", (REPO / "Makefile").read_text(), re.M).group(1)
-    cfg = parse_run_config(parse_overrides(line))
-    assert (cfg.num_server_rounds, cfg.local_steps, cfg.local_loss) == (20, 15, "balanced")
+    recipe = re.search(r"^run: install\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)
+    configs = re.findall(r'-c "([^"]*)"', recipe)
+    assert len(configs) == 1, configs
+    keys = re.findall(r"([a-z-]+)=", configs[0])
+    assert keys == ["data-dir", "output-dir"] and configs[0].rstrip().endswith("$(RUN_CONFIG)"), configs
+    app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert {k: app[k] for k in declared_defaults()} == declared_defaults()
