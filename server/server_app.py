@@ -313,7 +313,8 @@ def _finish(cfg: RunConfig, rt: Runtime, out: Path, recorder: RunRecorder, strat
     summary["metrics"] = recorder.final_metrics(final)
     recorder.whole_final(summary)
     headline = recorder.task.headline
-    score = lambda m: recorder.score(m, recorder.test).metrics[headline]  # noqa: E731
+    held = test_split(cfg.replace(max_eval_examples=0), rt.base.tokenizer) if recorder.whole else recorder.test
+    score = lambda m: recorder.score(m, held).metrics[headline]  # noqa: E731  (the split the final figures are on)
     summary.update(rt.tuner.finalize(merged, final.values, score, out))  # e.g. DSEE pruning (by the headline score)
     write_json(out / "summary.json", summary)
     print(f"fedsparse: final {headline} {summary['final_score']:.4f}; "
@@ -328,11 +329,12 @@ def _finish_tasks(out: Path, recorder: RunRecorder, strategy: SparseStrategy, fi
     summary.update(recorder.rt.tuner.describe())
     summary["metrics"] = recorder.final_metrics(final)
     recorder.whole_final(summary)
+    tests = suite.whole_tests() if recorder.whole else suite.tests  # the split the final figures are on
     for name, sub in suite.cfgs.items():
         rt, folder = suite.rts[name], out / "tasks" / name
         folder.mkdir(parents=True, exist_ok=True)
         merged = save_final_model(folder, sub, rt, final.values, final.head[suite.layout.span(name)])
-        headline, test = suite.tasks[name].headline, suite.tests[name]
+        headline, test = suite.tasks[name].headline, tests[name]
         score = lambda m, h=headline, t=test, task=suite.tasks[name], c=sub: evaluate(  # noqa: E731
             m, t, task, c.eval_batch_size, c.precision, c.max_new_tokens, c.num_beams).metrics[h]
         summary["tasks"][name].update(rt.tuner.finalize(merged, final.values, score, folder))
