@@ -21,6 +21,7 @@ from server.checkpoint import (RESUMABLE_CHANGES, CHECKPOINT_NAME, Checkpoint, C
 from server.guards import GUARD
 from server.strategy import GlobalState, SparseStrategy
 from shared.config import CHANGED_DEFAULTS, RunConfig
+from shared.schedule import SCHEDULE_KEYS
 from shared.settings import declared_defaults, local_loss, parse_run_config
 
 log = logging.getLogger("fedsparse.server")
@@ -55,7 +56,8 @@ def kept_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
     leaves at today's default while the checkpoint's run had another value -- a default changed since, or the
     method's learning rates the checkpoint stores resolved (:func:`resolved_settings`); a knob the checkpoint
     predates counts at the default it ran with then (:data:`shared.config.CHANGED_DEFAULTS`, else today's). Knobs a
-    resume may change (output-dir, rounds, timeouts, data-dir) are never kept. {} otherwise.
+    resume may change (output-dir, rounds, timeouts, data-dir) are never kept, nor the schedule's (a decay may be added
+    on resume: the rates of the rounds made are checked instead, ``same_factors``). {} otherwise.
     """
     if str(run_config.get("resume", False)).lower() not in ("true", "1"):
         return {}
@@ -72,7 +74,7 @@ def kept_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
     except ValueError:  # settings that do not parse are named by the app; nothing is kept for them
         resolved = mine
     kept = {}
-    for key in sorted((set(stored) | set(CHANGED_DEFAULTS)) & set(defaults) - RESUMABLE_CHANGES):
+    for key in sorted((set(stored) | set(CHANGED_DEFAULTS)) & set(defaults) - RESUMABLE_CHANGES - SCHEDULE_KEYS):
         then, now = stored.get(key, CHANGED_DEFAULTS.get(key, defaults[key])), defaults[key]
         if mine[key] == now and then not in (now, resolved[key]):
             kept[key] = then

@@ -67,7 +67,8 @@ class RunConfig:
     prox_mu: float = knob(0.0, "FedProx: each local step adds mu * (w - w_global) to the gradient of the values + "
                           "head (the term (mu/2)||w - w_global||^2); 0 = off", low=0)
     lr_schedule: str = knob("cosine", "clients' lr over the server rounds: constant, or a linear or cosine decay to 0 "
-                            "(shared/schedule.py); a run extended past its rounds needs lr-decay-rounds", choices=SCHEDULES)
+                            "(shared/schedule.py); a run extended past its rounds needs lr-decay-rounds",
+                            choices=SCHEDULES)
     lr_warmup_rounds: int = knob(0, "first rounds at a rate ramping up to lr (round r: r / (W + 1))", low=0)
     lr_decay_rounds: int = knob(0, "last rounds the linear or cosine decay covers; 0 = all after the warm-up "
                                 "(fewer: a constant run annealed at its end)", low=0)
@@ -178,8 +179,8 @@ class RunConfig:
     validation_fraction: float = knob(0.1, "eval-split='validation' where the data has no validation split: this "
                                       "share of train is held out under the seed (never trained on) and scored",
                                       low=0, high=0.5, low_open=True, high_open=True)
-    max_eval_examples: int = knob(500, "server-side evaluation rows each round (the first of the held-out split); 0 = the "
-                                   "whole split", low=0)
+    max_eval_examples: int = knob(500, "server-side evaluation rows each round (the first of the held-out split); "
+                                   "0 = the whole split", low=0)
     final_eval: str = knob("full", "summary.json's final metrics: on the max-eval-examples slice every round is "
                            "scored on (slice), or on the whole held-out split (full: one more evaluation at the end; "
                            "history.json keeps the slices)", choices=("slice", "full"))
@@ -295,7 +296,8 @@ CORE_KEYS = frozenset(knobs(RunConfig))
 # something other than today's default: a changed default never changes what a run of record trains with.
 CHANGED_DEFAULTS: dict[str, Any] = {"examples-cap-multiple": 0.0, "state-loss-ratio": 0.0, "update-bound": "none",
                                      "local-loss": "ce", "trust-weighting": "none", "fraction-train": 0.5,
-                                     "num-server-rounds": 10, "lr-schedule": "constant", "max-eval-examples": 0, "final-eval": "slice",
+                                     "num-server-rounds": 10, "lr-schedule": "constant", "max-eval-examples": 0,
+                                     "final-eval": "slice",  # session 23: the first run's defaults (issue 42)
                                      "lora-target-modules": "query,value"}  # (a method's knob: lora's, now "auto")
 
 

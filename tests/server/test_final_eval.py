@@ -31,7 +31,7 @@ def test_the_final_state_is_scored_on_the_whole_split_and_the_rounds_on_their_sl
     base = {"model": str(tiny_model_dir), "data-dir": str(sst2_dir), "mask-density": 0.05, "local-steps": 3,
             "batch-size": 8, "max-length": 32, "max-eval-examples": 16, "seed": 3, "num-server-rounds": 1,
             "fraction-train": 1.0, "min-available-nodes": 2, "lr": 0.05}
-    _run({**base, "output-dir": str(tmp_path / "slice")})
+    _run({**base, "output-dir": str(tmp_path / "slice"), "final-eval": "slice"})
     _run({**base, "output-dir": str(tmp_path / "full"), "final-eval": "full"})
     sliced, full = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("slice", "full"))
     history = json.loads((tmp_path / "full" / "history.json").read_text())

@@ -129,7 +129,7 @@ def _config(tiny_model_dir: Path, out: Path, **extra) -> dict:
            "local-steps": 2, "batch-size": 8, "max-length": 32, "max-eval-examples": 24, "output-dir": str(out),
            "seed": 3, "num-server-rounds": 3, "fraction-train": 0.25, "task-sampling": "proportional",
            "min-available-nodes": NODES, "aggregator": "fedadam", "server-lr": 0.01, "resume": False,
-           "crash-after-round": 0}
+           "crash-after-round": 0, "trust-weighting": "none"}  # 2 steps of 8 rows: FLTrust may weigh every reply 0
     cfg.update(extra)
     return cfg
 

@@ -26,7 +26,7 @@ def _config(tiny_model_dir: Path, sst2_dir: Path, out: Path, **extra) -> dict:
            "batch-size": 8, "max-length": 32, "max-eval-examples": 32, "output-dir": str(out), "seed": 3,
            "num-server-rounds": 3, "fraction-train": 0.67, "min-available-nodes": NODES, "aggregator": "fedadam",
            "server-lr": 0.01, "dp-clip-norm": 1.0, "dp-noise-multiplier": 0.1, "fail-rate": 0.3,
-           "fail-mode": "raise", "resume": False, "crash-after-round": 0}
+           "fail-mode": "raise", "resume": False, "crash-after-round": 0, "lr-schedule": "constant"}
     cfg.update(extra)
     return cfg
 

@@ -38,7 +38,7 @@ def _config(tiny_model_dir: Path, sst2_dir: Path, out: Path, nodes: int, **extra
     cfg = {"model": str(tiny_model_dir), "data-dir": str(sst2_dir), "mask-density": 0.05, "local-steps": 2,
            "batch-size": 8, "max-length": 32, "max-eval-examples": 64, "output-dir": str(out), "seed": 3,
            "num-server-rounds": 3, "fraction-train": 1.0, "min-available-nodes": nodes, "weighting": "uniform",
-           "lr": 0.02}
+           "lr": 0.02, "trust-weighting": "none"}  # the plain run weighs as a secure sum can (FLTrust needs each update)
     cfg.update(extra)
     return cfg
 

@@ -213,7 +213,8 @@ def test_one_federated_round_with_pafi_and_the_merged_model_generates_as_wired(n
     rc = {**declared_defaults(), "model": str(folder), "dataset": name, "data-dir": str(FOLDERS[name]),
           "partitioner": "dirichlet" if name == "e2e" else "iid", "mask-density": 0.05, "local-steps": 1,
           "batch-size": 4, "max-length": 48, "max-eval-examples": 3, "max-new-tokens": 6, "num-server-rounds": 1,
-          "fraction-train": 1.0, "min-available-nodes": 2, "output-dir": str(tmp_path), "update-bound": "none"}
+          "fraction-train": 1.0, "min-available-nodes": 2, "output-dir": str(tmp_path), "update-bound": "none",
+          "trust-weighting": "none", "final-eval": "slice"}  # one step: FLTrust may weigh both 0; the slice's figures
     main(LocalGrid(client_app, rc, 2), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
     history = json.loads((tmp_path / "history.json").read_text())
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -151,7 +151,7 @@ def test_one_federated_round_on_custom_data_and_the_merged_model_loads(tiny_mode
     rc = {**declared_defaults(), **_pair_config(folder, **{"task-metrics": "f1,accuracy"}),
           "model": str(tiny_model_dir), "mask-density": 0.05, "local-steps": 1, "batch-size": 4, "max-length": 32,
           "max-eval-examples": 16, "num-server-rounds": 1, "fraction-train": 1.0, "min-available-nodes": 2,
-          "output-dir": str(out), "update-bound": "none",
+          "output-dir": str(out), "update-bound": "none", "final-eval": "slice",
           "trust-weighting": "none"}  # one step of 4 rows: directions are noise, FLTrust may weigh them all 0
     main(LocalGrid(client_app, rc, 2), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
     last = json.loads((out / "history.json").read_text())[-1]

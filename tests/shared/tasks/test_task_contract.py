@@ -114,7 +114,7 @@ def test_one_federated_round_with_pafi_and_the_merged_model_predicts_in_plain_tr
     rc = {**declared_defaults(), "model": str(tiny_model_dir), "dataset": name, "data-dir": str(_folder(name)),
           "mask-density": 0.05, "local-steps": 1, "batch-size": 4, "max-length": 32, "max-eval-examples": 16,
           "num-server-rounds": 1, "fraction-train": 1.0, "min-available-nodes": 2, "output-dir": str(tmp_path),
-          "update-bound": "none", "trust-weighting": "none"}  # one step of 4 rows: FLTrust may weigh every reply 0
+          "update-bound": "none", "trust-weighting": "none", "final-eval": "slice"}  # one step of 4 rows: FLTrust may weigh every reply 0
     main(LocalGrid(client_app, rc, 2), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
     history = json.loads((tmp_path / "history.json").read_text())
     summary = json.loads((tmp_path / "summary.json").read_text())
