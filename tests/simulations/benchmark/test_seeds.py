@@ -175,8 +175,13 @@ def test_a_finished_run_is_annealed_when_the_preset_adds_a_decay_over_new_rounds
     (run_dir / "gone").rename(run_dir / "checkpoint.safetensors")
     with pytest.raises(StaleResultError, match="would change the rates"):  # a decay over the rounds already made
         is_done(RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 4, "lr-schedule": "linear"}), run_dir)
-    with pytest.raises(StaleResultError, match="different config"):  # the same rates, another key: not the same run
+    # a preset that now pins what the run ran with (its settings.json, else the default of its time) is the same run
+    assert is_done(RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 4, "lr-schedule": "constant"}), run_dir)
+    (run_dir / "settings.json").write_text(json.dumps({"lr-schedule": "linear"}))  # it ran with another value
+    with pytest.raises(StaleResultError, match="different config"):
         is_done(RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 4, "lr-schedule": "constant"}), run_dir)
+    with pytest.raises(StaleResultError, match="different config"):  # another value of a key: not the same run
+        is_done(RunSpec("pafi-s1", {"method": "pafi", "num-server-rounds": 4, "seed": 7}), run_dir)
 
 
 def test_a_run_with_an_lr_decay_is_judged_on_its_plateau_before_the_decay():
