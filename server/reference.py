@@ -36,10 +36,10 @@ def reference_norm(cfg: RunConfig, rt: Runtime, values: torch.Tensor, head: torc
 
 
 def reference_update(cfg: RunConfig, rt: Runtime, values: torch.Tensor, head: torch.Tensor,
-                     server_round: int) -> torch.Tensor:
+                     server_round: int, sample=None) -> torch.Tensor:
     """The update (k + h,) float64 the server's own local training makes from (``values`` (k,), ``head`` (h,)) in
-    ``server_round``: the clients' recipe on the trusted sample. The runtime's tuner is left holding the trained
-    state (every user of it loads the state it needs first)."""
+    ``server_round``: the clients' recipe on the trusted sample (``sample``: it encoded once by the caller, else
+    here). The runtime's tuner is left holding the trained state (every user of it loads the state it needs first)."""
     head_like = rt.tuner.head_state()
     rt.tuner.load(values, unflatten_head(head, head_like, rt.base.head_names))
     params = rt.tuner.trainable()
@@ -47,7 +47,8 @@ def reference_update(cfg: RunConfig, rt: Runtime, values: torch.Tensor, head: to
     lr = 0.0 if cfg.freeze_values else lr  # as the clients train
     scale = lr_factor(server_round, cfg.num_server_rounds, cfg.lr_schedule, cfg.lr_warmup_rounds, cfg.lr_decay_rounds)
     groups = [{"params": params[:1], "lr": lr * scale}, {"params": params[1:], "lr": head_lr * scale}]
-    train_local(rt.base.model, groups, trusted_sample(cfg, rt.base.tokenizer), cfg.local_steps, cfg.batch_size,
+    sample = trusted_sample(cfg, rt.base.tokenizer) if sample is None else sample
+    train_local(rt.base.model, groups, sample, cfg.local_steps, cfg.batch_size,
                 seed=cfg.seed * 100_003 + 999_983 + server_round, weight_decay=cfg.weight_decay,
                 precision=cfg.precision, group_by_length=cfg.group_by_length, loss=local_loss(cfg))
     delta = rt.tuner.values.detach().cpu().double() - values.double()

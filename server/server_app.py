@@ -18,7 +18,7 @@ from server.handshake import HandshakeError
 from server.linkstate_index import install as install_linkstate_index
 from server.multitask import TaskSuite, multitask_fingerprint
 from server.outputs import save_final_model, write_json
-from server.reference import reference_update
+from server.reference import reference_update, trusted_sample
 from server.recovery import (checkpoint_round, kept_defaults, prepare_output_dir, resolved_settings,
                              resume_from_checkpoint, run_identity, saved_selection, start_values)
 from server.secagg import secure_summary
@@ -254,16 +254,20 @@ def _reference(cfg: RunConfig, rt: Runtime, suite: TaskSuite | None, seconds: di
     A multi-task run trains the first task's head on its trusted rows; the update is widened to every task's heads
     (zeros on the others: their rows are weighed by the values). ``seconds[round]``: the time each took."""
     last: dict[tuple, torch.Tensor] = {}
+    own = cfg if suite is None else suite.cfgs[suite.first]  # whose recipe and trusted rows the reference uses
+    sample: list = []  # the trusted rows, encoded at the first reference and reused every round after
 
     def reference(state: GlobalState, rnd: int) -> torch.Tensor:
         key = (rnd, id(state))
         if key not in last:
             t0 = time.perf_counter()
+            if not sample:
+                sample.append(trusted_sample(own, rt.base.tokenizer))
             if suite is None:
-                vec = reference_update(cfg, rt, state.values, state.head, rnd)
+                vec = reference_update(own, rt, state.values, state.head, rnd, sample[0])
             else:
                 first, k = suite.first, state.values.numel()
-                vec = reference_update(suite.cfgs[first], rt, state.values, state.head[suite.layout.span(first)], rnd)
+                vec = reference_update(own, rt, state.values, state.head[suite.layout.span(first)], rnd, sample[0])
                 vec = torch.cat([vec[:k], suite.layout.widen(first, vec[k:])])
             last.clear()
             last[key] = vec
